@@ -1,0 +1,212 @@
+"""The `deepgen` command. Each subcommand parses, builds, runs and reports; logic lives in the package."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import uuid
+import warnings
+from pathlib import Path
+
+from deepgen.errors import DeepgenError
+
+
+def _load_spec(args):
+    from deepgen.config import PipelineSpec
+
+    return PipelineSpec.from_yaml(args.pipeline, overrides=args.set or [])
+
+
+def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pipeline", help="pipeline YAML file, e.g. pipelines/quickstart.yaml")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="override a spec field by its dotted path, e.g. --set train.epochs=3 (repeatable)")
+
+
+# --- commands --------------------------------------------------------------------------------------
+
+
+def cmd_prepare(args) -> int:
+    from deepgen import orchestrate
+
+    spec = _load_spec(args)
+    manifest = orchestrate.prepare(spec)
+    print(f"dataset: {spec.data_dir}  rows: {manifest.rows}  fingerprint: {manifest.fingerprint[:12]}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from deepgen import orchestrate, tracking
+
+    spec = _load_spec(args)
+    uri = tracking.configure(spec.runs_dir)
+    manifest = orchestrate.prepare(spec)
+    run_id = orchestrate.start_run(spec, manifest)
+    checkpoint = orchestrate.train(spec, manifest, run_id, uri)
+    tracking.end_run(run_id)
+    print(f"trained {spec.run_name}; final checkpoint: {checkpoint}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from deepgen import orchestrate
+
+    spec = _load_spec(args)
+    summary = orchestrate.run_pipeline(spec)
+    print_summary(summary)
+    return 0
+
+
+def print_summary(s) -> None:
+    r = s.registered
+    print()
+    print(f"Pipeline {s.spec.name} done{' (already registered, nothing retrained)' if s.reused else ''}.")
+    print(f"  registered model : {r.name} version {r.version}")
+    print(f"  alias            : {r.alias}   ({r.reason})")
+    if s.evaluation is not None:
+        ev = s.evaluation
+        print(f"  threshold        : {ev.threshold:.6g} ({ev.threshold_method})")
+        shown = ("roc_auc", "pr_auc", "precision", "recall", "f1", "fpr")
+        print("  test metrics     : " + "  ".join(f"{k}={ev.metrics[k]:.4f}" for k in shown if k in ev.metrics))
+    print(f"  MLflow run       : {s.run_id} in {s.tracking_uri}")
+    print(f"  score new data   : deepgen score --model {r.name}@champion --input FILE --output scores.parquet")
+    if s.tracking_uri.startswith("sqlite:///"):
+        print(f"  open the UI      : mlflow ui --backend-store-uri {s.tracking_uri}")
+
+
+def cmd_score(args) -> int:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from deepgen import tracking
+    from deepgen.export import ScoringModel
+
+    tracking.configure(args.runs_dir)
+    version = tracking.resolve(args.model)
+    if "threshold" not in version.tags:
+        raise DeepgenError(f"{args.model}: version {version.version} has no threshold tag; not an anomaly model")
+    scorer = ScoringModel.load(tracking.download_model_dir(version))
+    threshold = float(version.tags["threshold"])  # the registry is the source of truth
+    x, labels = scorer.read_input(args.input)
+    scores = scorer.score(x)
+    columns = {"row": pa.array(np.arange(len(scores))), "score": pa.array(scores),
+               "is_anomaly": pa.array(scores > threshold)}
+    if labels is not None:
+        columns["label"] = pa.array(labels)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        pq.write_table(pa.table(columns), tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    flagged = int((scores > threshold).sum())
+    print(f"scored {len(scores)} rows with {version.name} v{version.version} (threshold {threshold:.6g}): "
+          f"{flagged} flagged as anomalies -> {out}")
+    return 0
+
+
+def cmd_models_list(args) -> int:
+    from deepgen import tracking
+
+    tracking.configure(args.runs_dir)
+    rows = tracking.list_models()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no registered models in {tracking.tracking_uri_for(args.runs_dir)}")
+        return 0
+    print(f"{'NAME':32} {'LATEST':>6}  ALIASES")
+    for r in rows:
+        aliases = ", ".join(f"{a}=v{v}" for a, v in sorted(r["aliases"].items())) or "-"
+        print(f"{r['name']:32} {r['latest_version']:>6}  {aliases}")
+    return 0
+
+
+def cmd_models_show(args) -> int:
+    from deepgen import tracking
+
+    tracking.configure(args.runs_dir)
+    info = tracking.describe_version(tracking.resolve(args.ref))
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{info['name']} version {info['version']}  aliases: {', '.join(info['aliases']) or '-'}")
+    print(f"  run: {info['run_id']}  status: {info['status']}")
+    for k in sorted(info["tags"]):
+        print(f"  {k:24} {info['tags'][k]}")
+    return 0
+
+
+# --- parser ----------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deepgen",
+        description="Train, evaluate and register deep models with Ray Train and MLflow.",
+        epilog="Tracking store: $MLFLOW_TRACKING_URI, else sqlite under the runs folder (deepgen-runs/).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="read a pipeline's source into Parquet train/val/test splits",
+                       description="Read the source into Parquet splits with a manifest (a Ray task). "
+                                   "An unchanged source and config is not prepared again.")
+    _add_pipeline_args(p)
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="prepare, then train with Ray Train (resumes a run of the same name)",
+                       description="Train with a Ray Train TorchTrainer. Rerunning with the same run name "
+                                   "(train.run_name, default NAME-SPECHASH) resumes from the last checkpoint.")
+    _add_pipeline_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("run", help="the whole pipeline: prepare, train, evaluate, register",
+                       description="Prepare, train, calibrate the anomaly threshold, evaluate on test and "
+                                   "register the model; `champion` moves only if the gate passes.")
+    _add_pipeline_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("score", help="score a file with a registered model and its threshold",
+                       description="Load a model and its threshold through the registry and write per-row "
+                                   "score and is_anomaly to Parquet.")
+    p.add_argument("--model", required=True, help="NAME@ALIAS, NAME/VERSION or NAME (latest)")
+    p.add_argument("--input", required=True, help=".npy, .csv, .parquet or IDX images file of raw rows")
+    p.add_argument("--output", required=True, help="Parquet file to write (row, score, is_anomaly[, label])")
+    p.add_argument("--runs-dir", default="deepgen-runs", help="local runs folder (when no MLFLOW_TRACKING_URI)")
+    p.set_defaults(func=cmd_score)
+
+    models = sub.add_parser("models", help="look models up in the registry").add_subparsers(
+        dest="models_command", required=True)
+    p = models.add_parser("list", help="registered models with their latest version and aliases")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--runs-dir", default="deepgen-runs")
+    p.set_defaults(func=cmd_models_list)
+    p = models.add_parser("show", help="one version: aliases, threshold, metrics, lineage tags")
+    p.add_argument("ref", help="NAME@ALIAS, NAME/VERSION or NAME (latest)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--runs-dir", default="deepgen-runs")
+    p.set_defaults(func=cmd_models_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", module="mlflow")
+    try:
+        return args.func(args)
+    except DeepgenError as e:
+        print(f"deepgen: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("deepgen: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

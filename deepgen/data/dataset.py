@@ -1,0 +1,51 @@
+"""Reading prepared splits: as numpy (evaluation, the plain loop) and which rows count as normal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from deepgen.config import AnomalySpec
+from deepgen.errors import DataError
+
+
+def split_path(data_dir: str | Path, split: str) -> str:
+    return str(Path(data_dir) / f"{split}.parquet")
+
+
+def features_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A fixed-size-list column -> (N, D) float32 without a per-row copy."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    width = arr.type.list_size
+    return arr.flatten().to_numpy(zero_copy_only=False).reshape(-1, width).astype(np.float32, copy=False)
+
+
+def load_split(data_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(features (N, D) float32, labels (N,) or None) of one prepared split."""
+    path = split_path(data_dir, split)
+    if not Path(path).is_file():
+        raise DataError(f"{path}: missing; run `deepgen prepare` first")
+    table = pq.read_table(path)
+    labels = table.column("label").to_numpy(zero_copy_only=False) if "label" in table.column_names else None
+    return features_to_numpy(table.column("features")), labels
+
+
+def normal_mask(labels: pa.Array | np.ndarray | None, anomaly: AnomalySpec, n: int) -> np.ndarray:
+    """True for rows that are normal under the spec; every row when the data has no labels."""
+    if labels is None or (anomaly.normal_labels is None and anomaly.anomalous_labels is None):
+        return np.ones(n, dtype=bool)
+    labels = pa.array(labels) if not isinstance(labels, (pa.Array, pa.ChunkedArray)) else labels
+    if anomaly.normal_labels is not None:
+        return pc.is_in(labels, value_set=_typed(anomaly.normal_labels, labels.type)).to_numpy(zero_copy_only=False)
+    return ~pc.is_in(labels, value_set=_typed(anomaly.anomalous_labels, labels.type)).to_numpy(zero_copy_only=False)
+
+
+def _typed(values: list, arrow_type: pa.DataType) -> pa.Array:
+    try:
+        return pa.array(values).cast(arrow_type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        raise DataError(f"anomaly labels {values} do not match the data's label type ({arrow_type})") from None

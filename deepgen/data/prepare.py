@@ -1,0 +1,175 @@
+"""Source -> train/val/test Parquet splits + manifest, written atomically.
+
+The layout of a prepared dataset:
+
+    DIR/train.parquet  DIR/val.parquet  DIR/test.parquet   columns: features (fixed-size list<float32>), label
+    DIR/manifest.json  schema, row counts, row shape, scaler, source fingerprint
+
+Everything is written into a hidden sibling folder and renamed into place at the end, so a failure
+leaves either the previous dataset or nothing, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from deepgen.config import DataSpec
+from deepgen.data.sources import RawData, read_source
+from deepgen.errors import DataError
+
+SPLITS = ("train", "val", "test")
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class Scaler(BaseModel):
+    """Maps raw features to [0, 1]: a fixed divisor for images, min-max (fit on train) for tables."""
+
+    divisor: float | None = None
+    minimum: list[float] | None = None
+    maximum: list[float] | None = None
+
+    @classmethod
+    def fit(cls, raw: RawData, x_train: np.ndarray) -> Scaler:
+        if raw.divisor:
+            return cls(divisor=raw.divisor)
+        flat = x_train.reshape(len(x_train), -1)
+        return cls(minimum=flat.min(0).tolist(), maximum=flat.max(0).tolist())
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """(N, D) raw -> (N, D) float32; table values beyond the training range fall outside [0, 1]."""
+        x = x.astype(np.float32, copy=False)
+        if self.divisor:
+            return x / np.float32(self.divisor)
+        lo = np.asarray(self.minimum, np.float32)
+        span = np.asarray(self.maximum, np.float32) - lo
+        return (x - lo) / np.where(span > 0, span, 1).astype(np.float32)
+
+
+class Manifest(BaseModel):
+    format: int = FORMAT_VERSION
+    fingerprint: str  # source bytes + data spec: equal fingerprints mean equal outputs
+    source_fingerprint: str
+    shape: list[int]
+    rows: dict[str, int]
+    label_type: str | None  # "int", "str" or None for unlabelled data
+    feature_names: list[str] | None
+    scaler: Scaler
+    arrow_schema: dict[str, str]  # column -> Arrow type
+
+    @property
+    def num_features(self) -> int:
+        return int(np.prod(self.shape))
+
+
+def read_manifest(directory: str | Path) -> Manifest | None:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return Manifest.model_validate_json(path.read_text())
+    except ValueError:
+        return None  # an older or damaged manifest: prepare again
+
+
+def dataset_fingerprint(data: DataSpec, source_fingerprint: str) -> str:
+    spec = data.model_dump(mode="json", exclude={"output"})
+    blob = json.dumps({"spec": spec, "source": source_fingerprint, "format": FORMAT_VERSION}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def prepare_dataset(data: DataSpec, out_dir: str | Path, log=print) -> tuple[Manifest, bool]:
+    """Write the splits of `data` to `out_dir` unless an up-to-date copy is there. Returns (manifest, wrote)."""
+    out_dir = Path(out_dir)
+    raw = read_source(data.source)
+    fingerprint = dataset_fingerprint(data, raw.fingerprint)
+    current = read_manifest(out_dir)
+    if current is not None and current.fingerprint == fingerprint:
+        log(f"prepare: {out_dir} is up to date (fingerprint {fingerprint[:12]}), nothing to do")
+        return current, False
+
+    splits = split_rows(raw, data)
+    x_train = splits["train"][0]
+    scaler = Scaler.fit(raw, x_train)
+    tables = {name: to_arrow(scaler.apply(x.reshape(len(x), -1)), y, name, data) for name, (x, y) in splits.items()}
+    label_type = None if raw.y is None else ("str" if raw.y.dtype.kind in "OUS" else "int")
+    manifest = Manifest(
+        fingerprint=fingerprint, source_fingerprint=raw.fingerprint, shape=list(raw.shape),
+        rows={k: t.num_rows for k, t in tables.items()}, label_type=label_type,
+        feature_names=raw.feature_names, scaler=scaler,
+        arrow_schema={f.name: str(f.type) for f in tables["train"].schema},
+    )
+    write_atomically(out_dir, tables, manifest)
+    log(f"prepare: wrote {out_dir} ({', '.join(f'{k} {v}' for k, v in manifest.rows.items())} rows)")
+    return manifest, True
+
+
+def split_rows(raw: RawData, data: DataSpec) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """Random split with a seed; an official test split (IDX t10k) is kept as the test split."""
+    rng = np.random.default_rng(data.seed)
+    n = len(raw.x)
+    order = rng.permutation(n)
+    if raw.test is not None:
+        n_val = int(round(n * data.val_fraction))
+        parts = {"val": order[:n_val], "train": order[n_val:]}
+    else:
+        n_test = int(round(n * data.test_fraction))
+        n_val = int(round(n * data.val_fraction))
+        parts = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
+    splits = {k: (raw.x[idx], None if raw.y is None else raw.y[idx]) for k, idx in parts.items()}
+    if raw.test is not None:
+        splits["test"] = raw.test
+    for name in SPLITS:
+        if len(splits[name][0]) == 0:
+            raise DataError(f"data: the {name} split would be empty ({n} rows in the source); "
+                            "give more rows or change data.val_fraction / data.test_fraction")
+    return {name: splits[name] for name in SPLITS}
+
+
+def to_arrow(x: np.ndarray, y: np.ndarray | None, split: str, data: DataSpec) -> pa.Table:
+    """(N, D) float32 -> a table with a fixed-size-list `features` column, refusing NaN and infinities."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise DataError(f"{_describe(data)}: non-finite value ({x[row, col]}) in the features "
+                        f"({int(bad.any(1).sum())} rows of the {split} split, first at feature {col}); "
+                        "clean or drop those rows")
+    columns = {"features": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel(), pa.float32()), x.shape[1])}
+    if y is not None:
+        columns["label"] = pa.array(y.tolist() if y.dtype.kind in "OUS" else y)
+    return pa.table(columns).replace_schema_metadata({b"deepgen.prepared": b"1"})
+
+
+def write_atomically(out_dir: Path, tables: dict[str, pa.Table], manifest: Manifest) -> None:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # left by a killed process
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        for name, table in tables.items():
+            pq.write_table(table, tmp / f"{name}.parquet")
+        (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+        old = None
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
+            out_dir.rename(old)
+        tmp.rename(out_dir)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _describe(data: DataSpec) -> str:
+    return getattr(data.source, "path", None) or f"data.source ({data.source.kind})"

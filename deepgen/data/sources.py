@@ -1,0 +1,213 @@
+"""Readers for every data source a pipeline can name, each returning one `RawData`.
+
+Nothing here downloads: digits ship with scikit-learn, everything else is a file the user points at.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from deepgen.config import DigitsSource, IdxSource, NpySource, Source, TableSource
+from deepgen.errors import DataError
+
+
+@dataclass
+class RawData:
+    """Rows as read from a source, before splitting and scaling."""
+
+    x: np.ndarray  # (N, *shape), numeric
+    y: np.ndarray | None  # (N,) labels, or None for unlabelled data
+    shape: tuple[int, ...]  # one row: (D,) for tables, (C, H, W) for images
+    divisor: float | None  # images: the fixed scale to [0, 1] (255, 16); tables: None -> min-max
+    fingerprint: str  # hash of the source bytes
+    feature_names: list[str] | None = None
+    test: tuple[np.ndarray, np.ndarray | None] | None = None  # an official test split, if the source has one
+    files: list[str] = field(default_factory=list)
+
+
+def read_source(source: Source) -> RawData:
+    readers = {"digits": read_digits, "idx": read_idx_dir, "npy": read_npy, "table": read_table}
+    return readers[source.kind](source)
+
+
+# --- digits ----------------------------------------------------------------------------------------
+
+
+def read_digits(source: DigitsSource) -> RawData:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = digits.images.astype(np.float32)[:, None]  # (N, 1, 8, 8), values 0..16
+    y = digits.target.astype(np.int64)
+    return RawData(x=x, y=y, shape=x.shape[1:], divisor=16.0, fingerprint=_hash_arrays(x, y))
+
+
+# --- IDX (MNIST layout) ----------------------------------------------------------------------------
+
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx_file(path: str | Path) -> np.ndarray:
+    """Parse one IDX file (optionally gzipped): magic 00 00 TYPE NDIM, NDIM big-endian sizes, data."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read IDX file: {e}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"{path}: not an IDX file (bad magic number)")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4).astype(np.int64)
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(dims)) * dtype.itemsize
+    if len(raw) - offset != expected:
+        raise DataError(f"{path}: IDX header says {tuple(dims)} but the file holds {len(raw) - offset} data bytes")
+    return np.frombuffer(raw, dtype=dtype, offset=offset).reshape(dims)
+
+
+def _find_idx(directory: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (directory / name).is_file():
+            return directory / name
+    # Some archives name the files with a dot: train-images.idx3-ubyte
+    for candidate in sorted(directory.glob(stem.replace("-idx", ".idx") + "*")):
+        return candidate
+    raise DataError(f"{directory}: missing {stem}[.gz] (expected the MNIST file layout)")
+
+
+def read_idx_dir(source: IdxSource) -> RawData:
+    directory = Path(source.path).expanduser()
+    if not directory.is_dir():
+        raise DataError(f"{directory}: no such IDX directory (data.source.path)")
+    files = {k: _find_idx(directory, k) for k in (
+        "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+    x, y, xt, yt = (read_idx_file(p) for p in files.values())
+    for images, labels, name in ((x, y, "train"), (xt, yt, "t10k")):
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(f"{directory}: {name} images {images.shape} and labels {labels.shape} do not match")
+    divisor = 255.0 if x.dtype == np.uint8 else None
+    return RawData(
+        x=x[:, None], y=y.astype(np.int64), shape=(1, *x.shape[1:]), divisor=divisor,
+        fingerprint=_hash_files(files.values()), test=(xt[:, None], yt.astype(np.int64)),
+        files=[str(p) for p in files.values()],
+    )
+
+
+# --- .npy ------------------------------------------------------------------------------------------
+
+
+def read_npy(source: NpySource) -> RawData:
+    x = _load_npy(source.path)
+    if x.ndim not in (2, 3, 4) or not np.issubdtype(x.dtype, np.number):
+        raise DataError(f"{source.path}: expected a numeric array of shape (N, D), (N, H, W) or (N, C, H, W), "
+                        f"got {x.dtype} {x.shape}")
+    if x.ndim == 3:
+        x = x[:, None]
+    y = None
+    files = [source.path]
+    if source.labels:
+        y = _load_npy(source.labels)
+        files.append(source.labels)
+        if y.shape != (len(x),):
+            raise DataError(f"{source.labels}: expected {len(x)} labels, got shape {y.shape}")
+    divisor = 255.0 if x.dtype == np.uint8 else None
+    return RawData(x=x, y=y, shape=x.shape[1:], divisor=divisor, fingerprint=_hash_files(files), files=files)
+
+
+def _load_npy(path: str) -> np.ndarray:
+    try:
+        return np.load(Path(path).expanduser(), allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except ValueError as e:
+        raise DataError(f"{path}: not a plain .npy array: {e}") from None
+
+
+# --- CSV / Parquet tables --------------------------------------------------------------------------
+
+
+def read_table(source: TableSource) -> RawData:
+    table = load_table(source.path)
+    names = table.column_names
+    if source.label_column and source.label_column not in names:
+        raise DataError(f"{source.path}: no label column {source.label_column!r} (columns: {', '.join(names)})")
+    features = source.feature_columns or [
+        n for n in names if n != source.label_column and _is_numeric(table.schema.field(n).type)
+    ]
+    missing = [c for c in features if c not in names]
+    if missing:
+        raise DataError(f"{source.path}: no feature column {missing[0]!r} (columns: {', '.join(names)})")
+    if not features:
+        raise DataError(f"{source.path}: no numeric feature columns")
+    x = table_features(table, features, source.path)
+    y = None
+    if source.label_column:
+        labels = table.column(source.label_column)
+        if labels.null_count:
+            raise DataError(f"{source.path}: column {source.label_column!r} has {labels.null_count} empty labels")
+        y = labels.to_numpy(zero_copy_only=False)
+    return RawData(x=x, y=y, shape=(len(features),), divisor=None, fingerprint=_hash_files([source.path]),
+                   feature_names=features, files=[source.path])
+
+
+def load_table(path: str):
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"{path}: no such file")
+    try:
+        if p.suffix == ".csv":
+            return pcsv.read_csv(p)
+        if p.suffix == ".parquet" or p.is_dir():
+            return pq.read_table(p)
+    except Exception as e:  # pyarrow raises several types for malformed files
+        raise DataError(f"{path}: cannot read table: {str(e).splitlines()[0]}") from None
+    raise DataError(f"{path}: expected a .csv or .parquet file")
+
+
+def table_features(table, columns: list[str], where: str) -> np.ndarray:
+    """Stack numeric columns into (N, D) float32, refusing non-numeric or missing values."""
+    cols = []
+    for name in columns:
+        col = table.column(name)
+        if not _is_numeric(col.type):
+            raise DataError(f"{where}: column {name!r} is {col.type}, expected numbers")
+        if col.null_count:
+            raise DataError(f"{where}: column {name!r} has {col.null_count} missing values")
+        cols.append(col.to_numpy().astype(np.float32))
+    return np.stack(cols, axis=1) if cols else np.zeros((table.num_rows, 0), np.float32)
+
+
+def _is_numeric(arrow_type) -> bool:
+    import pyarrow.types as pat
+
+    return pat.is_integer(arrow_type) or pat.is_floating(arrow_type) or pat.is_boolean(arrow_type)
+
+
+# --- fingerprints ----------------------------------------------------------------------------------
+
+
+def _hash_files(paths) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _hash_arrays(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()

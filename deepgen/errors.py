@@ -1,0 +1,21 @@
+"""User-facing errors: each carries one line that names the file or field and what to do."""
+
+
+class DeepgenError(Exception):
+    """An error the user can fix; the CLI prints its message on one line and exits non-zero."""
+
+
+class SpecError(DeepgenError):
+    """A pipeline file or override is invalid."""
+
+
+class DataError(DeepgenError):
+    """Input data is missing, malformed or unusable."""
+
+
+class RegistryError(DeepgenError):
+    """A model, version or alias cannot be found or used."""
+
+
+class TrainingError(DeepgenError):
+    """Training failed in a way the user should hear about (diverged, no rows, ...)."""

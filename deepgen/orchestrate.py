@@ -1,0 +1,305 @@
+"""The steps of a pipeline, in order: prepare -> train -> evaluate -> register.
+
+This is the one module that builds Ray things (the prepare task, the `TorchTrainer`). Each step skips
+work whose output is already there and current: an unchanged dataset is not rewritten, a finished run
+name resumes at its last checkpoint, and a run that already registered a version does not register again.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from deepgen import anomaly, tracking
+from deepgen.config import PipelineSpec
+from deepgen.data.dataset import load_split, normal_mask, split_path
+from deepgen.data.prepare import Manifest, prepare_dataset
+from deepgen.errors import DeepgenError, TrainingError
+
+
+def say(message: str) -> None:
+    print(f"[deepgen] {message}", flush=True)
+
+
+# --- Ray -------------------------------------------------------------------------------------------
+
+
+def ensure_ray(spec: PipelineSpec | None = None) -> None:
+    """Connect to `RAY_ADDRESS` if set, else start a local Ray sized for the spec's workers.
+
+    Ray Data needs a CPU of its own to read Parquet while every training worker holds one, so a local
+    instance gets at least workers * cpus_per_worker + 1 logical CPUs.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        return
+    need = 1.0 + (spec.scaling.num_workers * spec.scaling.cpus_per_worker if spec else 1.0)
+    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), include_dashboard=False)
+
+
+def _quiet_ray_data() -> None:
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+
+
+# --- prepare ---------------------------------------------------------------------------------------
+
+
+def prepare(spec: PipelineSpec) -> Manifest:
+    """Run the prepare step as a Ray task (on a cluster it runs where the data is reachable)."""
+    import ray
+
+    ensure_ray(spec)
+    say(f"prepare: reading {spec.data.source.kind} source")
+    task = ray.remote(max_retries=0)(prepare_dataset)
+    try:
+        manifest, _ = ray.get(task.remote(spec.data, str(spec.data_dir), say))
+    except ray.exceptions.RayTaskError as e:
+        raise _user_error(e) from None
+    return manifest
+
+
+def _user_error(e: Exception) -> Exception:
+    cause = getattr(e, "cause", None)
+    return cause if isinstance(cause, DeepgenError) else e
+
+
+# --- train -----------------------------------------------------------------------------------------
+
+
+def train(spec: PipelineSpec, manifest: Manifest, mlflow_run_id: str | None, tracking_uri: str | None) -> Path:
+    """Fit with Ray Train; returns a local folder holding the final checkpoint."""
+    import ray.data
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from deepgen.train.loop import train_loop_per_worker
+
+    ensure_ray(spec)
+    _quiet_ray_data()
+    anomaly_spec = spec.anomaly
+
+    def keep_normal(batch):  # pyarrow batch -> normal rows only
+        return batch.filter(normal_mask(batch.column("label"), anomaly_spec, batch.num_rows)) \
+            if "label" in batch.column_names else batch
+
+    datasets = {
+        "train": ray.data.read_parquet(split_path(spec.data_dir, "train")).map_batches(
+            keep_normal, batch_format="pyarrow"),
+        "val": ray.data.read_parquet(split_path(spec.data_dir, "val")),
+    }
+    s = spec.scaling
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "spec": spec.model_dump(mode="json"), "manifest": manifest.model_dump(mode="json"),
+            "mlflow_run_id": mlflow_run_id, "tracking_uri": tracking_uri,
+        },
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
+                                     resources_per_worker={"CPU": s.cpus_per_worker}),
+        run_config=RunConfig(
+            name=spec.run_name, storage_path=spec.storage_path,
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.train.checkpoints_to_keep),
+            failure_config=FailureConfig(max_failures=0),
+        ),
+        datasets=datasets,
+    )
+    say(f"train: Ray Train run {spec.run_name} ({s.num_workers} workers, {spec.train.epochs} epochs) "
+        f"in {spec.storage_path}")
+    try:
+        result = trainer.fit()
+    except Exception as e:  # Ray wraps worker errors; surface ours as one line
+        raise _training_error(e) from None
+    if result.checkpoint is None:
+        raise TrainingError(f"{spec.run_name}: training produced no checkpoint")
+    local = Path(tempfile.mkdtemp(prefix="deepgen-final-"))
+    return Path(result.checkpoint.to_directory(str(local)))
+
+
+def _training_error(e: Exception) -> Exception:
+    text = str(e)
+    for line in text.splitlines():
+        if "TrainingError:" in line:
+            return TrainingError(line.split("TrainingError:", 1)[1].strip())
+    return TrainingError(f"training failed: {text.strip().splitlines()[-1] if text.strip() else type(e).__name__}")
+
+
+# --- evaluate --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Evaluation:
+    threshold: float
+    threshold_method: dict
+    metrics: dict[str, float]  # test metrics
+    history: list[dict] = field(default_factory=list)
+    test_scores: np.ndarray | None = None
+    test_is_anomaly: np.ndarray | None = None
+
+
+def evaluate(spec: PipelineSpec, manifest: Manifest, checkpoint_dir: Path) -> tuple[Evaluation, object]:
+    """Score val and test with the trained model; calibrate on normal val rows; report test metrics."""
+    from deepgen.export import reconstruction_scores
+    from deepgen.tasks import build_task
+    from deepgen.train.loop import load_model_weights
+
+    model = load_model_weights(checkpoint_dir, build_task(spec, manifest))["model"]
+    history = json.loads((checkpoint_dir / "history.json").read_text())
+    x_val, y_val = load_split(spec.data_dir, "val")
+    val_normal = normal_mask(y_val, spec.anomaly, len(x_val))
+    threshold = anomaly.calibrate_threshold(reconstruction_scores(model, x_val[val_normal]), spec.anomaly.threshold)
+    x_test, y_test = load_split(spec.data_dir, "test")
+    test_scores = reconstruction_scores(model, x_test)
+    is_anomaly = ~normal_mask(y_test, spec.anomaly, len(x_test))
+    metrics = anomaly.evaluate_scores(test_scores, is_anomaly, threshold)
+    return Evaluation(threshold, spec.anomaly.threshold.model_dump(), metrics, history, test_scores,
+                      is_anomaly), model
+
+
+def score_champion_on(spec: PipelineSpec, version) -> dict[str, float] | None:
+    """Gate metrics of an existing version on *this* pipeline's test split, or None if it cannot score it."""
+    from deepgen.export import ScoringModel
+
+    try:
+        scorer = ScoringModel.load(tracking.download_model_dir(version))
+    except DeepgenError:
+        return None
+    x_test, y_test = load_split(spec.data_dir, "test")
+    if x_test.shape[1] != scorer.meta.num_features:
+        return None
+    scores = scorer.score(x_test)
+    return anomaly.evaluate_scores(scores, ~normal_mask(y_test, spec.anomaly, len(x_test)), scorer.meta.threshold)
+
+
+# --- register --------------------------------------------------------------------------------------
+
+
+def gate(spec: PipelineSpec, manifest: Manifest, metrics: dict[str, float]) -> tuple[bool, str, str | None]:
+    """Does the new model beat the champion on the gate metric, on the same test data?
+
+    A champion evaluated on another dataset is scored again on this pipeline's test split, so the two
+    numbers compared always come from the same rows. Returns (promote, reason, champion version).
+    """
+    name, metric = spec.registry.model_name, spec.registry.gate_metric
+    new = metrics.get(metric)
+    if new is None:
+        return False, f"the new model has no test metric {metric!r} (is the test split single-class?)", None
+    current = tracking.champion(name)
+    if current is None:
+        return True, "no champion yet", None
+    if current.tags.get("data_fingerprint") == manifest.fingerprint and f"test_{metric}" in current.tags:
+        old = float(current.tags[f"test_{metric}"])
+    else:
+        rescored = score_champion_on(spec, current)
+        if rescored is None or metric not in rescored:
+            return False, f"champion v{current.version} cannot be scored on this test data; kept", current.version
+        old = rescored[metric]
+    better = new > old if spec.registry.greater_is_better else new < old
+    verdict = "beats" if better else "does not beat"
+    return better, f"{metric} {new:.4f} {verdict} champion v{current.version} ({old:.4f})", current.version
+
+
+def register(spec: PipelineSpec, manifest: Manifest, ev: Evaluation, model, run_id: str) -> tracking.Registered:
+    """The last step: log the model, register a version with its threshold and lineage, move an alias."""
+    from deepgen.export import save_model_dir
+
+    name = spec.registry.model_name
+    promote, reason, previous = gate(spec, manifest, ev.metrics)
+    tags = {
+        "threshold": ev.threshold,
+        "threshold_method": ev.threshold_method["method"],
+        "threshold_params": json.dumps(ev.threshold_method),
+        **{f"test_{k}": v for k, v in ev.metrics.items()},
+        "data_fingerprint": manifest.fingerprint,
+        "spec_hash": spec.spec_hash(),
+        "git_commit": tracking.git_commit(),
+        "ray_run_name": spec.run_name,
+        tracking.RUN_NAME_TAG: spec.run_name,
+        "pipeline": spec.name,
+        "gate": reason,
+    }
+    with tempfile.TemporaryDirectory(prefix="deepgen-export-") as tmp:
+        model_dir = save_model_dir(Path(tmp) / "model", spec.model, manifest, model, ev.threshold,
+                                   ev.threshold_method)
+        version = tracking.log_and_register(run_id, model_dir, name, tags)
+    alias = tracking.CHAMPION if promote else tracking.CHALLENGER
+    tracking.set_alias(name, alias, version.version)
+    return tracking.Registered(name, version.version, alias, previous, reason)
+
+
+# --- the whole pipeline ----------------------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    spec: PipelineSpec
+    tracking_uri: str
+    run_id: str
+    registered: tracking.Registered
+    evaluation: Evaluation | None
+    reused: bool = False
+
+
+def run_pipeline(spec: PipelineSpec, register_model: bool = True) -> Summary:
+    uri = tracking.configure(spec.runs_dir)
+    manifest = prepare(spec)
+    run_id = start_run(spec, manifest)
+    existing = tracking.find_version_for_run(spec.registry.model_name, spec.run_name)
+    if existing is not None:
+        say(f"register: {spec.run_name} already registered {existing.name} v{existing.version}; nothing to do")
+        aliases = list(existing.aliases or [])
+        reg = tracking.Registered(existing.name, existing.version, ", ".join(aliases) or "-", None,
+                                  existing.tags.get("gate", ""))
+        return Summary(spec, uri, run_id, reg, None, reused=True)
+    try:
+        checkpoint = train(spec, manifest, run_id, uri)
+        say("evaluate: scoring validation and test splits")
+        ev, model = evaluate(spec, manifest, checkpoint)
+        log_evaluation(run_id, spec, manifest, ev, model)
+        reg = register(spec, manifest, ev, model, run_id) if register_model else None
+    except BaseException:
+        tracking.end_run(run_id, "FAILED")
+        raise
+    tracking.end_run(run_id)
+    return Summary(spec, uri, run_id, reg, ev)
+
+
+def start_run(spec: PipelineSpec, manifest: Manifest) -> str:
+    return tracking.start_or_resume_run(
+        spec.experiment, spec.run_name, spec.runs_dir / "mlartifacts",
+        params=spec.model_dump(mode="json", exclude={"tracking"}),
+        tags={"data_fingerprint": manifest.fingerprint, "spec_hash": spec.spec_hash(),
+              "git_commit": tracking.git_commit(), "ray_run_name": spec.run_name},
+    )
+
+
+def log_evaluation(run_id: str, spec: PipelineSpec, manifest: Manifest, ev: Evaluation, model) -> None:
+    from deepgen import plots
+
+    tracking.log_metrics(run_id, ev.metrics, prefix="test_")
+    tracking.log_metrics(run_id, {"threshold": ev.threshold})
+    tracking.log_figure(run_id, plots.loss_curves(ev.history), "loss_curves")
+    tracking.log_figure(run_id, plots.score_histogram(ev.test_scores, ev.test_is_anomaly, ev.threshold),
+                        "score_histogram")
+    if ev.test_is_anomaly.any() and not ev.test_is_anomaly.all():
+        tracking.log_figure(run_id, plots.roc_curve(ev.test_scores, ev.test_is_anomaly), "roc_curve")
+    if len(manifest.shape) == 3:
+        import torch
+
+        x_test, _ = load_split(spec.data_dir, "test")
+        with torch.no_grad():
+            recon = model.reconstruct(torch.tensor(x_test[:8])).numpy()
+        tracking.log_figure(run_id, plots.reconstructions(x_test[:8], recon, manifest.shape), "reconstructions")

@@ -1,0 +1,70 @@
+"""Pictures people would rather see than read; each returns a matplotlib Figure for MLflow."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def loss_curves(history: list[dict]):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    epochs = [h["epoch"] for h in history]
+    for key in ("train_loss", "val_loss"):
+        ax.plot(epochs, [h[key] for h in history], marker="o", label=key)
+    ax.set(xlabel="epoch", ylabel="loss", title="loss curves")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def score_histogram(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    bins = np.histogram_bin_edges(scores, bins=40)
+    ax.hist(scores[~is_anomaly], bins=bins, alpha=0.6, label="normal", density=True)
+    if is_anomaly.any():
+        ax.hist(scores[is_anomaly], bins=bins, alpha=0.6, label="anomalous", density=True)
+    ax.axvline(threshold, color="k", linestyle="--", label=f"threshold {threshold:.4g}")
+    ax.set(xlabel="anomaly score (reconstruction error)", ylabel="density", title="test scores")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def roc_curve(scores: np.ndarray, is_anomaly: np.ndarray):
+    from sklearn.metrics import roc_auc_score, roc_curve as sk_roc
+
+    plt = _pyplot()
+    fpr, tpr, _ = sk_roc(is_anomaly, scores)
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot(fpr, tpr, label=f"AUC {roc_auc_score(is_anomaly, scores):.3f}")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title="ROC (test)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def reconstructions(inputs: np.ndarray, outputs: np.ndarray, shape: list[int], n: int = 8):
+    """Top row inputs, bottom row reconstructions, for image rows (C, H, W)."""
+    plt = _pyplot()
+    n = min(n, len(inputs))
+    fig, axes = plt.subplots(2, n, figsize=(1.2 * n, 2.6), squeeze=False)
+    for i in range(n):
+        for row, img in ((0, inputs[i]), (1, outputs[i])):
+            ax = axes[row][i]
+            ax.imshow(img.reshape(shape)[0], cmap="gray", vmin=0, vmax=1)
+            ax.axis("off")
+    axes[0][0].set_title("input", fontsize=8, loc="left")
+    axes[1][0].set_title("reconstruction", fontsize=8, loc="left")
+    fig.tight_layout()
+    return fig

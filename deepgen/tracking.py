@@ -1,0 +1,253 @@
+"""Every MLflow call of deepgen lives here: runs, metrics, pictures, the model registry and its aliases.
+
+Default store: SQLite under the pipeline's runs folder; `MLFLOW_TRACKING_URI` overrides it (a shared
+`mlflow server` on a cluster). Only the driver and rank 0 of a Ray Train run call into this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from deepgen.errors import RegistryError
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+RUN_NAME_TAG = "deepgen.run_name"
+PYFUNC_CODE = Path(__file__).with_name("mlflow_model.py")
+MODEL_ARTIFACT = "model"
+
+
+def tracking_uri_for(runs_dir: str | Path) -> str:
+    """`MLFLOW_TRACKING_URI` if set, else a SQLite file in the runs folder."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(runs_dir).resolve() / 'mlflow.db'}"
+
+
+def configure(runs_dir: str | Path) -> str:
+    uri = tracking_uri_for(runs_dir)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    Path(runs_dir).mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def client() -> MlflowClient:
+    return MlflowClient()
+
+
+# --- runs ------------------------------------------------------------------------------------------
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """{"train": {"lr": 1e-3}} -> {"train.lr": "0.001"}; lists are kept as JSON."""
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out |= flatten(v, key + ".")
+        else:
+            out[key] = json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
+    return out
+
+
+def start_or_resume_run(experiment: str, run_name: str, artifact_root: Path, params: dict[str, Any],
+                        tags: dict[str, str]) -> str:
+    """The MLflow run of a Ray Train run name: created once, found again when the pipeline is rerun."""
+    c = client()
+    exp = c.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else c.create_experiment(
+        experiment, artifact_location=None if _remote_store() else (artifact_root / experiment).resolve().as_uri())
+    found = c.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+        if found[0].info.status != "RUNNING":
+            c.update_run(run_id, status="RUNNING")
+        return run_id
+    run = c.create_run(exp_id, run_name=run_name, tags={RUN_NAME_TAG: run_name, **tags})
+    flat = flatten(params)
+    items = list(flat.items())
+    for i in range(0, len(items), 100):
+        c.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in items[i:i + 100]])
+    return run.info.run_id
+
+
+def end_run(run_id: str, status: str = "FINISHED") -> None:
+    client().set_terminated(run_id, status=status)
+
+
+class EpochLogger:
+    """Called by rank 0 after each epoch: per-epoch metrics with step = epoch.
+
+    A resumed run starts after its last checkpointed epoch; epochs already in the history are skipped,
+    so a restart does not duplicate metric history.
+    """
+
+    def __init__(self, run_id: str, tracking_uri: str):
+        self.run_id = run_id
+        self.client = MlflowClient(tracking_uri)
+        logged = self.client.get_metric_history(run_id, "train_loss")
+        self.logged_epochs = {m.step for m in logged}
+
+    def __call__(self, metrics: dict[str, float]) -> None:
+        epoch = int(metrics["epoch"])
+        if epoch in self.logged_epochs:
+            return
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[
+            Metric(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"])
+        self.logged_epochs.add(epoch)
+
+
+def log_metrics(run_id: str, metrics: dict[str, float], prefix: str = "") -> None:
+    now = int(time.time() * 1000)
+    client().log_batch(run_id, metrics=[Metric(prefix + k, float(v), now, 0) for k, v in metrics.items()])
+
+
+def log_figure(run_id: str, figure, name: str) -> None:
+    client().log_figure(run_id, figure, f"plots/{name}.png")
+
+
+def set_tags(run_id: str, tags: dict[str, Any]) -> None:
+    c = client()
+    for k, v in tags.items():
+        c.set_tag(run_id, k, str(v))
+
+
+# --- registry --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Registered:
+    name: str
+    version: str
+    alias: str
+    previous_champion: str | None
+    reason: str
+
+
+def find_version_for_run(name: str, run_name: str):
+    """The version a pipeline run already registered, so a rerun does not register twice."""
+    try:
+        versions = client().search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    for v in versions:
+        if v.tags.get(RUN_NAME_TAG) == run_name:
+            return client().get_model_version(name, v.version)  # search results carry no aliases
+    return None
+
+
+def log_and_register(run_id: str, model_dir: Path, name: str, tags: dict[str, Any]):
+    """Log the exported model as a models-from-code pyfunc (no pickle) and register a new version."""
+    with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # type-hint advice for PythonModel.predict; our input is a DataFrame
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=str(PYFUNC_CODE),
+            artifacts={"model_dir": str(model_dir)},
+            code_paths=[str(Path(__file__).parent)],
+            pip_requirements=["torch", "numpy", "pyarrow", "pydantic", "scikit-learn", "pyyaml"],
+        )
+    c = client()
+    try:
+        c.get_registered_model(name)
+    except MlflowException:
+        c.create_registered_model(name, description="deepgen model; see version tags for threshold and lineage")
+    version = c.create_model_version(name, info.model_uri, run_id=run_id,
+                                     tags={k: str(v) for k, v in tags.items()})
+    return _wait_ready(name, version.version)
+
+
+def _wait_ready(name: str, version: str, timeout_s: float = 60):
+    c = client()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        v = c.get_model_version(name, version)
+        if v.status != "PENDING_REGISTRATION" or time.monotonic() > deadline:
+            return v
+        time.sleep(0.2)
+
+
+def champion(name: str):
+    try:
+        return client().get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        return None
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    client().set_registered_model_alias(name, alias, version)
+
+
+def resolve(ref: str):
+    """`NAME@ALIAS`, `NAME/VERSION` or `NAME` (latest version) -> ModelVersion."""
+    c = client()
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            return c.get_model_version_by_alias(name, alias)
+        if "/" in ref:
+            name, version = ref.rsplit("/", 1)
+            return c.get_model_version(name, version)
+        versions = c.search_model_versions(f"name = '{ref}'")
+    except MlflowException as e:
+        raise RegistryError(f"{ref}: not found in the registry at {mlflow.get_tracking_uri()} "
+                            f"({_first_line(e)}); `deepgen models list` shows what is there") from None
+    if not versions:
+        raise RegistryError(f"{ref}: no such registered model; `deepgen models list` shows what is there")
+    return max(versions, key=lambda v: int(v.version))
+
+
+def download_model_dir(version) -> Path:
+    """The exported model folder of a registered version, fetched through the registry."""
+    dest = Path(tempfile.mkdtemp(prefix="deepgen-model-"))
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{version.name}/{version.version}", dst_path=str(dest))
+    found = list(Path(local).rglob("deepgen-model.json"))
+    if not found:
+        raise RegistryError(f"{version.name}/{version.version}: not a deepgen model (no deepgen-model.json)")
+    return found[0].parent
+
+
+def list_models() -> list[dict[str, Any]]:
+    rows = []
+    for m in client().search_registered_models():
+        aliases = dict(m.aliases) if isinstance(m.aliases, dict) else {a.alias: a.version for a in m.aliases}
+        latest = max((int(v.version) for v in m.latest_versions), default=0)
+        rows.append({"name": m.name, "latest_version": latest, "aliases": aliases})
+    return rows
+
+
+def describe_version(v) -> dict[str, Any]:
+    return {"name": v.name, "version": v.version, "aliases": list(v.aliases or []), "run_id": v.run_id,
+            "status": v.status, "created": v.creation_timestamp, "tags": dict(v.tags)}
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _remote_store() -> bool:
+    return mlflow.get_tracking_uri().startswith(("http://", "https://", "databricks"))
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -1,0 +1,144 @@
+"""Where the training loop runs: under Ray Train, or plainly in one process.
+
+The loop asks its environment for batches, for a model ready for this device (DDP-wrapped under Ray
+Train), for the checkpoint to resume from, and to report an epoch. Ray touch points live only in
+`RayTrainEnv`; `LocalEnv` needs neither Ray nor MLflow, so tests and GPU benchmarks can run the same loop.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+
+from deepgen.config import AnomalySpec
+from deepgen.data.dataset import features_to_numpy, normal_mask, split_path
+
+SHUFFLE_BUFFER_ROWS = 4096
+
+
+def tensor_batches(x: torch.Tensor, batch_size: int, epoch: int, seed: int, shuffle: bool,
+                   device: torch.device) -> Iterator[torch.Tensor]:
+    """Batches of an in-memory split; the shuffle order depends only on (seed, epoch), so a resumed
+    run sees the same order an uninterrupted one would."""
+    if shuffle:
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    for i in range(0, len(x), batch_size):
+        xb = x[order[i:i + batch_size]] if shuffle else x[i:i + batch_size]
+        yield xb.to(device, non_blocking=True)
+
+
+def pick_device(use_gpu: bool) -> torch.device:
+    return torch.device("cuda") if use_gpu and torch.cuda.is_available() else torch.device("cpu")
+
+
+class LocalEnv:
+    """One process, one device; checkpoints in `checkpoint_root/checkpoint_NNNNNN`."""
+
+    world_rank = 0
+    world_size = 1
+
+    def __init__(self, data_dir: str | Path, anomaly: AnomalySpec, checkpoint_root: str | Path,
+                 use_gpu: bool = False, keep: int = 2, seed: int = 0):
+        self.device = pick_device(use_gpu)
+        self.root = Path(checkpoint_root)
+        self.keep = keep
+        self.seed = seed
+        self._splits = {}
+        for split in ("train", "val"):
+            table = pq.read_table(split_path(data_dir, split))
+            x = features_to_numpy(table.column("features"))
+            if split == "train":  # an autoencoder for anomaly detection learns normal rows only
+                labels = table.column("label") if "label" in table.column_names else None
+                x = x[normal_mask(labels, anomaly, len(x))]
+            self._splits[split] = torch.tensor(x)
+
+    def num_rows(self, split: str) -> int:
+        return len(self._splits[split])
+
+    def batches(self, split: str, batch_size: int, epoch: int) -> Iterator[torch.Tensor]:
+        return tensor_batches(self._splits[split], batch_size, epoch, self.seed, split == "train", self.device)
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model.to(self.device)
+
+    def latest_checkpoint(self) -> Path | None:
+        found = sorted(self.root.glob("checkpoint_*")) if self.root.exists() else []
+        return found[-1] if found else None
+
+    def report(self, metrics: dict, checkpoint_dir: Path | None) -> None:
+        if checkpoint_dir is not None:
+            dest = self.root / f"checkpoint_{metrics['epoch']:06d}"
+            self.root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(checkpoint_dir, dest)
+            (dest / "metrics.json").write_text(json.dumps(metrics))
+            for old in sorted(self.root.glob("checkpoint_*"))[:-self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        return t
+
+
+class RayTrainEnv:
+    """Inside `train_loop_per_worker`: dataset shards, DDP, `ray.train.report` with checkpoints."""
+
+    def __init__(self, use_gpu: bool, seed: int = 0, cache_shards: bool = True):
+        import ray.train
+        import ray.train.torch
+
+        self._train = ray.train
+        self._train_torch = ray.train.torch
+        ctx = ray.train.get_context()
+        self.world_rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+        self.device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
+        self.seed = seed
+        self.cache_shards = cache_shards
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def batches(self, split: str, batch_size: int, epoch: int) -> Iterator[torch.Tensor]:
+        shard = self._train.get_dataset_shard(split)
+        if self.cache_shards:
+            # Ray Data starts a streaming execution per epoch (seconds on a small machine); a shard that
+            # fits in memory is read once and shuffled locally from then on.
+            if split not in self._cache:
+                parts = [b["features"] for b in shard.iter_torch_batches(batch_size=8192)]
+                self._cache[split] = torch.cat(parts) if parts else torch.zeros(0)
+            return tensor_batches(self._cache[split], batch_size, epoch, self.seed + self.world_rank,
+                                  split == "train", self.device)
+        return self._stream(shard, split, batch_size, epoch)
+
+    def _stream(self, shard, split: str, batch_size: int, epoch: int) -> Iterator[torch.Tensor]:
+        shuffle = {"local_shuffle_buffer_size": SHUFFLE_BUFFER_ROWS, "local_shuffle_seed": self.seed + epoch} \
+            if split == "train" else {}
+        for batch in shard.iter_torch_batches(batch_size=batch_size, device=self.device, **shuffle):
+            yield batch["features"]
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        # DDP across workers (gloo on CPU, NCCL on GPU); a single worker is not wrapped.
+        return self._train_torch.prepare_model(model)
+
+    def latest_checkpoint(self) -> Path | None:
+        ckpt = self._train.get_checkpoint()  # the last *registered* checkpoint of this run name
+        if ckpt is None:
+            return None
+        local = Path(tempfile.mkdtemp(prefix="deepgen-resume-"))
+        return Path(ckpt.to_directory(str(local)))
+
+    def report(self, metrics: dict, checkpoint_dir: Path | None) -> None:
+        from ray.train import Checkpoint
+
+        checkpoint = Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        self._train.report(metrics, checkpoint=checkpoint)
+
+    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world_size > 1 and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(t)
+        return t

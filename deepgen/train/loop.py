@@ -1,0 +1,173 @@
+"""The one training loop. It serves every model family through `deepgen.tasks.Task`.
+
+Per epoch: train on the (sharded) train split, evaluate on val, then report metrics with a checkpoint
+(models, optimizers, epoch, metric history, RNG). A restarted run resumes after the last reported epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deepgen.config import PipelineSpec
+from deepgen.data.prepare import Manifest
+from deepgen.errors import TrainingError
+from deepgen.tasks import Task, build_task, unwrap
+
+STATE_FILE = "state.pt"
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point. `config` holds the spec and manifest as JSON-able dicts."""
+    from deepgen.train.env import RayTrainEnv
+
+    spec = PipelineSpec.model_validate(config["spec"])
+    manifest = Manifest.model_validate(config["manifest"])
+    env = RayTrainEnv(use_gpu=spec.scaling.use_gpu, seed=spec.train.seed, cache_shards=spec.train.cache_shards)
+    on_epoch = None
+    if env.world_rank == 0 and config.get("mlflow_run_id"):
+        from deepgen import tracking
+
+        on_epoch = tracking.EpochLogger(config["mlflow_run_id"], config["tracking_uri"])
+    train_loop(spec, manifest, env, on_epoch=on_epoch)
+
+
+def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> list[dict]:
+    """Train `spec` in `env` (a `LocalEnv` or `RayTrainEnv`); returns the metric history."""
+    task: Task = build_task(spec, manifest)
+    seed_everything(spec.train.seed + env.world_rank)
+    models = {name: env.prepare_model(m) for name, m in task.build_models().items()}
+    optimizers = task.build_optimizers(models)
+    start_epoch, history = 0, []
+    resume = env.latest_checkpoint()
+    if resume is not None:
+        start_epoch, history = load_checkpoint(resume, models, optimizers, restore_rng=env.world_rank == 0)
+        _say(f"resuming {spec.run_name} after epoch {start_epoch} from {resume}")
+
+    autocast = autocast_context(spec, env.device)
+    t = spec.train
+    for epoch in range(start_epoch + 1, t.epochs + 1):
+        start = time.perf_counter()
+        for m in models.values():
+            m.train()
+        sums, rows, steps = torch.zeros((), device=env.device), 0, 0
+        for x in env.batches("train", t.batch_size, epoch):
+            with autocast:
+                out = task.train_step(models, optimizers, x)
+            sums += out["loss"].float() * len(x)
+            rows += len(x)
+            steps += 1
+        train_time = time.perf_counter() - start
+        totals = env.all_reduce(torch.stack([sums, torch.tensor(float(rows), device=env.device)]))
+        train_loss = (totals[0] / totals[1].clamp(min=1)).item()
+        if not math.isfinite(train_loss):
+            raise TrainingError(f"{spec.run_name}: training diverged at epoch {epoch} (loss {train_loss}); "
+                                "lower train.lr or check the input scaling")
+        metrics = {
+            "epoch": epoch, "train_loss": train_loss, **evaluate(task, models, env, t.batch_size, autocast),
+            "rows_per_s": totals[1].item() / max(train_time, 1e-9), "step_time_ms": 1e3 * train_time / max(steps, 1),
+            "epoch_time_s": time.perf_counter() - start,
+        }
+        history.append(metrics)
+        if env.world_rank == 0:
+            with tempfile.TemporaryDirectory(prefix="deepgen-ckpt-") as tmp:
+                save_checkpoint(Path(tmp), models, optimizers, epoch, history)
+                env.report(metrics, Path(tmp))
+            if on_epoch is not None:
+                on_epoch(metrics)
+            _say(f"epoch {epoch}/{t.epochs} " + " ".join(
+                f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"))
+        else:
+            env.report(metrics, None)
+    return history
+
+
+@torch.no_grad()
+def evaluate(task: Task, models, env, batch_size: int, autocast) -> dict[str, float]:
+    for m in models.values():
+        m.eval()
+    sums: dict[str, torch.Tensor] = {}
+    rows = 0
+    for x in env.batches("val", batch_size, 0):
+        with autocast:
+            for k, v in task.eval_step(models, x).items():
+                sums[k] = sums.get(k, 0) + v.float()
+        rows += len(x)
+    keys = sorted(sums)
+    totals = env.all_reduce(torch.stack([*(sums[k] for k in keys), torch.tensor(float(rows), device=env.device)]))
+    return {f"val_{k}": (totals[i] / totals[-1].clamp(min=1)).item() for i, k in enumerate(keys)}
+
+
+def autocast_context(spec: PipelineSpec, device: torch.device):
+    bf16 = spec.train.precision == "bf16" or (spec.train.precision == "auto" and device.type == "cuda")
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# --- checkpoints -----------------------------------------------------------------------------------
+
+
+def save_checkpoint(directory: Path, models, optimizers, epoch: int, history: list[dict]) -> None:
+    state = {
+        "models": {k: unwrap(m).state_dict() for k, m in models.items()},
+        "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+        "epoch": epoch,
+        "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate()[1]},
+    }
+    if torch.cuda.is_available():
+        state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(state, directory / STATE_FILE)
+    (directory / "history.json").write_text(json.dumps(history))
+
+
+def load_checkpoint(directory: Path, models, optimizers, restore_rng: bool = True) -> tuple[int, list[dict]]:
+    # weights_only: a checkpoint is data, never code to unpickle.
+    state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+    for k, m in models.items():
+        unwrap(m).load_state_dict(state["models"][k])
+    for k, o in optimizers.items():
+        o.load_state_dict(state["optimizers"][k])
+    if restore_rng:
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(("MT19937", np.asarray(state["rng"]["numpy"]["key"], np.uint32),
+                             state["rng"]["numpy"]["pos"], 0, 0.0))
+        random.setstate((3, tuple(state["rng"]["python"]), None))
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    history = json.loads((Path(directory) / "history.json").read_text())
+    return int(state["epoch"]), history
+
+
+def load_model_weights(directory: Path, task: Task) -> dict[str, torch.nn.Module]:
+    """Fresh modules of `task` with the weights of a checkpoint, in eval mode on the CPU."""
+    state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+    models = task.build_models()
+    for k, m in models.items():
+        m.load_state_dict(state["models"][k])
+        m.eval()
+    return models
+
+
+def _numpy_rng_state() -> dict:
+    _, key, pos, _, _ = np.random.get_state()
+    return {"key": key.tolist(), "pos": int(pos)}
+
+
+def _say(message: str) -> None:
+    print(f"[deepgen] {message}", flush=True)
