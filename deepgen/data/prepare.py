@@ -97,10 +97,13 @@ def prepare_dataset(data: DataSpec, out_dir: str | Path, log=print) -> tuple[Man
         log(f"prepare: {out_dir} is up to date (fingerprint {fingerprint[:12]}), nothing to do")
         return current, False
 
+    check_finite(raw.x, data)
+    if raw.test is not None:
+        check_finite(raw.test[0], data)
     splits = split_rows(raw, data)
     x_train = splits["train"][0]
     scaler = Scaler.fit(raw, x_train)
-    tables = {name: to_arrow(scaler.apply(x.reshape(len(x), -1)), y, name, data) for name, (x, y) in splits.items()}
+    tables = {name: to_arrow(scaler.apply(x.reshape(len(x), -1)), y) for name, (x, y) in splits.items()}
     label_type = None if raw.y is None else ("str" if raw.y.dtype.kind in "OUS" else "int")
     manifest = Manifest(
         fingerprint=fingerprint, source_fingerprint=raw.fingerprint, shape=list(raw.shape),
@@ -135,14 +138,20 @@ def split_rows(raw: RawData, data: DataSpec) -> dict[str, tuple[np.ndarray, np.n
     return {name: splits[name] for name in SPLITS}
 
 
-def to_arrow(x: np.ndarray, y: np.ndarray | None, split: str, data: DataSpec) -> pa.Table:
-    """(N, D) float32 -> a table with a fixed-size-list `features` column, refusing NaN and infinities."""
-    bad = ~np.isfinite(x)
+def check_finite(x: np.ndarray, data: DataSpec) -> None:
+    """Refuse NaN and infinities: one of them turns every loss it touches into NaN."""
+    if not np.issubdtype(x.dtype, np.floating):
+        return
+    flat = x.reshape(len(x), -1)
+    bad = ~np.isfinite(flat)
     if bad.any():
         row, col = np.argwhere(bad)[0]
-        raise DataError(f"{_describe(data)}: non-finite value ({x[row, col]}) in the features "
-                        f"({int(bad.any(1).sum())} rows of the {split} split, first at feature {col}); "
-                        "clean or drop those rows")
+        raise DataError(f"{_describe(data)}: non-finite value ({flat[row, col]}) in the features "
+                        f"({int(bad.any(1).sum())} rows, first at row {row}, feature {col}); clean or drop those rows")
+
+
+def to_arrow(x: np.ndarray, y: np.ndarray | None) -> pa.Table:
+    """(N, D) float32 -> a table with a fixed-size-list `features` column."""
     columns = {"features": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel(), pa.float32()), x.shape[1])}
     if y is not None:
         columns["label"] = pa.array(y.tolist() if y.dtype.kind in "OUS" else y)

@@ -1,0 +1,66 @@
+"""Shared fixtures: one local Ray instance for the whole session, generated data, temporary stores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One Ray instance for every test that needs it (starting Ray costs seconds).
+
+    4 logical CPUs on a 2-core machine: 2 Ray Train workers plus room for Ray Data's read tasks.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True)
+    yield ray
+    ray.shutdown()
+
+
+def bar_images(n: int, seed: int, anomaly_fraction: float = 0.2, size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """(N, size, size) uint8 images: label 0 = a horizontal bar, label 1 = a vertical bar (the anomaly)."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < anomaly_fraction).astype(np.int64)
+    images = rng.integers(0, 40, size=(n, size, size)).astype(np.float32)
+    pos = rng.integers(1, size - 1, size=n)
+    for i in range(n):
+        if labels[i] == 0:
+            images[i, pos[i], :] = 255
+        else:
+            images[i, :, pos[i]] = 255
+    return images.astype(np.uint8), labels
+
+
+@pytest.fixture
+def bars_npy(tmp_path: Path) -> tuple[Path, Path]:
+    x, y = bar_images(400, seed=1)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    return tmp_path / "x.npy", tmp_path / "y.npy"
+
+
+def write_pipeline(path: Path, **sections) -> Path:
+    """A small valid pipeline spec; keyword sections replace the defaults."""
+    spec = {
+        "name": "t",
+        "data": {"source": {"kind": "digits"}},
+        "model": {"kind": "dense_autoencoder", "hidden": [16], "latent_dim": 4},
+        "train": {"epochs": 2, "batch_size": 32},
+        "scaling": {"num_workers": 1},
+        "anomaly": {"anomalous_labels": [9]},
+        "registry": {"model_name": "t-model"},
+        "tracking": {"runs_dir": str(path.parent / "runs")},
+    }
+    spec.update(sections)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path

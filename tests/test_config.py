@@ -1,0 +1,71 @@
+import pytest
+
+from deepgen.config import PipelineSpec
+from deepgen.errors import SpecError
+from conftest import write_pipeline
+
+
+def test_valid_spec_has_typed_sections_and_derived_names(tmp_path):
+    spec = PipelineSpec.from_yaml(write_pipeline(tmp_path / "p.yaml"))
+    assert spec.model.kind == "dense_autoencoder"
+    assert spec.train.epochs == 2
+    assert spec.run_name.startswith("t-") and len(spec.run_name) == 12
+    assert spec.data_dir == (tmp_path / "runs" / "data" / "t")
+
+
+def test_error_names_file_and_field_path(tmp_path):
+    path = write_pipeline(tmp_path / "x.yaml", train={"epochs": 0})
+    with pytest.raises(SpecError) as e:
+        PipelineSpec.from_yaml(path)
+    assert str(e.value) == f"{path}: train.epochs: Input should be greater than 0"
+
+
+def test_unknown_field_is_rejected(tmp_path):
+    path = write_pipeline(tmp_path / "x.yaml", train={"epochs": 2, "epocs": 3})
+    with pytest.raises(SpecError, match=r"x.yaml: train.epocs: Extra inputs are not permitted"):
+        PipelineSpec.from_yaml(path)
+
+
+def test_unknown_model_kind_is_rejected(tmp_path):
+    path = write_pipeline(tmp_path / "x.yaml", model={"kind": "transformer_ae"})
+    with pytest.raises(SpecError, match=r"x.yaml: model: Input tag 'transformer_ae' found using 'kind' does not"):
+        PipelineSpec.from_yaml(path)
+
+
+def test_nested_union_error_path_drops_the_tag(tmp_path):
+    path = write_pipeline(tmp_path / "x.yaml", data={"source": {"kind": "idx"}})
+    with pytest.raises(SpecError, match=r"x.yaml: data.source.path: Field required"):
+        PipelineSpec.from_yaml(path)
+
+
+def test_missing_file_and_malformed_yaml(tmp_path):
+    with pytest.raises(SpecError, match="nope.yaml: no such pipeline file"):
+        PipelineSpec.from_yaml(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ndata: [unclosed\n")
+    with pytest.raises(SpecError, match=r"bad.yaml: malformed YAML \(line \d+, column \d+\)"):
+        PipelineSpec.from_yaml(bad)
+
+
+def test_overrides_set_nested_fields_and_are_validated(tmp_path):
+    path = write_pipeline(tmp_path / "p.yaml")
+    spec = PipelineSpec.from_yaml(path, ["train.epochs=7", "model.hidden=[8, 4]", "scaling.use_gpu=true"])
+    assert spec.train.epochs == 7 and spec.model.hidden == [8, 4] and spec.scaling.use_gpu is True
+    with pytest.raises(SpecError, match=r"p.yaml: train.lr: Input should be greater than 0"):
+        PipelineSpec.from_yaml(path, ["train.lr=-1"])
+    with pytest.raises(SpecError, match="expected dotted.field=value"):
+        PipelineSpec.from_yaml(path, ["train.epochs"])
+
+
+def test_spec_hash_ignores_where_things_are_stored(tmp_path):
+    a = PipelineSpec.from_yaml(write_pipeline(tmp_path / "p.yaml"))
+    b = PipelineSpec.from_yaml(tmp_path / "p.yaml", ["tracking.runs_dir=elsewhere", "registry.model_name=other"])
+    c = PipelineSpec.from_yaml(tmp_path / "p.yaml", ["train.lr=0.1"])
+    assert a.spec_hash() == b.spec_hash() != c.spec_hash()
+
+
+def test_shipped_pipelines_validate():
+    from pathlib import Path
+
+    for path in sorted(Path(__file__).parents[1].glob("pipelines/*.yaml")):
+        PipelineSpec.from_yaml(path)

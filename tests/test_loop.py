@@ -1,0 +1,58 @@
+"""The training loop without Ray: what a GPU benchmark or a laptop run uses."""
+
+import pytest
+
+from deepgen.config import PipelineSpec
+from deepgen.data.prepare import prepare_dataset
+from deepgen.train.env import LocalEnv
+from deepgen.train.loop import train_loop
+from deepgen.errors import TrainingError
+from conftest import write_pipeline
+
+
+def _setup(tmp_path, **overrides):
+    sets = [f"{k}={v}" for k, v in overrides.items()]
+    spec = PipelineSpec.from_yaml(write_pipeline(tmp_path / "p.yaml"), sets)
+    manifest, _ = prepare_dataset(spec.data, spec.data_dir, log=lambda m: None)
+    return spec, manifest
+
+
+def _env(spec, root):
+    return LocalEnv(spec.data_dir, spec.anomaly, root, keep=spec.train.checkpoints_to_keep, seed=spec.train.seed)
+
+
+def test_trains_on_normal_rows_only_and_lowers_the_loss(tmp_path):
+    spec, manifest = _setup(tmp_path, **{"train.epochs": 4, "train.lr": 0.01})
+    env = _env(spec, tmp_path / "ckpt")
+    assert env.num_rows("train") == manifest.rows["train"] - _nines(spec)  # the 9s are left out
+    history = train_loop(spec, manifest, env)
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    assert len(list((tmp_path / "ckpt").glob("checkpoint_*"))) == spec.train.checkpoints_to_keep
+
+
+def _nines(spec):
+    from deepgen.data.dataset import load_split
+
+    _, labels = load_split(spec.data_dir, "train")
+    return int((labels == 9).sum())
+
+
+def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(tmp_path):
+    spec4, manifest = _setup(tmp_path, **{"train.epochs": 4})
+    uninterrupted = train_loop(spec4, manifest, _env(spec4, tmp_path / "a"))
+
+    spec2, _ = _setup(tmp_path, **{"train.epochs": 2})
+    train_loop(spec2, manifest, _env(spec2, tmp_path / "b"))
+    resumed = train_loop(spec4, manifest, _env(spec4, tmp_path / "b"))  # same checkpoint folder: resume
+
+    assert [h["epoch"] for h in resumed] == [1, 2, 3, 4]
+    for a, b in zip(uninterrupted, resumed):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-6)
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-6)
+
+
+def test_divergence_stops_with_a_clear_message(tmp_path):
+    spec, manifest = _setup(tmp_path, **{"train.lr": 1e30, "model.loss": "mse"})
+    with pytest.raises(TrainingError, match="training diverged at epoch 1"):
+        train_loop(spec, manifest, _env(spec, tmp_path / "c"))
