@@ -74,6 +74,13 @@ class DataSpec(Spec):
     )
     seed: int = Field(default=0, description="seed of the split")
 
+    def with_absolute_paths(self) -> DataSpec:
+        """Source paths resolved against the current directory, for a Ray task that runs elsewhere."""
+        src = self.source
+        updates = {f: str(Path(getattr(src, f)).expanduser().absolute())
+                   for f in ("path", "labels") if getattr(src, f, None)}
+        return self.model_copy(update={"source": src.model_copy(update=updates)})
+
     @model_validator(mode="after")
     def _fractions_leave_training_rows(self) -> DataSpec:
         if self.val_fraction + self.test_fraction >= 1:

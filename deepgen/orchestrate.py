@@ -66,7 +66,7 @@ def prepare(spec: PipelineSpec) -> Manifest:
     say(f"prepare: reading {spec.data.source.kind} source")
     task = ray.remote(max_retries=0)(prepare_dataset)
     try:
-        manifest, _ = ray.get(task.remote(spec.data, str(spec.data_dir), say))
+        manifest, _ = ray.get(task.remote(spec.data.with_absolute_paths(), str(spec.data_dir), say))
     except ray.exceptions.RayTaskError as e:
         raise _user_error(e) from None
     return manifest

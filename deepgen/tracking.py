@@ -232,7 +232,7 @@ def list_models() -> list[dict[str, Any]]:
 
 
 def describe_version(v) -> dict[str, Any]:
-    return {"name": v.name, "version": v.version, "aliases": list(v.aliases or []), "run_id": v.run_id,
+    return {"name": v.name, "version": str(v.version), "aliases": list(v.aliases or []), "run_id": v.run_id,
             "status": v.status, "created": v.creation_timestamp, "tags": dict(v.tags)}
 
 

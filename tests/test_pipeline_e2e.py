@@ -1,0 +1,153 @@
+"""End to end on generated data: 2 Ray Train workers (gloo), a temporary SQLite MLflow store, the registry,
+then lookup and scoring from a fresh process. One pipeline run serves the whole module (Ray is costly)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from mlflow.tracking import MlflowClient
+
+from deepgen import cli
+from conftest import bar_images, write_pipeline
+
+pytestmark = pytest.mark.ray
+MODEL = "e2e-bars"
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, ray_local):
+    root = tmp_path_factory.mktemp("e2e")
+    x, y = bar_images(600, seed=7)
+    np.save(root / "x.npy", x)
+    np.save(root / "y.npy", y)
+    spec = write_pipeline(
+        root / "bars.yaml", name="bars",
+        data={"source": {"kind": "npy", "path": str(root / "x.npy"), "labels": str(root / "y.npy")}},
+        model={"kind": "dense_autoencoder", "hidden": [32], "latent_dim": 4, "loss": "bce"},
+        train={"epochs": 3, "batch_size": 32, "lr": 0.01, "run_name": "bars-e2e"},
+        scaling={"num_workers": 2},
+        anomaly={"normal_labels": [0], "threshold": {"method": "fpr", "target_fpr": 0.05}},
+        registry={"model_name": MODEL},
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        mp.chdir(root)
+        # 1) two epochs under the run name, 2) the whole pipeline for three: it must resume, not restart
+        assert cli.main(["train", str(spec), "--set", "train.epochs=2"]) == 0
+        between = time.time() * 1000
+        assert cli.main(["run", str(spec)]) == 0
+        yield {"root": root, "spec": spec, "between": between, "uri": f"sqlite:///{root / 'runs' / 'mlflow.db'}",
+               "runs_dir": str(root / "runs")}
+
+
+def _client(p) -> MlflowClient:
+    return MlflowClient(tracking_uri=p["uri"], registry_uri=p["uri"])
+
+
+def test_rerun_with_the_same_run_name_resumed_without_duplicating_history(pipeline):
+    c = _client(pipeline)
+    [run] = c.search_runs([c.get_experiment_by_name("bars").experiment_id])
+    history = c.get_metric_history(run.info.run_id, "train_loss")
+    assert sorted(m.step for m in history) == [1, 2, 3]
+    early = [m for m in history if m.step in (1, 2)]
+    assert all(m.timestamp < pipeline["between"] for m in early)  # epochs 1-2 came from the first command
+    assert [m.step for m in history if m.timestamp >= pipeline["between"]] == [3]
+    artifacts = {a.path for a in c.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/loss_curves.png", "plots/score_histogram.png", "plots/roc_curve.png",
+            "plots/reconstructions.png"} <= artifacts
+
+
+def test_the_model_is_registered_as_champion_with_threshold_metrics_and_lineage(pipeline):
+    v = _client(pipeline).get_model_version_by_alias(MODEL, "champion")
+    assert str(v.version) == "1"
+    tags = v.tags
+    for key in ("threshold", "threshold_method", "test_roc_auc", "test_pr_auc", "test_precision",
+                "test_recall", "test_f1", "data_fingerprint", "git_commit", "ray_run_name"):
+        assert key in tags, key
+    assert tags["threshold_method"] == "fpr" and tags["ray_run_name"] == "bars-e2e"
+    assert float(tags["test_roc_auc"]) > 0.9  # vertical bars are easy anomalies for a horizontal-bar model
+
+
+def test_champion_lookup_and_scoring_from_a_fresh_process(pipeline, tmp_path):
+    x, y = bar_images(200, seed=99)
+    np.save(tmp_path / "new.npy", x)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": pipeline["uri"]}
+    show = subprocess.run([sys.executable, "-m", "deepgen.cli", "models", "show", f"{MODEL}@champion", "--json"],
+                          capture_output=True, text=True, env=env, check=True)
+    info = json.loads(show.stdout)
+    assert str(info["version"]) == "1" and "champion" in info["aliases"]
+    out = tmp_path / "scores.parquet"
+    subprocess.run([sys.executable, "-m", "deepgen.cli", "score", "--model", f"{MODEL}@champion",
+                    "--input", str(tmp_path / "new.npy"), "--output", str(out)], env=env, check=True,
+                   capture_output=True, text=True)
+    table = pq.read_table(out).to_pydict()
+    scores, flags = np.array(table["score"]), np.array(table["is_anomaly"])
+    threshold = float(info["tags"]["threshold"])
+    assert len(scores) == 200 and np.array_equal(flags, scores > threshold)
+    assert flags[y == 1].mean() > 0.8 and flags[y == 0].mean() < 0.2
+
+
+def test_rerunning_the_finished_pipeline_registers_nothing_new(pipeline, capsys):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(pipeline["root"])
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        assert cli.main(["run", str(pipeline["spec"])]) == 0
+    assert "already registered" in capsys.readouterr().out
+    assert len(_client(pipeline).search_model_versions(f"name = '{MODEL}'")) == 1
+
+
+BAD = {
+    "unknown field": (["--set", "train.epocs=3"], "train.epocs: Extra inputs are not permitted"),
+    "unknown model kind": (["--set", "model.kind=gan"], "model: Input tag 'gan' found using 'kind'"),
+    "missing data file": (["--set", "data.source.path=missing.npy"], "missing.npy: no such file"),
+    "nan features": (["--set", "data.source.path=nan.npy", "--set", "data.source.labels=null"],
+                     "nan.npy: non-finite value (nan)"),
+    "empty split": (["--set", "data.source.path=tiny.npy", "--set", "data.source.labels=null"],
+                    "the val split would be empty"),
+    "wrong parquet schema": (["--set", "data.source={kind: table, path: strings.parquet}"],
+                             "strings.parquet: no numeric feature columns"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_fails_on_one_line_and_registers_nothing(pipeline, case, capsys):
+    import pyarrow as pa
+
+    root = pipeline["root"]
+    x = np.random.default_rng(0).random((50, 8, 8)).astype(np.float32)
+    x[3, 2, 2] = np.nan
+    np.save(root / "nan.npy", x)
+    np.save(root / "tiny.npy", np.zeros((2, 8, 8), np.float32))
+    pq.write_table(pa.table({"name": ["a", "b", "c"]}), root / "strings.parquet")
+    args, message = BAD[case]
+    c = _client(pipeline)
+    before = [(str(v.version), v.aliases) for v in c.search_model_versions(f"name = '{MODEL}'")]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        code = cli.main(["run", str(pipeline["spec"]), *args, "--set", "train.run_name=bad"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert [(str(v.version), v.aliases) for v in c.search_model_versions(f"name = '{MODEL}'")] == before
+    assert str(c.get_model_version_by_alias(MODEL, "champion").version) == "1"
+    assert not list((root / "runs" / "data").glob(".*tmp*"))  # no half-written dataset
+
+
+def test_scoring_input_of_the_wrong_width_is_refused(pipeline, tmp_path):
+    np.save(tmp_path / "wide.npy", np.zeros((4, 10, 10), np.uint8))
+    env = {**os.environ, "MLFLOW_TRACKING_URI": pipeline["uri"]}
+    out = subprocess.run([sys.executable, "-m", "deepgen.cli", "score", "--model", f"{MODEL}@champion",
+                          "--input", str(tmp_path / "wide.npy"), "--output", str(tmp_path / "s.parquet")],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        f"deepgen: error: {tmp_path / 'wide.npy'}: rows have 100 features, the model expects 64"]
+    assert not (tmp_path / "s.parquet").exists()
