@@ -205,11 +205,11 @@ def gate(spec: PipelineSpec, manifest: Manifest, metrics: dict[str, float]) -> t
     else:
         rescored = score_champion_on(spec, current)
         if rescored is None or metric not in rescored:
-            return False, f"champion v{current.version} cannot be scored on this test data; kept", current.version
+            return False, f"champion v{current.version} cannot be scored on this test data; kept", str(current.version)
         old = rescored[metric]
     better = new > old if spec.registry.greater_is_better else new < old
     verdict = "beats" if better else "does not beat"
-    return better, f"{metric} {new:.4f} {verdict} champion v{current.version} ({old:.4f})", current.version
+    return better, f"{metric} {new:.4f} {verdict} champion v{current.version} ({old:.4f})", str(current.version)
 
 
 def register(spec: PipelineSpec, manifest: Manifest, ev: Evaluation, model, run_id: str) -> tracking.Registered:
@@ -237,7 +237,7 @@ def register(spec: PipelineSpec, manifest: Manifest, ev: Evaluation, model, run_
         version = tracking.log_and_register(run_id, model_dir, name, tags)
     alias = tracking.CHAMPION if promote else tracking.CHALLENGER
     tracking.set_alias(name, alias, version.version)
-    return tracking.Registered(name, version.version, alias, previous, reason)
+    return tracking.Registered(name, str(version.version), alias, previous, reason)
 
 
 # --- the whole pipeline ----------------------------------------------------------------------------
@@ -261,7 +261,7 @@ def run_pipeline(spec: PipelineSpec, register_model: bool = True) -> Summary:
     if existing is not None:
         say(f"register: {spec.run_name} already registered {existing.name} v{existing.version}; nothing to do")
         aliases = list(existing.aliases or [])
-        reg = tracking.Registered(existing.name, existing.version, ", ".join(aliases) or "-", None,
+        reg = tracking.Registered(existing.name, str(existing.version), ", ".join(aliases) or "-", None,
                                   existing.tags.get("gate", ""))
         return Summary(spec, uri, run_id, reg, None, reused=True)
     try:

@@ -77,7 +77,7 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
             "rows_per_s": totals[1].item() / max(train_time, 1e-9), "step_time_ms": 1e3 * train_time / max(steps, 1),
             "epoch_time_s": time.perf_counter() - start,
         }
-        history.append(metrics)
+        history.append({**metrics, "ended_at": time.time()})  # wall clock, for start-up cost benchmarks
         if env.world_rank == 0:
             with tempfile.TemporaryDirectory(prefix="deepgen-ckpt-") as tmp:
                 save_checkpoint(Path(tmp), models, optimizers, epoch, history)
