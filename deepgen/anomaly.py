@@ -1,8 +1,14 @@
 """Anomaly scores -> a calibrated threshold -> test metrics.
 
-The threshold is calibrated on validation scores of *normal* rows only, so it does not depend on which
-anomalies happen to be in the validation split: at a target false-positive rate, the threshold is the
-(1 - fpr) quantile of normal scores; a row is anomalous when its score is above the threshold.
+A row is anomalous when its score is above the threshold. The threshold is calibrated on the validation
+split, by one of four methods (`anomaly.threshold.method`):
+
+- `fpr`, `percentile`: a quantile of the scores of *normal* rows only, so it does not depend on which
+  anomalies happen to be in the validation split: at a target false-positive rate, the (1 - fpr) quantile.
+- `pot`: peaks over threshold (Siffer et al. 2017): a generalised Pareto tail fitted to the largest normal
+  scores, so a small risk (1e-3, 1e-4) can be set beyond the largest score observed.
+- `f1`: the threshold that maximises F1 on the labelled validation split, normal and anomalous rows; it
+  needs anomalies there, and falls back to `fpr` with a warning when there are none.
 """
 
 from __future__ import annotations
@@ -11,26 +17,122 @@ import warnings
 
 import numpy as np
 
-from deepgen.config import FprThreshold, PercentileThreshold, ThresholdSpec
+from deepgen.config import F1Threshold, FprThreshold, PercentileThreshold, PotThreshold, ThresholdSpec
 from deepgen.errors import DataError
 
+MIN_POT_EXCESSES = 10  # fewer points above t than this do not pin down a two-parameter tail
 
-def calibrate_threshold(normal_scores: np.ndarray, spec: ThresholdSpec) -> float:
-    scores = np.asarray(normal_scores, dtype=np.float64)
-    if len(scores) == 0:
+
+def calibrate_threshold(val_scores: np.ndarray, val_is_anomaly: np.ndarray | None, spec: ThresholdSpec) -> float:
+    """Threshold from validation scores (N,) and their truth (N,) bool (None: unlabelled, all normal)."""
+    scores, is_anomaly = _validation_arrays(val_scores, val_is_anomaly)
+    applied, reason = _applied(scores, is_anomaly, spec)
+    if reason:
+        warnings.warn(f"anomaly: {reason}; using {applied.method} {applied.model_dump(exclude={'method'})} "
+                      "instead", stacklevel=2)
+    if isinstance(applied, F1Threshold):
+        return f1_optimal_threshold(scores, is_anomaly)
+    normal = scores[~is_anomaly]
+    if len(normal) == 0:
         raise DataError("anomaly: the validation split has no normal rows to calibrate the threshold on")
-    if isinstance(spec, FprThreshold):
-        q = 100.0 * (1.0 - spec.target_fpr)
-    elif isinstance(spec, PercentileThreshold):
-        q = spec.percentile
+    if isinstance(applied, PotThreshold):
+        return pot_threshold(normal, applied.risk, applied.initial_quantile)
+    if isinstance(applied, FprThreshold):
+        q = 100.0 * (1.0 - applied.target_fpr)
+    elif isinstance(applied, PercentileThreshold):
+        q = applied.percentile
     else:  # pragma: no cover - the spec union is closed
-        raise ValueError(f"unknown threshold method {spec.method}")
+        raise ValueError(f"unknown threshold method {applied.method}")
     # "higher": the threshold is an observed score, so at most `fpr` of normal rows lie above it.
-    return float(np.percentile(scores, q, method="higher"))
+    return float(np.percentile(normal, q, method="higher"))
 
 
-def threshold_params(spec: ThresholdSpec) -> dict[str, float | str]:
-    return spec.model_dump()
+def applied_spec(val_scores: np.ndarray, val_is_anomaly: np.ndarray | None, spec: ThresholdSpec) -> ThresholdSpec:
+    """The method `calibrate_threshold` really applies to this validation split, after any fallback
+    (what the registry should record)."""
+    return _applied(*_validation_arrays(val_scores, val_is_anomaly), spec)[0]
+
+
+def _applied(scores: np.ndarray, is_anomaly: np.ndarray, spec: ThresholdSpec) -> tuple[ThresholdSpec, str | None]:
+    if isinstance(spec, F1Threshold) and not is_anomaly.any():
+        return FprThreshold(), "the validation split has no anomalous rows, so the F1-optimal threshold is undefined"
+    if isinstance(spec, PotThreshold):
+        normal = scores[~is_anomaly]
+        excesses = int((normal > _initial_threshold(normal, spec.initial_quantile)).sum()) if len(normal) else 0
+        if len(normal) and excesses < MIN_POT_EXCESSES:
+            # The same risk, read off the empirical distribution: with this few rows, the largest score.
+            return FprThreshold(target_fpr=spec.risk), (
+                f"only {excesses} normal validation scores lie above the initial quantile "
+                f"{spec.initial_quantile} (POT needs {MIN_POT_EXCESSES} to fit a tail; lower "
+                "initial_quantile or give more validation rows)")
+    return spec, None
+
+
+def _validation_arrays(val_scores, val_is_anomaly) -> tuple[np.ndarray, np.ndarray]:
+    scores = np.asarray(val_scores, dtype=np.float64)
+    if val_is_anomaly is None:
+        return scores, np.zeros(len(scores), bool)
+    is_anomaly = np.asarray(val_is_anomaly, dtype=bool)
+    if is_anomaly.shape != scores.shape:
+        raise ValueError(f"anomaly: {scores.shape} scores but {is_anomaly.shape} labels")
+    return scores, is_anomaly
+
+
+def f1_optimal_threshold(scores: np.ndarray, is_anomaly: np.ndarray) -> float:
+    """The observed score t maximising F1 of `scores > t` (below the minimum: flag every row).
+
+    Every distinct score is a candidate, so this is exact, in O(N log N). Of equally good thresholds the
+    highest (fewest rows flagged) is returned.
+    """
+    candidates = np.unique(scores)  # ascending
+    candidates = np.concatenate([[np.nextafter(candidates[0], -np.inf)], candidates])
+    n_anomalies = int(is_anomaly.sum())
+    # Rows strictly above each candidate, counted by binary search in the sorted scores of each class.
+    tp = n_anomalies - np.searchsorted(np.sort(scores[is_anomaly]), candidates, side="right")
+    fp = int((~is_anomaly).sum()) - np.searchsorted(np.sort(scores[~is_anomaly]), candidates, side="right")
+    f1 = 2 * tp / (tp + fp + n_anomalies)  # 2TP / (2TP + FP + FN), with TP + FN = n_anomalies
+    best = np.flatnonzero(f1 == f1.max())[-1]
+    return float(candidates[best])
+
+
+def _initial_threshold(normal: np.ndarray, initial_quantile: float) -> float:
+    return float(np.quantile(normal, initial_quantile))
+
+
+def pot_threshold(normal: np.ndarray, risk: float, initial_quantile: float) -> float:
+    """Peaks over threshold: the score exceeded by a normal row with probability `risk`.
+
+    Above a high initial threshold t, the excesses Y = X - t of (almost) any distribution follow a
+    generalised Pareto distribution GPD(xi, sigma) (Pickands-Balkema-de Haan). With n scores of which N_t
+    exceed t, P(X > z) ~ (N_t / n) * (1 + xi (z - t) / sigma)^(-1/xi); solving P(X > z_q) = q gives
+
+        z_q = t + (sigma / xi) * ((q n / N_t)^(-xi) - 1)         (Siffer et al. 2017, eq. 1)
+
+    and, as xi -> 0 (exponential tail), z_q = t - sigma * ln(q n / N_t).
+    """
+    from scipy.stats import genpareto
+
+    n = len(normal)
+    t = _initial_threshold(normal, initial_quantile)
+    excesses = normal[normal > t] - t  # (N_t,), all > 0
+    if len(excesses) < MIN_POT_EXCESSES:
+        raise DataError(f"anomaly: POT needs at least {MIN_POT_EXCESSES} scores above t, got {len(excesses)}")
+    xi, _, sigma = genpareto.fit(excesses, floc=0)  # maximum likelihood, location fixed at 0
+    ratio = risk * n / len(excesses)  # q n / N_t < 1: the threshold lies beyond t
+    if abs(xi) < 1e-9:
+        z = t - sigma * np.log(ratio)
+    else:
+        # expm1(-xi ln r) = r^(-xi) - 1 without cancellation when xi is small
+        z = t + (sigma / xi) * np.expm1(-xi * np.log(ratio))
+    if not np.isfinite(z) or z <= t:
+        raise DataError(f"anomaly: the POT tail fit failed (xi={xi:.3g}, sigma={sigma:.3g}); "
+                        "use the fpr or percentile method for these scores")
+    return float(z)
+
+
+def threshold_tags(threshold: float, spec: ThresholdSpec) -> dict[str, object]:
+    """What the registry records of a calibrated threshold: its value, method and parameters."""
+    return {"threshold": threshold, "threshold_method": spec.method, "threshold_params": spec.model_dump_json()}
 
 
 def evaluate_scores(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float) -> dict[str, float]:

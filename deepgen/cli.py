@@ -67,7 +67,8 @@ def print_summary(s) -> None:
     print(f"  alias            : {r.alias}   ({r.reason})")
     if s.evaluation is not None:
         ev = s.evaluation
-        print(f"  threshold        : {ev.threshold:.6g} ({ev.threshold_method})")
+        if "threshold" in ev.registry_tags:
+            print(f"  threshold        : {ev.registry_tags['threshold']:.6g} ({ev.registry_tags['threshold_params']})")
         shown = ("roc_auc", "pr_auc", "precision", "recall", "f1", "fpr")
         print("  test metrics     : " + "  ".join(f"{k}={ev.metrics[k]:.4f}" for k in shown if k in ev.metrics))
     print(f"  MLflow run       : {s.run_id} in {s.tracking_uri}")
@@ -82,13 +83,13 @@ def cmd_score(args) -> int:
     import pyarrow.parquet as pq
 
     from deepgen import tracking
-    from deepgen.export import ScoringModel
+    from deepgen.export import AnomalyScorer
 
     tracking.configure(args.runs_dir)
     version = tracking.resolve(args.model)
     if "threshold" not in version.tags:
         raise DeepgenError(f"{args.model}: version {version.version} has no threshold tag; not an anomaly model")
-    scorer = ScoringModel.load(tracking.download_model_dir(version))
+    scorer = AnomalyScorer.load(tracking.download_model_dir(version))
     threshold = float(version.tags["threshold"])  # the registry is the source of truth
     x, labels = scorer.read_input(args.input)
     scores = scorer.score(x)
@@ -108,6 +109,54 @@ def cmd_score(args) -> int:
     print(f"scored {len(scores)} rows with {version.name} v{version.version} (threshold {threshold:.6g}): "
           f"{flagged} flagged as anomalies -> {out}")
     return 0
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+
+    from deepgen import tracking
+    from deepgen.export import load_exported, read_meta
+
+    tracking.configure(args.runs_dir)
+    version = tracking.resolve(args.model)
+    model_dir = tracking.download_model_dir(version)
+    family = read_meta(model_dir).family
+    if family != "segmentation":
+        raise DeepgenError(f"{args.model}: a {family} model; `deepgen predict` writes masks of segmentation "
+                           "models (use `deepgen score` for anomaly detectors)")
+    predictor = load_exported(model_dir)
+    masks = predictor.predict(predictor.read_input(args.input))  # (N, H, W) uint8
+    write_masks(masks, Path(args.output))
+    print(f"predicted {len(masks)} masks with {version.name} v{version.version} "
+          f"(mean foreground {masks.mean():.3f}) -> {args.output}")
+    return 0
+
+
+def write_masks(masks, out: Path) -> None:
+    """.npy: one (N, H, W) uint8 array; .parquet: a `mask` list column; otherwise a folder of PNGs."""
+    import numpy as np
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix in (".npy", ".parquet"):
+        tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            if out.suffix == ".npy":
+                with open(tmp, "wb") as f:
+                    np.save(f, masks)
+            else:
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+
+                pq.write_table(pa.table({"mask": pa.array(list(masks.reshape(len(masks), -1)))}), tmp)
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return
+    import matplotlib.image
+
+    out.mkdir(parents=True, exist_ok=True)
+    for i, m in enumerate(masks):
+        matplotlib.image.imsave(out / f"mask_{i:05d}.png", m * 255, cmap="gray", vmin=0, vmax=255)
 
 
 def cmd_models_list(args) -> int:
@@ -180,6 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="Parquet file to write (row, score, is_anomaly[, label])")
     p.add_argument("--runs-dir", default="deepgen-runs", help="local runs folder (when no MLFLOW_TRACKING_URI)")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("predict", help="write masks for new images with a registered segmentation model",
+                       description="Load a segmentation model through the registry and write one mask per "
+                                   "input image: OUT.npy (N, H, W uint8), OUT.parquet, or a folder of PNGs.")
+    p.add_argument("--model", required=True, help="NAME@ALIAS, NAME/VERSION or NAME (latest)")
+    p.add_argument("--input", required=True, help=".npy images (N, H, W) or (N, C, H, W), or IDX images file")
+    p.add_argument("--output", required=True, help="masks.npy, masks.parquet, or a folder for PNGs")
+    p.add_argument("--runs-dir", default="deepgen-runs", help="local runs folder (when no MLFLOW_TRACKING_URI)")
+    p.set_defaults(func=cmd_predict)
 
     models = sub.add_parser("models", help="look models up in the registry").add_subparsers(
         dest="models_command", required=True)

@@ -60,7 +60,30 @@ class TableSource(Spec):
     )
 
 
-Source = Annotated[Union[DigitsSource, IdxSource, NpySource, TableSource], Field(discriminator="kind")]
+class ShapesSource(Spec):
+    """Synthetic images of filled shapes with their binary masks (segmentation), generated from a seed."""
+
+    kind: Literal["shapes"] = "shapes"
+    num_images: int = Field(default=600, ge=10, description="images to generate")
+    size: int = Field(default=32, ge=8, description="height and width in pixels")
+    seed: int = Field(default=0, description="the same seed gives the same images and masks")
+
+
+class ImageMaskSource(Spec):
+    """A Parquet table of image/mask pairs (segmentation): each row holds a flattened image and mask."""
+
+    kind: Literal["image_masks"] = "image_masks"
+    path: str = Field(description=".parquet file (or folder of them)")
+    image_shape: list[Annotated[int, Field(gt=0)]] = Field(
+        min_length=3, max_length=3, description="(C, H, W) of one image; the mask is (1, H, W)")
+    image_column: str = Field(default="image", description="list column of C*H*W pixel values")
+    mask_column: str = Field(default="mask", description="list column of H*W values, nonzero = foreground")
+
+
+Source = Annotated[
+    Union[DigitsSource, IdxSource, NpySource, TableSource, ShapesSource, ImageMaskSource],
+    Field(discriminator="kind"),
+]
 
 
 class DataSpec(Spec):
@@ -109,7 +132,104 @@ class ConvAutoencoderSpec(Spec):
     loss: Literal["bce", "mse"] = Field(default="bce", description="bce for inputs in [0,1]; mse otherwise")
 
 
-ModelSpec = Annotated[Union[DenseAutoencoderSpec, ConvAutoencoderSpec], Field(discriminator="kind")]
+# Autoencoder variants (Goodfellow et al., Deep Learning, ch. 14; Kingma & Welling 2014). Each reuses the
+# dense or conv stack above as its encoder and decoder; the fields the undercomplete specs share keep their
+# meaning, so `--set model.kind=vae` works on a pipeline written for dense_autoencoder.
+
+
+class AutoencoderBackboneSpec(Spec):
+    """The encoder and decoder stack shared by the autoencoder variants."""
+
+    architecture: Literal["dense", "conv"] = Field(
+        default="dense", description="dense: MLP on flattened rows; conv: strided convs on image rows (C, H, W)"
+    )
+    hidden: list[Annotated[int, Field(gt=0)]] = Field(default=[64], description="dense: encoder widths before the code")
+    channels: list[Annotated[int, Field(gt=0)]] = Field(default=[16, 32], description="conv: channels per stride-2 stage")
+    latent_dim: int = Field(default=16, gt=0, description="size of the code h")
+    loss: Literal["bce", "mse"] = Field(default="bce", description="bce for inputs in [0,1]; mse otherwise")
+
+
+class OvercompleteAutoencoderSpec(AutoencoderBackboneSpec):
+    """Overcomplete autoencoder: a code wider than the input, kept from learning to copy x by dropout on the
+    code units and weight decay."""
+
+    kind: Literal["overcomplete_autoencoder"] = "overcomplete_autoencoder"
+    hidden: list[Annotated[int, Field(gt=0)]] = Field(
+        default=[], description="dense: encoder widths before the code, none narrower than the input"
+    )
+    latent_dim: int | None = Field(
+        default=None, gt=0, description="code width, above the number of input features; default: twice that"
+    )
+    dropout: float = Field(default=0.5, ge=0, lt=1, description="probability of zeroing each code unit in training")
+    weight_decay: float = Field(
+        default=1e-2, ge=0, description="AdamW weight decay; the larger of this and train.weight_decay applies"
+    )
+
+
+class SparseAutoencoderSpec(AutoencoderBackboneSpec):
+    """Sparse autoencoder: a sigmoid code with a penalty on its activity, loss = recon + weight * Omega(h)."""
+
+    kind: Literal["sparse_autoencoder"] = "sparse_autoencoder"
+    latent_dim: int = Field(default=32, gt=0, description="size of the code h")
+    penalty: Literal["kl", "l1"] = Field(
+        default="kl", description="kl: sum_j KL(rho || mean activation of unit j); l1: sum_j |h_j| per row"
+    )
+    rho: float = Field(default=0.05, gt=0, lt=1, description="kl: target mean activation of each code unit")
+    beta: float = Field(default=1.0, ge=0, description="kl: weight of the KL sparsity penalty")
+    l1_weight: float = Field(default=1e-3, ge=0, description="l1: weight of the L1 activity penalty")
+
+
+class DenoisingAutoencoderSpec(AutoencoderBackboneSpec):
+    """Denoising autoencoder: reconstructs the clean x from a corrupted copy, corrupted in training only."""
+
+    kind: Literal["denoising_autoencoder"] = "denoising_autoencoder"
+    noise: Literal["mask", "gaussian"] = Field(
+        default="mask", description="mask: zero a random fraction of input units; gaussian: add N(0, noise_std^2)"
+    )
+    mask_fraction: float = Field(default=0.5, ge=0, lt=1, description="mask: share of input units zeroed")
+    noise_std: float = Field(default=0.2, gt=0, description="gaussian: standard deviation of the added noise")
+
+
+class VAESpec(AutoencoderBackboneSpec):
+    """Variational autoencoder: Gaussian q(h|x), N(0, I) prior, trained on the negative ELBO."""
+
+    kind: Literal["vae"] = "vae"
+    decoder: Literal["bernoulli", "gaussian"] | None = Field(
+        default=None, description="p(x|h); default: bernoulli, or gaussian when loss is mse"
+    )
+    loss: Literal["bce", "mse"] | None = Field(
+        default=None, description="another name for the decoder: bce = bernoulli, mse = gaussian"
+    )
+    score: Literal["elbo", "reconstruction"] = Field(
+        default="elbo", description="anomaly score: -ELBO, or the reconstruction NLL -log p(x|h) alone"
+    )
+
+    @property
+    def likelihood(self) -> str:
+        return self.decoder or ("gaussian" if self.loss == "mse" else "bernoulli")
+
+    @model_validator(mode="after")
+    def _decoder_agrees_with_loss(self) -> VAESpec:
+        if self.decoder and self.loss and self.likelihood != ("gaussian" if self.loss == "mse" else "bernoulli"):
+            raise ValueError(f"decoder {self.decoder} contradicts loss {self.loss} "
+                             "(bce is the bernoulli NLL, mse the gaussian's); give one of them")
+        return self
+
+
+
+class UNetSpec(Spec):
+    """UNet for binary segmentation: encoder-decoder with skip connections (needs images with masks)."""
+
+    kind: Literal["unet"] = "unet"
+    base_channels: int = Field(default=16, gt=0, description="channels at full resolution, doubled per level")
+    depth: int = Field(default=3, ge=1, le=6, description="number of 2x downsamplings")
+
+
+ModelSpec = Annotated[
+    Union[DenseAutoencoderSpec, ConvAutoencoderSpec, OvercompleteAutoencoderSpec, SparseAutoencoderSpec,
+          DenoisingAutoencoderSpec, VAESpec, UNetSpec],
+    Field(discriminator="kind"),
+]
 
 
 # --- training and scaling --------------------------------------------------------------------------
@@ -156,7 +276,34 @@ class PercentileThreshold(Spec):
     percentile: float = Field(default=95.0, gt=0, lt=100)
 
 
-ThresholdSpec = Annotated[Union[FprThreshold, PercentileThreshold], Field(discriminator="method")]
+class F1Threshold(Spec):
+    """Threshold that maximises F1 of `score > threshold` on the labelled validation split (normal and
+    anomalous rows). A validation split without anomalies falls back to `fpr` at its default, with a warning."""
+
+    method: Literal["f1"] = "f1"
+
+
+class PotThreshold(Spec):
+    """Peaks over threshold (Siffer et al. 2017, "SPOT"): a generalised Pareto distribution fitted to the
+    validation scores of normal rows above an initial quantile t; the threshold is the score that a normal
+    row exceeds with probability `risk`, extrapolated from that tail beyond the observed scores."""
+
+    method: Literal["pot"] = "pot"
+    risk: float = Field(default=1e-3, gt=0, lt=1,
+                        description="q: probability that a normal score exceeds the threshold")
+    initial_quantile: float = Field(default=0.9, gt=0, lt=1, description=(
+        "quantile of normal scores giving t, above which excesses are fitted; SPOT uses 0.98 on long "
+        "series, 0.9 keeps enough excesses on validation splits of a few hundred rows"))
+
+    @model_validator(mode="after")
+    def _risk_lies_beyond_initial_threshold(self) -> PotThreshold:
+        if self.risk >= 1 - self.initial_quantile:
+            raise ValueError("risk must be below 1 - initial_quantile: the threshold extrapolates beyond t")
+        return self
+
+
+ThresholdSpec = Annotated[Union[FprThreshold, PercentileThreshold, F1Threshold, PotThreshold],
+                          Field(discriminator="method")]
 
 
 class AnomalySpec(Spec):

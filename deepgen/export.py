@@ -1,75 +1,103 @@
 """The exported model: a folder of weights plus a JSON description, loadable without unpickling code.
 
     DIR/weights.pt          state_dict only, read with torch.load(weights_only=True)
-    DIR/deepgen-model.json  model spec, row shape, scaler, feature names, threshold and its method
+    DIR/deepgen-model.json  family, model kind and config, row shape, scaler, feature names, and the
+                            family's extras (for anomaly detectors: the threshold and its method)
 
-`ScoringModel` turns raw input files into anomaly scores exactly as the pipeline scored its test split.
+`load_exported` reads any family's folder; `AnomalyScorer` turns raw input files into anomaly scores exactly
+as the pipeline scored its test split.
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from pydantic import BaseModel, TypeAdapter
-
-from deepgen.config import ModelSpec
+from pydantic import BaseModel
 from deepgen.data.dataset import features_to_numpy
 from deepgen.data.prepare import Manifest, Scaler
 from deepgen.data.sources import load_table, read_idx_file, table_features
 from deepgen.errors import DataError
-from deepgen.models.autoencoders import Autoencoder, build_autoencoder
-from deepgen.tasks.autoencoder import autoencoder_config
+from deepgen.models import build_autoencoder
+from deepgen.models.autoencoders import Autoencoder
 
 WEIGHTS = "weights.pt"
 META = "deepgen-model.json"
 
 
 class ModelMeta(BaseModel):
-    model: dict[str, Any]  # the pipeline's model spec
-    shape: list[int]
+    family: str  # which loader reads this folder: "anomaly", ...
+    kind: str  # model.kind of the pipeline
+    config: dict[str, Any]  # the model's own config dataclass, as a dict
+    shape: list[int]  # one input row
     scaler: Scaler
     feature_names: list[str] | None
-    threshold: float
-    threshold_method: dict[str, Any]
+    extra: dict[str, Any]  # family specifics, e.g. the anomaly threshold and its method
 
     @property
     def num_features(self) -> int:
         return int(np.prod(self.shape))
 
 
-def save_model_dir(dest: Path, model_spec, manifest: Manifest, model: torch.nn.Module,
-                   threshold: float, threshold_method: dict[str, Any]) -> Path:
+def save_model_dir(dest: Path, family: str, model_spec, manifest: Manifest, model: torch.nn.Module,
+                   extra: dict[str, Any]) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), dest / WEIGHTS)
-    meta = ModelMeta(model=model_spec.model_dump(mode="json"), shape=manifest.shape, scaler=manifest.scaler,
-                     feature_names=manifest.feature_names, threshold=threshold, threshold_method=threshold_method)
+    meta = ModelMeta(family=family, kind=model_spec.kind, config=asdict(model.config), shape=manifest.shape,
+                     scaler=manifest.scaler, feature_names=manifest.feature_names, extra=extra)
     (dest / META).write_text(meta.model_dump_json(indent=2))
     return dest
 
 
-class ScoringModel:
-    """An exported autoencoder with its scaler and threshold."""
+def read_meta(directory: str | Path) -> ModelMeta:
+    return ModelMeta.model_validate_json((Path(directory) / META).read_text())
+
+
+def load_weights(directory: str | Path, model: torch.nn.Module) -> torch.nn.Module:
+    model.load_state_dict(torch.load(Path(directory) / WEIGHTS, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+class AnomalyScorer:
+    """An exported autoencoder with its scaler and threshold: raw rows in, scores and flags out."""
 
     def __init__(self, model: Autoencoder, meta: ModelMeta):
         self.model = model.eval()
         self.meta = meta
 
+    @property
+    def threshold(self) -> float:
+        return float(self.meta.extra["threshold"])
+
     @classmethod
-    def load(cls, directory: str | Path) -> ScoringModel:
-        directory = Path(directory)
-        meta = ModelMeta.model_validate_json((directory / META).read_text())
-        spec = TypeAdapter(ModelSpec).validate_python(meta.model)
-        model = build_autoencoder(spec.kind, autoencoder_config(spec, meta.shape))
-        model.load_state_dict(torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True))
-        return cls(model, meta)
+    def load(cls, directory: str | Path) -> AnomalyScorer:
+        meta = read_meta(directory)
+        if meta.family != "anomaly":
+            raise DataError(f"{directory}: a {meta.family} model, not an anomaly detector")
+        return cls(load_weights(directory, build_autoencoder(meta.kind, meta.config)), meta)
 
     def score(self, x: np.ndarray) -> np.ndarray:
         """Scaled rows (N, D) -> anomaly scores (N,)."""
-        return reconstruction_scores(self.model, x)
+        return self.scores_of(self.model, x)
+
+    @staticmethod
+    def scores_of(model: Autoencoder, x: np.ndarray) -> np.ndarray:
+        return reconstruction_scores(model, x)
+
+    def evaluate(self, data_dir: Path, anomaly_spec) -> dict[str, float] | None:
+        """Detection metrics on another dataset's test split at this model's own threshold (for the gate)."""
+        from deepgen import anomaly
+        from deepgen.data.dataset import load_split, normal_mask
+
+        x_test, y_test = load_split(data_dir, "test")
+        if x_test.shape[1] != self.meta.num_features:
+            return None
+        truth = ~normal_mask(y_test, anomaly_spec, len(x_test))
+        return anomaly.evaluate_scores(self.score(x_test), truth, self.threshold)
 
     def read_input(self, path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
         """A file of raw rows -> (scaled rows (N, D), labels or None), checked against the model's shape."""
@@ -82,14 +110,73 @@ class ScoringModel:
         return x, labels
 
 
+class SegmentationPredictor:
+    """An exported UNet: images in, binary masks out."""
+
+    def __init__(self, model, meta: ModelMeta):
+        self.model = model.eval()
+        self.meta = meta
+
+    @classmethod
+    def load(cls, directory: str | Path) -> SegmentationPredictor:
+        from deepgen.models.unet import UNet, UNetConfig
+
+        meta = read_meta(directory)
+        config = UNetConfig(**{**meta.config, "input_shape": tuple(meta.config["input_shape"])})
+        return cls(load_weights(directory, UNet(config)), meta)
+
+    @staticmethod
+    @torch.no_grad()
+    def masks_of(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Scaled image rows (N, C*H*W) -> masks (N, H*W) bool."""
+        model.eval()
+        out = [(model(torch.tensor(x[i:i + batch_size], dtype=torch.float32)) > 0).numpy()
+               for i in range(0, len(x), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, 0), bool)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Scaled image rows -> masks (N, H, W) uint8 in {0, 1}."""
+        _, h, w = self.meta.shape
+        return self.masks_of(self.model, x).reshape(-1, h, w).astype(np.uint8)
+
+    def read_input(self, path: str | Path) -> np.ndarray:
+        x, _ = read_rows(Path(path), self.meta)
+        if x.shape[1] != self.meta.num_features:
+            raise DataError(f"{path}: images have {x.shape[1]} values, the model expects "
+                            f"{self.meta.num_features} ({' x '.join(map(str, self.meta.shape))})")
+        if not np.isfinite(x).all():
+            raise DataError(f"{path}: images hold NaN or infinite values")
+        return x
+
+    def evaluate(self, data_dir: Path, anomaly_spec=None) -> dict[str, float] | None:
+        """Dice and IoU on another dataset's test split (for the gate)."""
+        from deepgen.tasks.segmentation import dice_iou, load_pairs
+
+        x, masks = load_pairs(data_dir, "test")
+        if x.shape[1] != self.meta.num_features:
+            return None
+        dice, iou = dice_iou(self.masks_of(self.model, x), masks)
+        return {"dice": dice, "iou": iou}
+
+
+LOADERS = {"anomaly": AnomalyScorer, "segmentation": SegmentationPredictor}
+
+
+def load_exported(directory: str | Path):
+    """The predictor of an exported model folder, whatever its family."""
+    meta = read_meta(directory)
+    return LOADERS[meta.family].load(directory)
+
+
 @torch.no_grad()
 def reconstruction_scores(model: Autoencoder, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Scaled rows (N, D) -> per-row reconstruction error (N,), the anomaly score."""
-    model.eval()
+    """Scaled rows (N, D) -> the model's anomaly score (N,): its reconstruction error, or for a VAE the
+    -ELBO or reconstruction NLL it was configured with."""
+    model.eval()  # no dropout, no sampling: the same row always gets the same score
     out = []
     for i in range(0, len(x), batch_size):
         xb = torch.tensor(x[i:i + batch_size], dtype=torch.float32)
-        out.append(model.reconstruction_error(xb, model(xb)).numpy())
+        out.append(model.anomaly_score(xb).float().numpy())
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 

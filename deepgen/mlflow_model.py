@@ -11,9 +11,9 @@ import pandas as pd
 
 class DeepgenAnomalyModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        from deepgen.export import ScoringModel
+        from deepgen.export import AnomalyScorer
 
-        self.scorer = ScoringModel.load(context.artifacts["model_dir"])
+        self.scorer = AnomalyScorer.load(context.artifacts["model_dir"])
 
     def predict(self, context, model_input, params=None):
         if isinstance(model_input, pd.DataFrame) and "features" in model_input.columns:
@@ -22,7 +22,7 @@ class DeepgenAnomalyModel(mlflow.pyfunc.PythonModel):
             raw = np.asarray(model_input, dtype=np.float32)
             x = self.scorer.meta.scaler.apply(raw.reshape(len(raw), -1))
         scores = self.scorer.score(x)
-        return pd.DataFrame({"score": scores, "is_anomaly": scores > self.scorer.meta.threshold})
+        return pd.DataFrame({"score": scores, "is_anomaly": scores > self.scorer.threshold})
 
 
 mlflow.models.set_model(DeepgenAnomalyModel())

@@ -11,16 +11,15 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from deepgen import anomaly, tracking
+from deepgen import tracking
 from deepgen.config import PipelineSpec
-from deepgen.data.dataset import load_split, normal_mask, split_path
+from deepgen.data.dataset import normal_mask, split_path
 from deepgen.data.prepare import Manifest, prepare_dataset
 from deepgen.errors import DeepgenError, TrainingError
+from deepgen.tasks import Evaluation, Task, build_task
 
 
 def say(message: str) -> None:
@@ -140,48 +139,26 @@ def _training_error(e: Exception) -> Exception:
 # --- evaluate --------------------------------------------------------------------------------------
 
 
-@dataclass
-class Evaluation:
-    threshold: float
-    threshold_method: dict
-    metrics: dict[str, float]  # test metrics
-    history: list[dict] = field(default_factory=list)
-    test_scores: np.ndarray | None = None
-    test_is_anomaly: np.ndarray | None = None
-
-
-def evaluate(spec: PipelineSpec, manifest: Manifest, checkpoint_dir: Path) -> tuple[Evaluation, object]:
-    """Score val and test with the trained model; calibrate on normal val rows; report test metrics."""
-    from deepgen.export import reconstruction_scores
-    from deepgen.tasks import build_task
+def evaluate(spec: PipelineSpec, manifest: Manifest, checkpoint_dir: Path) -> tuple[Evaluation, dict, Task]:
+    """The family's own evaluation of the final checkpoint on the held-out splits."""
     from deepgen.train.loop import load_model_weights
 
-    model = load_model_weights(checkpoint_dir, build_task(spec, manifest))["model"]
-    history = json.loads((checkpoint_dir / "history.json").read_text())
-    x_val, y_val = load_split(spec.data_dir, "val")
-    val_normal = normal_mask(y_val, spec.anomaly, len(x_val))
-    threshold = anomaly.calibrate_threshold(reconstruction_scores(model, x_val[val_normal]), spec.anomaly.threshold)
-    x_test, y_test = load_split(spec.data_dir, "test")
-    test_scores = reconstruction_scores(model, x_test)
-    is_anomaly = ~normal_mask(y_test, spec.anomaly, len(x_test))
-    metrics = anomaly.evaluate_scores(test_scores, is_anomaly, threshold)
-    return Evaluation(threshold, spec.anomaly.threshold.model_dump(), metrics, history, test_scores,
-                      is_anomaly), model
+    task = build_task(spec, manifest)
+    models = load_model_weights(checkpoint_dir, task)
+    ev = task.evaluate(models, spec.data_dir)
+    ev.history = json.loads((checkpoint_dir / "history.json").read_text())
+    return ev, models, task
 
 
 def score_champion_on(spec: PipelineSpec, version) -> dict[str, float] | None:
-    """Gate metrics of an existing version on *this* pipeline's test split, or None if it cannot score it."""
-    from deepgen.export import ScoringModel
+    """Test metrics of an existing version on *this* pipeline's test split, or None if it cannot run on it."""
+    from deepgen.export import load_exported
 
     try:
-        scorer = ScoringModel.load(tracking.download_model_dir(version))
+        predictor = load_exported(tracking.download_model_dir(version))
     except DeepgenError:
         return None
-    x_test, y_test = load_split(spec.data_dir, "test")
-    if x_test.shape[1] != scorer.meta.num_features:
-        return None
-    scores = scorer.score(x_test)
-    return anomaly.evaluate_scores(scores, ~normal_mask(y_test, spec.anomaly, len(x_test)), scorer.meta.threshold)
+    return predictor.evaluate(spec.data_dir, spec.anomaly)
 
 
 # --- register --------------------------------------------------------------------------------------
@@ -212,16 +189,13 @@ def gate(spec: PipelineSpec, manifest: Manifest, metrics: dict[str, float]) -> t
     return better, f"{metric} {new:.4f} {verdict} champion v{current.version} ({old:.4f})", str(current.version)
 
 
-def register(spec: PipelineSpec, manifest: Manifest, ev: Evaluation, model, run_id: str) -> tracking.Registered:
-    """The last step: log the model, register a version with its threshold and lineage, move an alias."""
-    from deepgen.export import save_model_dir
-
+def register(spec: PipelineSpec, manifest: Manifest, ev: Evaluation, models, task: Task,
+             run_id: str) -> tracking.Registered:
+    """The last step: log the model, register a version with its metrics and lineage, move an alias."""
     name = spec.registry.model_name
     promote, reason, previous = gate(spec, manifest, ev.metrics)
     tags = {
-        "threshold": ev.threshold,
-        "threshold_method": ev.threshold_method["method"],
-        "threshold_params": json.dumps(ev.threshold_method),
+        **ev.registry_tags,
         **{f"test_{k}": v for k, v in ev.metrics.items()},
         "data_fingerprint": manifest.fingerprint,
         "spec_hash": spec.spec_hash(),
@@ -232,8 +206,7 @@ def register(spec: PipelineSpec, manifest: Manifest, ev: Evaluation, model, run_
         "gate": reason,
     }
     with tempfile.TemporaryDirectory(prefix="deepgen-export-") as tmp:
-        model_dir = save_model_dir(Path(tmp) / "model", spec.model, manifest, model, ev.threshold,
-                                   ev.threshold_method)
+        model_dir = task.export(Path(tmp) / "model", models, ev)
         version = tracking.log_and_register(run_id, model_dir, name, tags)
     alias = tracking.CHAMPION if promote else tracking.CHALLENGER
     tracking.set_alias(name, alias, version.version)
@@ -267,9 +240,9 @@ def run_pipeline(spec: PipelineSpec, register_model: bool = True) -> Summary:
     try:
         checkpoint = train(spec, manifest, run_id, uri)
         say("evaluate: scoring validation and test splits")
-        ev, model = evaluate(spec, manifest, checkpoint)
-        log_evaluation(run_id, spec, manifest, ev, model)
-        reg = register(spec, manifest, ev, model, run_id) if register_model else None
+        ev, models, task = evaluate(spec, manifest, checkpoint)
+        log_evaluation(run_id, ev)
+        reg = register(spec, manifest, ev, models, task, run_id) if register_model else None
     except BaseException:
         tracking.end_run(run_id, "FAILED")
         raise
@@ -286,20 +259,12 @@ def start_run(spec: PipelineSpec, manifest: Manifest) -> str:
     )
 
 
-def log_evaluation(run_id: str, spec: PipelineSpec, manifest: Manifest, ev: Evaluation, model) -> None:
+def log_evaluation(run_id: str, ev: Evaluation) -> None:
     from deepgen import plots
 
     tracking.log_metrics(run_id, ev.metrics, prefix="test_")
-    tracking.log_metrics(run_id, {"threshold": ev.threshold})
+    numeric = {k: v for k, v in ev.registry_tags.items() if isinstance(v, (int, float))}
+    tracking.log_metrics(run_id, numeric)
     tracking.log_figure(run_id, plots.loss_curves(ev.history), "loss_curves")
-    tracking.log_figure(run_id, plots.score_histogram(ev.test_scores, ev.test_is_anomaly, ev.threshold),
-                        "score_histogram")
-    if ev.test_is_anomaly.any() and not ev.test_is_anomaly.all():
-        tracking.log_figure(run_id, plots.roc_curve(ev.test_scores, ev.test_is_anomaly), "roc_curve")
-    if len(manifest.shape) == 3:
-        import torch
-
-        x_test, _ = load_split(spec.data_dir, "test")
-        with torch.no_grad():
-            recon = model.reconstruct(torch.tensor(x_test[:8])).numpy()
-        tracking.log_figure(run_id, plots.reconstructions(x_test[:8], recon, manifest.shape), "reconstructions")
+    for name, figure in ev.figures.items():
+        tracking.log_figure(run_id, figure, name)

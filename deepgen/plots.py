@@ -68,3 +68,35 @@ def reconstructions(inputs: np.ndarray, outputs: np.ndarray, shape: list[int], n
     axes[1][0].set_title("reconstruction", fontsize=8, loc="left")
     fig.tight_layout()
     return fig
+
+
+def sample_grid(samples: np.ndarray, shape: list[int], columns: int = 8):
+    """Generated image rows (N, C*H*W) in [0, 1], e.g. a VAE's decoded prior draws, as a grid."""
+    plt = _pyplot()
+    rows = -(-len(samples) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.1 * columns, 1.1 * rows + 0.3), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(samples):
+            img = samples[i].reshape(shape)  # (C, H, W)
+            ax.imshow(img.transpose(1, 2, 0) if shape[0] == 3 else img[0], cmap="gray", vmin=0, vmax=1)
+    fig.suptitle("samples from the prior", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def segmentations(images: np.ndarray, masks: np.ndarray, predictions: np.ndarray, shape: list[int]):
+    """Rows: image, true mask, predicted mask."""
+    plt = _pyplot()
+    n = len(images)
+    fig, axes = plt.subplots(3, n, figsize=(1.3 * n, 4), squeeze=False)
+    _, h, w = shape
+    for i in range(n):
+        for row, img in enumerate((images[i].reshape(shape).mean(0), masks[i].reshape(h, w),
+                                   predictions[i].reshape(h, w))):
+            axes[row][i].imshow(img, cmap="gray", vmin=0, vmax=1)
+            axes[row][i].axis("off")
+    for row, title in enumerate(("image", "mask", "predicted")):
+        axes[row][0].set_title(title, fontsize=8, loc="left")
+    fig.tight_layout()
+    return fig

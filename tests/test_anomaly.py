@@ -2,25 +2,32 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from deepgen.anomaly import calibrate_threshold, evaluate_scores
-from deepgen.config import FprThreshold, PercentileThreshold
-from deepgen.errors import DataError
+from deepgen.anomaly import applied_spec, calibrate_threshold, evaluate_scores, threshold_tags
+from deepgen.config import F1Threshold, FprThreshold, PercentileThreshold, PipelineSpec, PotThreshold
+from deepgen.errors import DataError, SpecError
 
 
 def test_threshold_at_target_fpr_flags_that_share_of_normal_rows():
     normal = np.random.default_rng(0).normal(size=10_000)
-    t = calibrate_threshold(normal, FprThreshold(target_fpr=0.05))
+    t = calibrate_threshold(normal, None, FprThreshold(target_fpr=0.05))
     assert (normal > t).mean() == pytest.approx(0.05, abs=0.002)
     assert (normal > t).mean() <= 0.05  # never above the target on the calibration rows
 
 
 def test_percentile_threshold():
-    assert calibrate_threshold(np.arange(101.0), PercentileThreshold(percentile=90)) == 90.0
+    assert calibrate_threshold(np.arange(101.0), None, PercentileThreshold(percentile=90)) == 90.0
+
+
+def test_normal_only_methods_ignore_validation_anomalies():
+    normal = np.arange(101.0)
+    scores = np.concatenate([normal, [1e6, 2e6]])
+    truth = np.r_[np.zeros(101, bool), True, True]
+    assert calibrate_threshold(scores, truth, PercentileThreshold(percentile=90)) == 90.0
 
 
 def test_no_normal_rows_is_an_error():
     with pytest.raises(DataError, match="no normal rows"):
-        calibrate_threshold(np.array([]), FprThreshold())
+        calibrate_threshold(np.array([]), None, FprThreshold())
 
 
 def test_metrics_at_the_threshold():
@@ -39,3 +46,93 @@ def test_single_class_test_split_warns_and_omits_ranking_metrics():
     with pytest.warns(UserWarning, match="only one class"):
         m = evaluate_scores(np.array([0.1, 0.5]), np.array([False, False]), 0.3)
     assert "roc_auc" not in m and m["fpr"] == 0.5
+
+
+def _f1(scores, truth, t):
+    flagged = scores > t
+    tp = (flagged & truth).sum()
+    return 2 * tp / (flagged.sum() + truth.sum())
+
+
+def test_f1_threshold_maximises_f1_over_every_cut():
+    rng = np.random.default_rng(3)
+    truth = rng.random(400) < 0.2
+    # overlapping classes, rounded so that ties between scores occur
+    scores = np.round(np.where(truth, rng.normal(2, 1, 400), rng.normal(0, 1, 400)), 1)
+    t = calibrate_threshold(scores, truth, F1Threshold())
+    # brute force: every observed score as threshold, and one below them all (flag every row)
+    cuts = np.r_[scores.min() - 1, np.unique(scores)]
+    best = max(_f1(scores, truth, c) for c in cuts)
+    assert _f1(scores, truth, t) == pytest.approx(best)
+    assert evaluate_scores(scores, truth, t)["f1"] == pytest.approx(best)
+    assert 0 < (scores > t).mean() < 1  # a real cut here, not a degenerate one
+
+
+def test_f1_threshold_can_flag_every_row():
+    scores, truth = np.array([1.0, 2.0, 3.0]), np.array([True, True, True])
+    t = calibrate_threshold(scores, truth, F1Threshold())
+    assert (scores > t).all()
+
+
+def test_f1_without_validation_anomalies_warns_and_uses_the_fpr_default():
+    normal = np.random.default_rng(0).normal(size=1000)
+    with pytest.warns(UserWarning, match="no anomalous rows.*F1-optimal threshold is undefined.*using fpr"):
+        t = calibrate_threshold(normal, np.zeros(1000, bool), F1Threshold())
+    assert t == calibrate_threshold(normal, None, FprThreshold())
+    assert applied_spec(normal, None, F1Threshold()) == FprThreshold()
+    assert threshold_tags(t, applied_spec(normal, None, F1Threshold()))["threshold_method"] == "fpr"
+
+
+def test_pot_threshold_on_exponential_scores_lands_near_the_true_quantile():
+    # Exp(1): P(X > z) = exp(-z), so the true (1 - q) quantile is -ln q (6.91 at q = 1e-3); its tail is
+    # exactly GPD with xi = 0, the formula's exponential limit.
+    scores = np.random.default_rng(0).exponential(size=20_000)
+    spec = PotThreshold(risk=1e-3, initial_quantile=0.9)
+    z = calibrate_threshold(scores, None, spec)
+    # 6%: the largest error over 20 seeds of this sample size was 5.3%
+    assert z == pytest.approx(-np.log(1e-3), rel=0.06)
+    assert z > np.quantile(scores, 0.9)  # beyond the initial threshold t = ln 10
+
+
+def test_pot_threshold_on_a_heavy_tail():
+    # Lomax(a): P(X > z) = (1 + z)^-a, a GPD with xi = 1/a; true (1 - q) quantile q^(-1/a) - 1.
+    a, q = 4.0, 1e-3
+    scores = np.random.default_rng(0).pareto(a, size=20_000)
+    z = calibrate_threshold(scores, None, PotThreshold(risk=q))
+    assert z == pytest.approx(q ** (-1 / a) - 1, rel=0.15)  # the largest error over 20 seeds was 11%
+    assert z > np.quantile(scores, 0.9)
+
+
+def test_pot_with_too_few_excesses_warns_and_uses_the_empirical_quantile():
+    scores = np.arange(50.0)  # 5 scores above the 0.9 quantile
+    with pytest.warns(UserWarning, match="only 5 normal validation scores lie above"):
+        t = calibrate_threshold(scores, None, PotThreshold(risk=1e-3))
+    assert t == 49.0
+
+
+@pytest.mark.parametrize("threshold", [
+    {"method": "fpr", "target_fpr": 0.01},
+    {"method": "percentile", "percentile": 99.0},
+    {"method": "f1"},
+    {"method": "pot", "risk": 1e-4, "initial_quantile": 0.98},
+])
+def test_threshold_spec_round_trips_through_pipeline_validation(threshold):
+    raw = {"name": "t", "data": {"source": {"kind": "digits"}}, "model": {"kind": "dense_autoencoder"},
+           "anomaly": {"normal_labels": [0], "threshold": threshold}, "registry": {"model_name": "m"}}
+    spec = PipelineSpec.validate_dict(raw)
+    assert spec.anomaly.threshold.model_dump() == threshold
+    again = PipelineSpec.validate_dict(spec.model_dump(mode="json"))
+    assert again == spec and again.spec_hash() == spec.spec_hash()
+    tags = threshold_tags(1.5, spec.anomaly.threshold)
+    assert tags["threshold_method"] == threshold["method"]
+    assert type(spec.anomaly.threshold).model_validate_json(tags["threshold_params"]) == spec.anomaly.threshold
+
+
+def test_pot_spec_rejects_a_risk_inside_the_fitted_tail():
+    raw = {"name": "t", "data": {"source": {"kind": "digits"}}, "model": {"kind": "dense_autoencoder"},
+           "anomaly": {"threshold": {"method": "pot", "risk": 0.05, "initial_quantile": 0.98}},
+           "registry": {"model_name": "m"}}
+    with pytest.raises(SpecError, match=r"anomaly.threshold: Value error, risk must be below 1 - initial_quantile"):
+        PipelineSpec.validate_dict(raw)
+    with pytest.raises(SpecError, match=r"anomaly.threshold.risk: Input should be greater than 0"):
+        PipelineSpec.validate_dict({**raw, "anomaly": {"threshold": {"method": "pot", "risk": 0}}})

@@ -9,8 +9,10 @@ from mlflow.tracking import MlflowClient
 from deepgen import orchestrate, tracking
 from deepgen.config import PipelineSpec
 from deepgen.data.prepare import prepare_dataset
-from deepgen.export import ScoringModel
-from deepgen.models.autoencoders import AutoencoderConfig, DenseAutoencoder
+from deepgen.export import AnomalyScorer
+from deepgen.anomaly import threshold_tags
+from deepgen.config import FprThreshold
+from deepgen.tasks import Evaluation, build_task
 from conftest import write_pipeline
 
 
@@ -25,9 +27,9 @@ def registry(tmp_path, monkeypatch):
 
 
 def _register(spec, manifest, run_id, roc_auc: float, threshold: float = 0.5):
-    model = DenseAutoencoder(AutoencoderConfig(input_shape=(1, 8, 8), latent_dim=4, hidden=(16,)))
-    ev = orchestrate.Evaluation(threshold, {"method": "fpr", "target_fpr": 0.05}, {"roc_auc": roc_auc, "f1": 0.5})
-    return orchestrate.register(spec, manifest, ev, model, run_id)
+    task = build_task(spec, manifest)
+    ev = Evaluation({"roc_auc": roc_auc, "f1": 0.5}, registry_tags=threshold_tags(threshold, FprThreshold()))
+    return orchestrate.register(spec, manifest, ev, task.build_models(), task, run_id)
 
 
 def test_champion_moves_only_when_the_gate_passes(registry):
@@ -47,8 +49,8 @@ def test_registered_model_loads_without_unpickling_and_keeps_its_threshold(regis
     spec, manifest, run_id, c = registry
     reg = _register(spec, manifest, run_id, roc_auc=0.8, threshold=0.123)
     version = tracking.resolve(f"t-model/{reg.version}")
-    scorer = ScoringModel.load(tracking.download_model_dir(version))
-    assert scorer.meta.threshold == pytest.approx(0.123) and float(version.tags["threshold"]) == pytest.approx(0.123)
+    scorer = AnomalyScorer.load(tracking.download_model_dir(version))
+    assert scorer.threshold == pytest.approx(0.123) and float(version.tags["threshold"]) == pytest.approx(0.123)
     x = np.random.default_rng(0).random((5, 64)).astype(np.float32)
     assert scorer.score(x).shape == (5,)
     import mlflow.pyfunc

@@ -63,6 +63,7 @@ class Manifest(BaseModel):
     rows: dict[str, int]
     label_type: str | None  # "int", "str" or None for unlabelled data
     feature_names: list[str] | None
+    target_shape: list[int] | None = None  # per-row target, e.g. a (1, H, W) segmentation mask
     scaler: Scaler
     arrow_schema: dict[str, str]  # column -> Arrow type
 
@@ -101,14 +102,14 @@ def prepare_dataset(data: DataSpec, out_dir: str | Path, log=print) -> tuple[Man
     if raw.test is not None:
         check_finite(raw.test[0], data)
     splits = split_rows(raw, data)
-    x_train = splits["train"][0]
-    scaler = Scaler.fit(raw, x_train)
-    tables = {name: to_arrow(scaler.apply(x.reshape(len(x), -1)), y) for name, (x, y) in splits.items()}
+    scaler = Scaler.fit(raw, splits["train"][0])
+    tables = {name: to_arrow(scaler.apply(x.reshape(len(x), -1)), y, t) for name, (x, y, t) in splits.items()}
     label_type = None if raw.y is None else ("str" if raw.y.dtype.kind in "OUS" else "int")
     manifest = Manifest(
         fingerprint=fingerprint, source_fingerprint=raw.fingerprint, shape=list(raw.shape),
         rows={k: t.num_rows for k, t in tables.items()}, label_type=label_type,
         feature_names=raw.feature_names, scaler=scaler,
+        target_shape=None if raw.target is None else list(raw.target.shape[1:]),
         arrow_schema={f.name: str(f.type) for f in tables["train"].schema},
     )
     write_atomically(out_dir, tables, manifest)
@@ -116,7 +117,7 @@ def prepare_dataset(data: DataSpec, out_dir: str | Path, log=print) -> tuple[Man
     return manifest, True
 
 
-def split_rows(raw: RawData, data: DataSpec) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+def split_rows(raw: RawData, data: DataSpec) -> dict[str, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
     """Random split with a seed; an official test split (IDX t10k) is kept as the test split."""
     rng = np.random.default_rng(data.seed)
     n = len(raw.x)
@@ -128,9 +129,10 @@ def split_rows(raw: RawData, data: DataSpec) -> dict[str, tuple[np.ndarray, np.n
         n_test = int(round(n * data.test_fraction))
         n_val = int(round(n * data.val_fraction))
         parts = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
-    splits = {k: (raw.x[idx], None if raw.y is None else raw.y[idx]) for k, idx in parts.items()}
+    pick = lambda a, idx: None if a is None else a[idx]  # noqa: E731
+    splits = {k: (raw.x[idx], pick(raw.y, idx), pick(raw.target, idx)) for k, idx in parts.items()}
     if raw.test is not None:
-        splits["test"] = raw.test
+        splits["test"] = (*raw.test, None)
     for name in SPLITS:
         if len(splits[name][0]) == 0:
             raise DataError(f"data: the {name} split would be empty ({n} rows in the source); "
@@ -150,12 +152,18 @@ def check_finite(x: np.ndarray, data: DataSpec) -> None:
                         f"({int(bad.any(1).sum())} rows, first at row {row}, feature {col}); clean or drop those rows")
 
 
-def to_arrow(x: np.ndarray, y: np.ndarray | None) -> pa.Table:
-    """(N, D) float32 -> a table with a fixed-size-list `features` column."""
-    columns = {"features": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel(), pa.float32()), x.shape[1])}
+def to_arrow(x: np.ndarray, y: np.ndarray | None, target: np.ndarray | None = None) -> pa.Table:
+    """(N, D) float32 -> a table with a fixed-size-list `features` column, `label` and `target` if given."""
+    columns = {"features": _fixed_size_list(x)}
+    if target is not None:
+        columns["target"] = _fixed_size_list(target.reshape(len(target), -1))
     if y is not None:
         columns["label"] = pa.array(y.tolist() if y.dtype.kind in "OUS" else y)
     return pa.table(columns).replace_schema_metadata({b"deepgen.prepared": b"1"})
+
+
+def _fixed_size_list(x: np.ndarray) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float32).ravel(), pa.float32()), x.shape[1])
 
 
 def write_atomically(out_dir: Path, tables: dict[str, pa.Table], manifest: Manifest) -> None:

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from deepgen.config import DigitsSource, IdxSource, NpySource, Source, TableSource
+from deepgen.config import (
+    DigitsSource, IdxSource, ImageMaskSource, NpySource, ShapesSource, Source, TableSource,
+)
 from deepgen.errors import DataError
 
 
@@ -28,10 +30,12 @@ class RawData:
     feature_names: list[str] | None = None
     test: tuple[np.ndarray, np.ndarray | None] | None = None  # an official test split, if the source has one
     files: list[str] = field(default_factory=list)
+    target: np.ndarray | None = None  # (N, *target_shape) per-row targets, e.g. segmentation masks
 
 
 def read_source(source: Source) -> RawData:
-    readers = {"digits": read_digits, "idx": read_idx_dir, "npy": read_npy, "table": read_table}
+    readers = {"digits": read_digits, "idx": read_idx_dir, "npy": read_npy, "table": read_table,
+               "shapes": read_shapes, "image_masks": read_image_masks}
     return readers[source.kind](source)
 
 
@@ -192,6 +196,44 @@ def _is_numeric(arrow_type) -> bool:
     import pyarrow.types as pat
 
     return pat.is_integer(arrow_type) or pat.is_floating(arrow_type) or pat.is_boolean(arrow_type)
+
+
+# --- segmentation: images with masks ----------------------------------------------------------------
+
+
+def read_shapes(source: ShapesSource) -> RawData:
+    from deepgen.data.shapes import make_shapes
+
+    x, masks = make_shapes(source.num_images, source.size, source.seed)
+    return RawData(x=x, y=None, shape=x.shape[1:], divisor=1.0, fingerprint=_hash_arrays(x, masks),
+                   target=masks.astype(np.float32))
+
+
+def read_image_masks(source: ImageMaskSource) -> RawData:
+    table = load_table(source.path)
+    c, h, w = source.image_shape
+    images = _list_column(table, source.image_column, c * h * w, source.path)
+    masks = _list_column(table, source.mask_column, h * w, source.path)
+    divisor = 255.0 if images.max(initial=0) > 1 else 1.0  # 8-bit pixels or already in [0, 1]
+    return RawData(x=images.reshape(-1, c, h, w), y=None, shape=(c, h, w), divisor=divisor,
+                   fingerprint=_hash_files([source.path]), files=[source.path],
+                   target=(masks.reshape(-1, 1, h, w) != 0).astype(np.float32))
+
+
+def _list_column(table, name: str, width: int, where: str) -> np.ndarray:
+    import pyarrow.types as pat
+
+    if name not in table.column_names:
+        raise DataError(f"{where}: no column {name!r} (columns: {', '.join(table.column_names)})")
+    col = table.column(name).combine_chunks()
+    if not (pat.is_list(col.type) or pat.is_large_list(col.type) or pat.is_fixed_size_list(col.type)) \
+            or not _is_numeric(col.type.value_type):
+        raise DataError(f"{where}: column {name!r} is {col.type}, expected a list of numbers per row")
+    lengths = col.value_lengths().to_numpy(zero_copy_only=False) if not pat.is_fixed_size_list(col.type) \
+        else np.full(len(col), col.type.list_size)
+    if col.null_count or (lengths != width).any():
+        raise DataError(f"{where}: column {name!r} must hold {width} values in every row")
+    return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(col), width)
 
 
 # --- fingerprints ----------------------------------------------------------------------------------

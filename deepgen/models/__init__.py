@@ -1,0 +1,33 @@
+"""Pure-PyTorch models: importing them needs neither Ray nor MLflow.
+
+`build_autoencoder(kind, config)` makes any autoencoder variant from its pipeline `model.kind` and its
+config dataclass, or that dataclass as a dict (how an exported model's JSON stores it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deepgen.models.autoencoders import (
+    Autoencoder, AutoencoderConfig, ConvAutoencoder, DenoisingAutoencoder, DenoisingConfig, DenseAutoencoder,
+    OvercompleteAutoencoder, OvercompleteConfig, SparseAutoencoder, SparseConfig,
+)
+from deepgen.models.vae import VAE, VAEConfig
+
+AUTOENCODERS: dict[str, tuple[type[Autoencoder], type[AutoencoderConfig]]] = {
+    "dense_autoencoder": (DenseAutoencoder, AutoencoderConfig),
+    "conv_autoencoder": (ConvAutoencoder, AutoencoderConfig),
+    "overcomplete_autoencoder": (OvercompleteAutoencoder, OvercompleteConfig),
+    "sparse_autoencoder": (SparseAutoencoder, SparseConfig),
+    "denoising_autoencoder": (DenoisingAutoencoder, DenoisingConfig),
+    "vae": (VAE, VAEConfig),
+}
+
+
+def build_autoencoder(kind: str, config: AutoencoderConfig | dict[str, Any]) -> Autoencoder:
+    model_cls, config_cls = AUTOENCODERS[kind]
+    if isinstance(config, dict):  # JSON lists back to the dataclass's tuples
+        config = config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    if type(config) is not config_cls:
+        raise TypeError(f"{kind} needs a {config_cls.__name__}, got a {type(config).__name__}")
+    return model_cls(config)

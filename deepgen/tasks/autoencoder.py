@@ -1,44 +1,105 @@
-"""Autoencoders as a task: minimise reconstruction error of normal rows."""
+"""Autoencoders as a task: minimise the model's objective on normal rows (reconstruction error, plus the
+variant's penalty or KL term); score = the model's anomaly_score (reconstruction error, or a VAE's -ELBO).
+
+Evaluation calibrates the anomaly threshold on the validation split (deepgen.anomaly: normal rows' scores,
+or all labelled rows for the F1-optimal threshold) and reports detection metrics on the test split.
+"""
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+import math
+from dataclasses import fields
+from pathlib import Path
 
+import torch
+
+from deepgen import anomaly
 from deepgen.config import PipelineSpec
+from deepgen.data.dataset import load_split, normal_mask
 from deepgen.data.prepare import Manifest
-from deepgen.models.autoencoders import Autoencoder, AutoencoderConfig, build_autoencoder
-from deepgen.tasks import unwrap
+from deepgen.export import AnomalyScorer, save_model_dir
+from deepgen.models import AUTOENCODERS, build_autoencoder
+from deepgen.models.autoencoders import Autoencoder, AutoencoderConfig
+from deepgen.models.vae import VAE
+from deepgen.tasks import Evaluation, unwrap
 
 
 def autoencoder_config(spec_model, shape: list[int]) -> AutoencoderConfig:
-    hidden = spec_model.hidden if spec_model.kind == "dense_autoencoder" else spec_model.channels
-    return AutoencoderConfig(
-        input_shape=tuple(shape), latent_dim=spec_model.latent_dim, hidden=tuple(hidden), loss=spec_model.loss
-    )
+    """The model's config dataclass: the spec fields it shares by name, the row shape, and the stack widths."""
+    m = spec_model
+    config_cls = AUTOENCODERS[m.kind][1]
+    conv = m.kind == "conv_autoencoder" or getattr(m, "architecture", "dense") == "conv"
+    values = {f.name: getattr(m, f.name) for f in fields(config_cls) if f.name in type(m).model_fields}
+    values |= {"input_shape": tuple(shape), "hidden": tuple(m.channels if conv else m.hidden)}
+    if m.kind == "overcomplete_autoencoder" and m.latent_dim is None:
+        values["latent_dim"] = 2 * math.prod(shape)
+    if m.kind == "vae":  # `loss` and `decoder` name one choice; the model reads `decoder`
+        values |= {"decoder": m.likelihood, "loss": "mse" if m.likelihood == "gaussian" else "bce"}
+    return config_cls(**values)
 
 
 class AutoencoderTask:
     def __init__(self, spec: PipelineSpec, manifest: Manifest):
         self.spec = spec
+        self.manifest = manifest
         self.config = autoencoder_config(spec.model, manifest.shape)
 
-    def build_models(self) -> dict[str, nn.Module]:
+    def build_models(self):
         return {"model": build_autoencoder(self.spec.model.kind, self.config)}
 
     def build_optimizers(self, models):
         t = self.spec.train
-        return {"model": torch.optim.AdamW(models["model"].parameters(), lr=t.lr, weight_decay=t.weight_decay)}
+        # an overcomplete spec carries its own default; the larger of the two applies
+        weight_decay = max(t.weight_decay, getattr(self.spec.model, "weight_decay", 0.0))
+        return {"model": torch.optim.AdamW(models["model"].parameters(), lr=t.lr, weight_decay=weight_decay)}
 
-    def train_step(self, models, optimizers, x):
+    def train_step(self, models, optimizers, batch):
         model, opt = models["model"], optimizers["model"]
+        x = batch["features"]  # (B, D) clean rows
         ae: Autoencoder = unwrap(model)
-        loss = ae.reconstruction_error(x, model(x)).mean()  # forward through the DDP wrapper
+        # forward through the DDP wrapper (it syncs gradients); the objective is the plain module's method
+        terms = ae.objective(x, model(ae.corrupt(x)))  # the loss compares with the clean x
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        terms["loss"].backward()
         opt.step()
-        return {"loss": loss.detach()}
+        return {k: v.detach() for k, v in terms.items()}
 
-    def eval_step(self, models, x):
-        model = models["model"]
-        return {"loss": unwrap(model).reconstruction_error(x, model(x)).sum()}
+    def eval_step(self, models, batch):
+        model, x = models["model"], batch["features"]
+        terms = unwrap(model).objective(x, model(x))  # batch means; no corruption outside training
+        return {k: v * len(x) for k, v in terms.items()}
+
+    def evaluate(self, models, data_dir: Path) -> Evaluation:
+        model = models["model"].eval()
+        spec = self.spec
+        x_val, y_val = load_split(data_dir, "val")
+        val_scores = AnomalyScorer.scores_of(model, x_val)
+        val_is_anomaly = ~normal_mask(y_val, spec.anomaly, len(x_val))
+        threshold = anomaly.calibrate_threshold(val_scores, val_is_anomaly, spec.anomaly.threshold)
+        x_test, y_test = load_split(data_dir, "test")
+        scores = AnomalyScorer.scores_of(model, x_test)
+        is_anomaly = ~normal_mask(y_test, spec.anomaly, len(x_test))
+        metrics = anomaly.evaluate_scores(scores, is_anomaly, threshold)
+        # after a fallback (f1 without validation anomalies), the registry records the method really used
+        method = anomaly.applied_spec(val_scores, val_is_anomaly, spec.anomaly.threshold)
+        ev = Evaluation(metrics, registry_tags=anomaly.threshold_tags(threshold, method))
+        ev.figures = self._figures(model, x_test, scores, is_anomaly, threshold)
+        return ev
+
+    def _figures(self, model, x_test, scores, is_anomaly, threshold) -> dict:
+        from deepgen import plots
+
+        figures = {"score_histogram": plots.score_histogram(scores, is_anomaly, threshold)}
+        if is_anomaly.any() and not is_anomaly.all():
+            figures["roc_curve"] = plots.roc_curve(scores, is_anomaly)
+        if len(self.manifest.shape) == 3:
+            with torch.no_grad():
+                recon = model.reconstruct(torch.tensor(x_test[:8])).numpy()
+            figures["reconstructions"] = plots.reconstructions(x_test[:8], recon, self.manifest.shape)
+            if isinstance(model, VAE):  # what the generative model makes of draws from its prior
+                figures["prior_samples"] = plots.sample_grid(model.sample(32).numpy(), self.manifest.shape)
+        return figures
+
+    def export(self, dest: Path, models, evaluation: Evaluation) -> Path:
+        return save_model_dir(dest, "anomaly", self.spec.model, self.manifest, models["model"],
+                              evaluation.registry_tags)

@@ -23,15 +23,26 @@ from deepgen.data.dataset import features_to_numpy, normal_mask, split_path
 SHUFFLE_BUFFER_ROWS = 4096
 
 
-def tensor_batches(x: torch.Tensor, batch_size: int, epoch: int, seed: int, shuffle: bool,
-                   device: torch.device) -> Iterator[torch.Tensor]:
+Batch = dict[str, torch.Tensor]  # "features" (B, D), and "target" (B, D') for supervised families
+TENSOR_COLUMNS = ("features", "target")
+
+
+def arrow_tensors(table) -> Batch:
+    """The fixed-size-list columns of an Arrow table or batch as (N, D) float32 tensors, without a per-row
+    copy (iter_torch_batches converts such columns row by row, several times slower for wide rows)."""
+    return {c: torch.from_numpy(features_to_numpy(table.column(c)).copy())
+            for c in TENSOR_COLUMNS if c in table.column_names}
+
+
+def tensor_batches(data: Batch, batch_size: int, epoch: int, seed: int, shuffle: bool,
+                   device: torch.device) -> Iterator[Batch]:
     """Batches of an in-memory split; the shuffle order depends only on (seed, epoch), so a resumed
     run sees the same order an uninterrupted one would."""
-    if shuffle:
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    for i in range(0, len(x), batch_size):
-        xb = x[order[i:i + batch_size]] if shuffle else x[i:i + batch_size]
-        yield xb.to(device, non_blocking=True)
+    n = len(data["features"])
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)) if shuffle else None
+    for i in range(0, n, batch_size):
+        idx = order[i:i + batch_size] if shuffle else slice(i, i + batch_size)
+        yield {k: v[idx].to(device, non_blocking=True) for k, v in data.items()}
 
 
 def pick_device(use_gpu: bool) -> torch.device:
@@ -50,19 +61,18 @@ class LocalEnv:
         self.root = Path(checkpoint_root)
         self.keep = keep
         self.seed = seed
-        self._splits = {}
+        self._splits: dict[str, Batch] = {}
         for split in ("train", "val"):
             table = pq.read_table(split_path(data_dir, split))
-            x = features_to_numpy(table.column("features"))
             if split == "train":  # an autoencoder for anomaly detection learns normal rows only
                 labels = table.column("label") if "label" in table.column_names else None
-                x = x[normal_mask(labels, anomaly, len(x))]
-            self._splits[split] = torch.tensor(x)
+                table = table.filter(normal_mask(labels, anomaly, table.num_rows))
+            self._splits[split] = arrow_tensors(table)
 
     def num_rows(self, split: str) -> int:
-        return len(self._splits[split])
+        return len(self._splits[split]["features"])
 
-    def batches(self, split: str, batch_size: int, epoch: int) -> Iterator[torch.Tensor]:
+    def batches(self, split: str, batch_size: int, epoch: int) -> Iterator[Batch]:
         return tensor_batches(self._splits[split], batch_size, epoch, self.seed, split == "train", self.device)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
@@ -101,32 +111,25 @@ class RayTrainEnv:
         self.device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
         self.seed = seed
         self.cache_shards = cache_shards
-        self._cache: dict[str, torch.Tensor] = {}
+        self._cache: dict[str, Batch] = {}
 
-    def batches(self, split: str, batch_size: int, epoch: int) -> Iterator[torch.Tensor]:
+    def batches(self, split: str, batch_size: int, epoch: int) -> Iterator[Batch]:
         shard = self._train.get_dataset_shard(split)
         if self.cache_shards:
             # Ray Data starts a streaming execution per epoch (seconds on a small machine); a shard that
             # fits in memory is read once and shuffled locally from then on.
             if split not in self._cache:
-                parts = list(self._arrow_batches(shard, 8192, {}))
-                self._cache[split] = torch.cat(parts) if parts else torch.zeros(0)
+                parts = [arrow_tensors(b) for b in shard.iter_batches(batch_size=8192, batch_format="pyarrow")]
+                self._cache[split] = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
             return tensor_batches(self._cache[split], batch_size, epoch, self.seed + self.world_rank,
                                   split == "train", self.device)
         return self._stream(shard, split, batch_size, epoch)
 
-    def _stream(self, shard, split: str, batch_size: int, epoch: int) -> Iterator[torch.Tensor]:
+    def _stream(self, shard, split: str, batch_size: int, epoch: int) -> Iterator[Batch]:
         shuffle = {"local_shuffle_buffer_size": SHUFFLE_BUFFER_ROWS, "local_shuffle_seed": self.seed + epoch} \
             if split == "train" else {}
-        for x in self._arrow_batches(shard, batch_size, shuffle):
-            yield x.to(self.device, non_blocking=True)
-
-    @staticmethod
-    def _arrow_batches(shard, batch_size: int, shuffle: dict) -> Iterator[torch.Tensor]:
-        # Arrow batches, flattened without a per-row copy: iter_torch_batches converts a fixed-size-list
-        # column row by row, several times slower for wide rows.
         for batch in shard.iter_batches(batch_size=batch_size, batch_format="pyarrow", **shuffle):
-            yield torch.from_numpy(features_to_numpy(batch.column("features")).copy())
+            yield {k: v.to(self.device, non_blocking=True) for k, v in arrow_tensors(batch).items()}
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         # DDP across workers (gloo on CPU, NCCL on GPU); a single worker is not wrapped.

@@ -60,11 +60,12 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
         for m in models.values():
             m.train()
         sums, rows, steps = torch.zeros((), device=env.device), 0, 0
-        for x in env.batches("train", t.batch_size, epoch):
+        for batch in env.batches("train", t.batch_size, epoch):
+            n = len(batch["features"])
             with autocast:
-                out = task.train_step(models, optimizers, x)
-            sums += out["loss"].float() * len(x)
-            rows += len(x)
+                out = task.train_step(models, optimizers, batch)
+            sums += out["loss"].float() * n
+            rows += n
             steps += 1
         train_time = time.perf_counter() - start
         totals = env.all_reduce(torch.stack([sums, torch.tensor(float(rows), device=env.device)]))
@@ -97,11 +98,11 @@ def evaluate(task: Task, models, env, batch_size: int, autocast) -> dict[str, fl
         m.eval()
     sums: dict[str, torch.Tensor] = {}
     rows = 0
-    for x in env.batches("val", batch_size, 0):
+    for batch in env.batches("val", batch_size, 0):
         with autocast:
-            for k, v in task.eval_step(models, x).items():
+            for k, v in task.eval_step(models, batch).items():
                 sums[k] = sums.get(k, 0) + v.float()
-        rows += len(x)
+        rows += len(batch["features"])
     keys = sorted(sums)
     totals = env.all_reduce(torch.stack([*(sums[k] for k in keys), torch.tensor(float(rows), device=env.device)]))
     return {f"val_{k}": (totals[i] / totals[-1].clamp(min=1)).item() for i, k in enumerate(keys)}
