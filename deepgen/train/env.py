@@ -8,6 +8,7 @@ Train), for the checkpoint to resume from, and to report an epoch. Ray touch poi
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -95,6 +96,9 @@ class LocalEnv:
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         return t
 
+    def say(self, message: str) -> None:
+        print(f"[deepgen] {message}", flush=True)
+
 
 class RayTrainEnv:
     """Inside `train_loop_per_worker`: dataset shards, DDP, `ray.train.report` with checkpoints."""
@@ -147,6 +151,10 @@ class RayTrainEnv:
 
         checkpoint = Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         self._train.report(metrics, checkpoint=checkpoint)
+
+    def say(self, message: str) -> None:
+        # Ray Train patches print() in workers to both print and log, which shows every line twice.
+        logging.getLogger("deepgen").info(f"[deepgen] {message}")
 
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         if self.world_size > 1 and torch.distributed.is_initialized():

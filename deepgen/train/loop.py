@@ -51,7 +51,7 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
     resume = env.latest_checkpoint()
     if resume is not None:
         start_epoch, history = load_checkpoint(resume, models, optimizers, restore_rng=env.world_rank == 0)
-        _say(f"resuming {spec.run_name} after epoch {start_epoch} from {resume}")
+        env.say(f"resuming {spec.run_name} after epoch {start_epoch} from {resume}")
 
     autocast = autocast_context(spec, env.device)
     t = spec.train
@@ -85,7 +85,7 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
                 env.report(metrics, Path(tmp))
             if on_epoch is not None:
                 on_epoch(metrics)
-            _say(f"epoch {epoch}/{t.epochs} " + " ".join(
+            env.say(f"epoch {epoch}/{t.epochs} " + " ".join(
                 f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"))
         else:
             env.report(metrics, None)
@@ -168,7 +168,3 @@ def load_model_weights(directory: Path, task: Task) -> dict[str, torch.nn.Module
 def _numpy_rng_state() -> dict:
     _, key, pos, _, _ = np.random.get_state()
     return {"key": key.tolist(), "pos": int(pos)}
-
-
-def _say(message: str) -> None:
-    print(f"[deepgen] {message}", flush=True)
