@@ -192,6 +192,78 @@ def cmd_models_show(args) -> int:
     return 0
 
 
+def cmd_models_history(args) -> int:
+    from deepgen import tracking
+
+    tracking.configure(args.runs_dir)
+    rows = tracking.champion_history(args.name)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"{args.name}: champion has never been set")
+        return 0
+    print(f"{'VERSION':8} {'FROM':20} {'UNTIL':20} {'BY':12} WHY")
+    for r in rows:
+        until = "now" if r["current"] else _when(r["until"])
+        why = f"{r['action']}: {r['reason']}" if r["reason"] else r["action"]
+        print(f"{'v' + r['version']:8} {_when(r['from']):20} {until:20} {r['by']:12} {why}")
+    return 0
+
+
+def cmd_models_promote(args) -> int:
+    from deepgen import tracking
+
+    tracking.configure(args.runs_dir)
+    before = tracking.champion(args.name)
+    move = tracking.move_champion(args.name, args.version, by=_user(args), reason=args.reason or "")
+    return _report_move(args, before, move)
+
+
+def cmd_models_rollback(args) -> int:
+    from deepgen import tracking
+
+    tracking.configure(args.runs_dir)
+    before = tracking.champion(args.name)
+    move = tracking.rollback_champion(args.name, by=_user(args), reason=args.reason or "")
+    return _report_move(args, before, move)
+
+
+def _report_move(args, before, move) -> int:
+    """`move` is None when champion already pointed at the version asked for."""
+    previous = None if before is None else str(before.version)
+    if args.json:
+        info = {"name": args.name, "alias": "champion", "moved": move is not None, "previous": previous,
+                "version": move.version if move else previous}
+        if move:
+            info |= {"at": move.at, "by": move.by, "action": move.action, "reason": move.reason}
+        print(json.dumps(info, indent=2))
+    elif move is None:
+        print(f"{args.name}: v{previous} is already champion; nothing moved")
+    else:
+        why = f": {move.reason}" if move.reason else ""
+        print(f"{args.name}: champion v{previous or '-'} -> v{move.version} ({move.action} by {move.by}{why})")
+    return 0
+
+
+def _user(args) -> str:
+    """Who moves the alias: --by, else $DEEPGEN_USER, else the OS user."""
+    import getpass
+
+    if args.by:
+        return args.by
+    try:
+        return os.environ.get("DEEPGEN_USER") or getpass.getuser()
+    except (OSError, KeyError):  # no user name in a bare container
+        return "unknown"
+
+
+def _when(ms: int | None) -> str:
+    from datetime import datetime, timezone
+
+    return "-" if ms is None else datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
 # --- parser ----------------------------------------------------------------------------------------
 
 
@@ -250,7 +322,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--runs-dir", default="deepgen-runs")
     p.set_defaults(func=cmd_models_show)
+    p = models.add_parser("history", help="which version held champion when, moved by whom and why",
+                          description="Every recorded move of the champion alias, oldest first, with from/until "
+                                      "(UTC), who moved it (gate, a person) and why.")
+    p.add_argument("name", help="registered model name")
+    _add_models_args(p)
+    p.set_defaults(func=cmd_models_history)
+    p = models.add_parser("promote", help="move champion to a version, recording who and why",
+                          description="Point the champion alias at VERSION and record it in the history.")
+    p.add_argument("name", help="registered model name")
+    p.add_argument("version", help="version number, e.g. 3")
+    _add_move_args(p)
+    p.set_defaults(func=cmd_models_promote)
+    p = models.add_parser("rollback", help="move champion back to the previous champion",
+                          description="Point the champion alias back at the version that held it before the "
+                                      "current one (a second rollback goes one further back).")
+    p.add_argument("name", help="registered model name")
+    _add_move_args(p)
+    p.set_defaults(func=cmd_models_rollback)
     return parser
+
+
+def _add_models_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--runs-dir", default="deepgen-runs", help="local runs folder (when no MLFLOW_TRACKING_URI)")
+
+
+def _add_move_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--reason", help="why, kept in the history (e.g. a ticket or incident id)")
+    p.add_argument("--by", help="who moves it (default: $DEEPGEN_USER, else the OS user)")
+    _add_models_args(p)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -201,6 +201,7 @@ def register(spec: PipelineSpec, manifest: Manifest, ev: Evaluation, models, tas
         "spec_hash": spec.spec_hash(),
         "git_commit": tracking.git_commit(),
         "ray_run_name": spec.run_name,
+        "mlflow_run_id": run_id,
         tracking.RUN_NAME_TAG: spec.run_name,
         "pipeline": spec.name,
         "gate": reason,
@@ -209,7 +210,10 @@ def register(spec: PipelineSpec, manifest: Manifest, ev: Evaluation, models, tas
         model_dir = task.export(Path(tmp) / "model", models, ev)
         version = tracking.log_and_register(run_id, model_dir, name, tags)
     alias = tracking.CHAMPION if promote else tracking.CHALLENGER
-    tracking.set_alias(name, alias, version.version)
+    if promote:  # through the one function that records champion moves
+        tracking.move_champion(name, str(version.version), by="gate", reason=reason, action="gate")
+    else:
+        tracking.set_alias(name, alias, version.version)
     return tracking.Registered(name, str(version.version), alias, previous, reason)
 
 

@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +192,121 @@ def set_alias(name: str, alias: str, version: str) -> None:
     client().set_registered_model_alias(name, alias, version)
 
 
+# --- champion history ------------------------------------------------------------------------------
+# MLflow keeps no history of aliases, so every move of `champion` goes through `move_champion`, which
+# appends a ChampionMove to a JSON list in one registered-model tag. MLflow accepts such tag values up
+# to 100,000 characters, but its SQL schema stores them as VARCHAR(5000) (SQLite ignores the width,
+# MySQL and PostgreSQL do not), so the list keeps the newest moves that fit in 5,000 characters: about
+# 35 with gate-length reasons, 12 with reasons at their 300-character cap; history and rollback reach
+# back that far. The tag is read, extended and written back, so two moves at the same instant can lose
+# one of their two events; the alias itself ends on the last one set.
+
+HISTORY_TAG = "deepgen.champion_history"
+HISTORY_MAX_CHARS = 5000
+REASON_MAX_CHARS = 300
+
+
+@dataclass
+class ChampionMove:
+    """`champion` moved to `version` at `at` (ms since the epoch; None if unknown) by `by`, because ..."""
+
+    version: str
+    at: int | None
+    by: str
+    action: str  # gate | promote | rollback | untracked (moved outside deepgen, found later)
+    reason: str = ""
+    alias: str = CHAMPION
+
+
+def move_champion(name: str, version: str, by: str, reason: str, action: str = "promote") -> ChampionMove | None:
+    """Point `champion` at `version` and record who and why; None if it already points there."""
+    moves, current = _recorded_moves(name)
+    version = _existing_version(name, version)
+    if current == version:
+        return None
+    set_alias(name, CHAMPION, version)
+    move = ChampionMove(version, int(time.time() * 1000), by, action, reason[:REASON_MAX_CHARS])
+    _write_moves(name, [*moves, move])
+    return move
+
+
+def rollback_champion(name: str, by: str, reason: str = "") -> ChampionMove:
+    """Move `champion` back to the version that held it before the current one."""
+    stack = _champion_stack(_recorded_moves(name)[0])
+    if len(stack) < 2:
+        held = f"v{stack[0]} is the first champion on record" if stack else "no champion on record"
+        raise RegistryError(f"{name}: no previous champion to roll back to ({held}); "
+                            f"`deepgen models promote {name} VERSION` moves champion to any version")
+    move = move_champion(name, stack[-2], by, reason, action="rollback")
+    assert move is not None  # the stack never holds the same version twice in a row
+    return move
+
+
+def champion_history(name: str) -> list[dict[str, Any]]:
+    """Who held `champion` when, oldest first: version, from and until (ms; None if not known), whether it
+    still holds it, who moved it there and why."""
+    moves, current = _recorded_moves(name)
+    rows = []
+    for i, m in enumerate(moves):
+        last = i + 1 == len(moves)
+        rows.append({"version": m.version, "alias": m.alias, "from": m.at, "until": None if last else moves[i + 1].at,
+                     "current": last and current == m.version, "by": m.by, "action": m.action, "reason": m.reason})
+    return rows
+
+
+def _recorded_moves(name: str) -> tuple[list[ChampionMove], str | None]:
+    """The recorded moves, plus an "untracked" one if `champion` was moved outside deepgen since; and
+    the version `champion` points at now."""
+    try:
+        raw = client().get_registered_model(name).tags.get(HISTORY_TAG)
+    except MlflowException:
+        raise RegistryError(f"{name}: no such registered model; `deepgen models list` shows what is there") from None
+    try:
+        moves = [ChampionMove(**m) for m in json.loads(raw)] if raw else []
+    except (ValueError, TypeError):
+        raise RegistryError(f"{name}: tag {HISTORY_TAG} is not a champion history; delete the tag "
+                            "(the next move starts a new history)") from None
+    current = champion(name)
+    current = None if current is None else str(current.version)
+    if current is not None and (not moves or moves[-1].version != current):
+        moves.append(ChampionMove(current, None, "unknown", "untracked", "champion set outside deepgen's record"))
+    return moves, current
+
+
+def _write_moves(name: str, moves: list[ChampionMove]) -> None:
+    while True:  # drop the oldest moves until the list fits the tag column
+        value = json.dumps([asdict(m) for m in moves], separators=(",", ":"))
+        if len(value) <= HISTORY_MAX_CHARS or len(moves) <= 2:
+            break
+        moves = moves[1:]
+    client().set_registered_model_tag(name, HISTORY_TAG, value)
+
+
+def _champion_stack(moves: list[ChampionMove]) -> list[str]:
+    """Replay the moves: a move pushes its version, a rollback pops back to the one before.
+
+    So two rollbacks after v1 -> v2 -> v3 land on v1, not back on v3.
+    """
+    stack: list[str] = []
+    for m in moves:
+        if m.action == "rollback" and len(stack) > 1 and stack[-2] == m.version:
+            stack.pop()
+        else:  # also a rollback whose origin was trimmed from the history
+            stack.append(m.version)
+    return stack
+
+
+def _existing_version(name: str, version: str) -> str:
+    v = str(version).removeprefix("v")
+    if not v.isdigit():
+        raise RegistryError(f"{name}: version {version!r} is not a version number like 3")
+    try:
+        return str(client().get_model_version(name, v).version)
+    except MlflowException:
+        raise RegistryError(f"{name}: no version {v}; `deepgen models show {name}` shows the latest, "
+                            "`deepgen models list` the models") from None
+
+
 def resolve(ref: str):
     """`NAME@ALIAS`, `NAME/VERSION` or `NAME` (latest version) -> ModelVersion."""
     c = client()
@@ -225,7 +340,8 @@ def download_model_dir(version) -> Path:
 def list_models() -> list[dict[str, Any]]:
     rows = []
     for m in client().search_registered_models():
-        aliases = dict(m.aliases) if isinstance(m.aliases, dict) else {a.alias: a.version for a in m.aliases}
+        pairs = m.aliases.items() if isinstance(m.aliases, dict) else ((a.alias, a.version) for a in m.aliases)
+        aliases = {a: str(v) for a, v in pairs}  # the SQL store hands versions back as ints
         latest = max((int(v.version) for v in m.latest_versions), default=0)
         rows.append({"name": m.name, "latest_version": latest, "aliases": aliases})
     return rows

@@ -23,7 +23,8 @@ def test_a_bad_override_exits_non_zero_and_names_the_field(tmp_path):
 
 
 @pytest.mark.parametrize("command", [["prepare"], ["train"], ["run"], ["score"], ["models", "list"],
-                                     ["models", "show"]])
+                                     ["models", "show"], ["models", "history"], ["models", "promote"],
+                                     ["models", "rollback"]])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args([*command, "--help"])
