@@ -59,6 +59,21 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from deepgen.tune import run_sweep
+
+    result = run_sweep(_load_spec(args))
+    print(f"\n{'TRIAL':14} {'STATUS':7} {'EPOCHS':>6} {'METRIC':>10}  VALUES")
+    for r in result.trials:
+        metric = "-" if r["metric"] is None else f"{r['metric']:.5g}"
+        print(f"{r['trial']:14} {r['status']:7} {r['epochs']:>6} {metric:>10}  {r['values']}")
+    reg = result.registered
+    print(f"\nbest trial {result.best_trial}: {result.best_values} -> {result.best_metric:.5g}")
+    print(f"registered {reg.name} version {reg.version} as {reg.alias} ({reg.reason}); "
+          f"parent MLflow run {result.parent_run_id}")
+    return 0
+
+
 def print_summary(s) -> None:
     r = s.registered
     print()
@@ -292,6 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "register the model; `champion` moves only if the gate passes.")
     _add_pipeline_args(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("tune", help="a Ray Tune sweep over the pipeline's `tune.search_space`",
+                       description="Search hyperparameters with Ray Tune (one TorchTrainer per trial, ASHA), "
+                                   "then evaluate the best trial on test and register it through the gate.")
+    _add_pipeline_args(p)
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("score", help="score a file with a registered model and its threshold",
                        description="Load a model and its threshold through the registry and write per-row "

@@ -342,6 +342,62 @@ class TrackingSpec(Spec):
     )
 
 
+# --- hyperparameter search (Ray Tune) --------------------------------------------------------------
+
+
+class Uniform(Spec):
+    type: Literal["uniform"] = "uniform"
+    low: float
+    high: float
+
+
+class LogUniform(Spec):
+    type: Literal["loguniform"] = "loguniform"
+    low: float = Field(gt=0)
+    high: float = Field(gt=0)
+
+
+class Choice(Spec):
+    type: Literal["choice"] = "choice"
+    values: list[Any] = Field(min_length=1)
+
+
+class RandInt(Spec):
+    type: Literal["randint"] = "randint"
+    low: int
+    high: int = Field(description="exclusive")
+
+
+class Grid(Spec):
+    """Every value is tried (times num_samples), as in `tune.grid_search`."""
+
+    type: Literal["grid"] = "grid"
+    values: list[Any] = Field(min_length=1)
+
+
+Domain = Annotated[Union[Uniform, LogUniform, Choice, RandInt, Grid], Field(discriminator="type")]
+
+
+class AshaSpec(Spec):
+    """Asynchronous successive halving: stop trials whose metric trails at each rung."""
+
+    grace_period: int = Field(default=1, gt=0, description="epochs before a trial can be stopped")
+    reduction_factor: float = Field(default=2, gt=1)
+
+
+class TuneSpec(Spec):
+    search_space: dict[str, Domain] = Field(
+        min_length=1, description="dotted spec field -> domain, e.g. train.lr: {type: loguniform, ...}")
+    num_samples: int = Field(default=4, gt=0, description="samples of the space (per grid point)")
+    max_concurrent_trials: int = Field(default=2, gt=0)
+    metric: str = Field(default="val_loss", description="a metric the family reports each epoch")
+    mode: Literal["min", "max"] = "min"
+    scheduler: AshaSpec | None = Field(default_factory=AshaSpec, description="null: every trial runs to the end")
+    search_alg: Literal["random", "optuna"] = Field(
+        default="random", description="optuna needs `pip install optuna`")
+    seed: int = 0
+
+
 class PipelineSpec(Spec):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     data: DataSpec
@@ -351,6 +407,7 @@ class PipelineSpec(Spec):
     anomaly: AnomalySpec = Field(default_factory=AnomalySpec)
     registry: RegistrySpec
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    tune: TuneSpec | None = Field(default=None, description="a Ray Tune sweep for `deepgen tune`")
 
     # -- derived paths and names -- #
 
@@ -445,7 +502,7 @@ def _is_union_tag(part: Any) -> bool:
 
 def _union_tags(*unions: Any) -> set[str]:
     members = [m for u in unions for m in get_args(get_args(u)[0])]
-    return {m.model_fields[f].default for m in members for f in ("kind", "method") if f in m.model_fields}
+    return {m.model_fields[f].default for m in members for f in ("kind", "method", "type") if f in m.model_fields}
 
 
-_UNION_TAGS = _union_tags(Source, ModelSpec, ThresholdSpec)
+_UNION_TAGS = _union_tags(Source, ModelSpec, ThresholdSpec, Domain)

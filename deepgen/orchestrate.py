@@ -33,7 +33,7 @@ def ensure_ray(spec: PipelineSpec | None = None) -> None:
     """Connect to `RAY_ADDRESS` if set, else start a local Ray sized for the spec's workers.
 
     Ray Data needs a CPU of its own to read Parquet while every training worker holds one, so a local
-    instance gets at least workers * cpus_per_worker + 1 logical CPUs.
+    instance gets at least workers * cpus_per_worker + 1 logical CPUs, times the concurrent Tune trials.
     """
     import ray
 
@@ -42,7 +42,8 @@ def ensure_ray(spec: PipelineSpec | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
         return
-    need = 1.0 + (spec.scaling.num_workers * spec.scaling.cpus_per_worker if spec else 1.0)
+    per_run = 1.0 + (spec.scaling.num_workers * spec.scaling.cpus_per_worker if spec else 1.0)
+    need = per_run * (spec.tune.max_concurrent_trials if spec and spec.tune else 1)
     ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), include_dashboard=False)
 
 
@@ -79,15 +80,16 @@ def _user_error(e: Exception) -> Exception:
 # --- train -----------------------------------------------------------------------------------------
 
 
-def train(spec: PipelineSpec, manifest: Manifest, mlflow_run_id: str | None, tracking_uri: str | None) -> Path:
-    """Fit with Ray Train; returns a local folder holding the final checkpoint."""
+def build_trainer(spec: PipelineSpec, manifest: Manifest, mlflow_run_id: str | None, tracking_uri: str | None,
+                  callbacks: tuple = ()):
+    """A TorchTrainer for the spec: Ray Data splits (train filtered to normal rows), ScalingConfig,
+    per-epoch checkpoints kept by CheckpointConfig, and the run name that makes a rerun resume."""
     import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from deepgen.train.loop import train_loop_per_worker
 
-    ensure_ray(spec)
     _quiet_ray_data()
     anomaly_spec = spec.anomaly
 
@@ -101,7 +103,7 @@ def train(spec: PipelineSpec, manifest: Manifest, mlflow_run_id: str | None, tra
         "val": ray.data.read_parquet(split_path(spec.data_dir, "val")),
     }
     s = spec.scaling
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "spec": spec.model_dump(mode="json"), "manifest": manifest.model_dump(mode="json"),
@@ -113,9 +115,17 @@ def train(spec: PipelineSpec, manifest: Manifest, mlflow_run_id: str | None, tra
             name=spec.run_name, storage_path=spec.storage_path,
             checkpoint_config=CheckpointConfig(num_to_keep=spec.train.checkpoints_to_keep),
             failure_config=FailureConfig(max_failures=0),
+            callbacks=list(callbacks),
         ),
         datasets=datasets,
     )
+
+
+def train(spec: PipelineSpec, manifest: Manifest, mlflow_run_id: str | None, tracking_uri: str | None) -> Path:
+    """Fit with Ray Train; returns a local folder holding the final checkpoint."""
+    ensure_ray(spec)
+    trainer = build_trainer(spec, manifest, mlflow_run_id, tracking_uri)
+    s = spec.scaling
     say(f"train: Ray Train run {spec.run_name} ({s.num_workers} workers, {spec.train.epochs} epochs) "
         f"in {spec.storage_path}")
     try:

@@ -100,3 +100,23 @@ def segmentations(images: np.ndarray, masks: np.ndarray, predictions: np.ndarray
         axes[row][0].set_title(title, fontsize=8, loc="left")
     fig.tight_layout()
     return fig
+
+
+def search_scatter(trials: list[dict], metric: str):
+    """One panel per searched field: the value each trial tried against its final metric."""
+    plt = _pyplot()
+    fields = list(trials[0]["values"])
+    fig, axes = plt.subplots(1, len(fields), figsize=(3.6 * len(fields), 3.2), squeeze=False)
+    for ax, field in zip(axes[0], fields):
+        xs = [r["values"][field] for r in trials]
+        numeric = all(isinstance(x, (int, float)) for x in xs)
+        positions = xs if numeric else [sorted(map(str, set(xs))).index(str(x)) for x in xs]
+        ax.scatter(positions, [r["metric"] for r in trials], c=[r["epochs"] for r in trials], cmap="viridis")
+        if numeric and min(xs) > 0 and max(xs) / min(xs) > 100:
+            ax.set_xscale("log")
+        if not numeric:
+            ax.set_xticks(range(len(set(map(str, xs)))), sorted(set(map(str, xs))))
+        ax.set(xlabel=field, ylabel=metric)
+    fig.suptitle("search: colour = epochs run (ASHA stops trials early)", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -36,9 +36,13 @@ def tracking_uri_for(runs_dir: str | Path) -> str:
 
 
 def configure(runs_dir: str | Path) -> str:
-    uri = tracking_uri_for(runs_dir)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     Path(runs_dir).mkdir(parents=True, exist_ok=True)
+    return configure_uri(tracking_uri_for(runs_dir))
+
+
+def configure_uri(uri: str) -> str:
+    """Point tracking and the registry at `uri` (a Tune trial's process receives it from the driver)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri

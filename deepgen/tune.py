@@ -1,0 +1,196 @@
+"""Hyperparameter search with Ray Tune: one TorchTrainer per trial (the Ray Train V2 pattern).
+
+Each trial is a Tune function that applies its sampled values to the pipeline spec (by dotted path),
+builds the same TorchTrainer as `deepgen train`, and forwards every epoch's report to Tune through
+`TuneReportCallback`, so ASHA can stop it early. Each trial logs to an MLflow child run of one parent run
+per sweep. The best trial's final checkpoint is evaluated on the test split and goes through the same
+registry gate as a plain run.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deepgen import orchestrate, tracking
+from deepgen.config import PipelineSpec, TuneSpec, apply_override
+from deepgen.data.prepare import Manifest
+from deepgen.errors import TrainingError
+
+
+def search_space(tune_spec: TuneSpec) -> dict[str, Any]:
+    """Our domains -> Ray Tune's sampling objects, keyed by dotted spec path."""
+    from ray import tune
+
+    build = {
+        "uniform": lambda d: tune.uniform(d.low, d.high),
+        "loguniform": lambda d: tune.loguniform(d.low, d.high),
+        "choice": lambda d: tune.choice(d.values),
+        "randint": lambda d: tune.randint(d.low, d.high),
+        "grid": lambda d: tune.grid_search(d.values),
+    }
+    return {path: build[d.type](d) for path, d in tune_spec.search_space.items()}
+
+
+def trial_spec(base: dict[str, Any], values: dict[str, Any], trial_name: str) -> PipelineSpec:
+    """The pipeline spec of one trial: the base with the sampled values set, and its own run name."""
+    raw = json.loads(json.dumps(base))
+    for path, value in values.items():
+        apply_override(raw, f"{path}={json.dumps(value)}", source="tune")
+    raw["train"]["run_name"] = trial_name
+    return PipelineSpec.validate_dict(raw, source=f"tune trial {trial_name}")
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """The Tune function: one TorchTrainer, reports forwarded to Tune, an MLflow child run."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial = ray.tune.get_context().get_trial_id()
+    values = {k: config[k] for k in config["__paths"]}
+    spec = trial_spec(config["__base"], values, f"{config['__sweep']}-{trial}")
+    manifest = Manifest.model_validate(config["__manifest"])
+    tracking.configure_uri(config["__tracking_uri"])
+    run_id = tracking.start_or_resume_run(
+        spec.experiment, spec.run_name, Path(config["__artifacts"]), params={"tune": values},
+        tags={"mlflow.parentRunId": config["__parent_run_id"], "deepgen.trial": trial})
+    trainer = orchestrate.build_trainer(spec, manifest, run_id, config["__tracking_uri"],
+                                        callbacks=(TuneReportCallback(),))
+    try:
+        trainer.fit()
+    except Exception as e:
+        tracking.end_run(run_id, "FAILED")
+        raise orchestrate._training_error(e) from None
+    tracking.end_run(run_id)
+
+
+@dataclass
+class SweepResult:
+    best_trial: str
+    best_values: dict[str, Any]
+    best_metric: float
+    trials: list[dict[str, Any]]  # one row per trial: name, values, status, epochs, metric
+    registered: tracking.Registered
+    evaluation: Any
+    parent_run_id: str
+
+
+def run_sweep(spec: PipelineSpec) -> SweepResult:
+    """Prepare, search, evaluate the best trial on test, register it through the gate."""
+    from ray import tune
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+
+    if spec.tune is None:
+        raise TrainingError(f"{spec.name}: the pipeline has no `tune` section")
+    t = spec.tune
+    uri = tracking.configure(spec.runs_dir)
+    manifest = orchestrate.prepare(spec)
+    orchestrate.ensure_ray(spec)
+    sweep = f"{spec.name}-sweep-{spec.spec_hash()}"
+    parent = tracking.start_or_resume_run(
+        spec.experiment, sweep, spec.runs_dir / "mlartifacts",
+        params=spec.model_dump(mode="json", exclude={"tracking"}),
+        tags={"data_fingerprint": manifest.fingerprint, "spec_hash": spec.spec_hash(), "deepgen.sweep": "1"})
+    param_space = {
+        **search_space(t), "__paths": list(t.search_space), "__base": spec.model_dump(mode="json"),
+        "__manifest": manifest.model_dump(mode="json"), "__tracking_uri": uri, "__parent_run_id": parent,
+        "__artifacts": str(spec.runs_dir / "mlartifacts"), "__sweep": sweep,
+    }
+    tuner = tune.Tuner(
+        # The trial function only waits on its TorchTrainer, which reserves the workers' CPUs itself.
+        tune.with_resources(run_trial, {"CPU": 0.01}),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=t.metric, mode=t.mode, num_samples=t.num_samples, max_concurrent_trials=t.max_concurrent_trials,
+            scheduler=_scheduler(t), search_alg=_search_alg(t),
+        ),
+        run_config=tune.RunConfig(name=sweep, storage_path=spec.storage_path, verbose=1),
+    )
+    orchestrate.say(f"tune: {t.num_samples} samples, {t.max_concurrent_trials} at a time, "
+                    f"{t.metric} ({t.mode}), scheduler {'ASHA' if t.scheduler else 'none'}")
+    grid = tuner.fit()
+    trials = _trial_rows(grid, t, list(t.search_space))
+    for row in trials:
+        orchestrate.say(f"trial {row['trial']}: {row['status']} after {row['epochs']} epochs, "
+                        f"{t.metric}={row['metric']}, {row['values']}")
+    finished = [r for r in grid if r.error is None and r.metrics and t.metric in r.metrics]
+    if not finished:
+        tracking.end_run(parent, "FAILED")
+        raise TrainingError(f"{sweep}: all {len(trials)} trials failed; nothing registered "
+                            f"(first error: {_first_error(grid)})")
+    best = grid.get_best_result(metric=t.metric, mode=t.mode, filter_nan_and_inf=True)
+    values = {k: best.config[k] for k in t.search_space}
+    best_spec = trial_spec(spec.model_dump(mode="json"), values, f"{sweep}-{best.metrics['trial_id']}")
+    orchestrate.say(f"tune: best trial {best.metrics['trial_id']} {values} {t.metric}={best.metrics[t.metric]:.5g}")
+    best_name = best.metrics["trial_id"]
+    checkpoint = Path(tempfile.mkdtemp(prefix="deepgen-best-"))
+    _copy_checkpoint(best.metrics[CHECKPOINT_PATH_KEY], checkpoint)
+    ev, models, task = orchestrate.evaluate(best_spec, manifest, checkpoint)
+    orchestrate.log_evaluation(parent, ev)
+    tracking.set_tags(parent, {"best_trial": best_name, "best_values": json.dumps(values),
+                               f"best_{t.metric}": best.metrics[t.metric]})
+    _log_search_plot(parent, trials, t)
+    registered = orchestrate.register(best_spec, manifest, ev, models, task, parent)
+    tracking.end_run(parent)
+    return SweepResult(best_name, values, float(best.metrics[t.metric]), trials, registered, ev, parent)
+
+
+def _scheduler(t: TuneSpec):
+    from ray.tune.schedulers import ASHAScheduler
+
+    if t.scheduler is None:
+        return None
+    return ASHAScheduler(time_attr="training_iteration", grace_period=t.scheduler.grace_period,
+                         reduction_factor=t.scheduler.reduction_factor)
+
+
+def _search_alg(t: TuneSpec):
+    if t.search_alg == "random":
+        return None  # Tune's default: random search (and grid expansion)
+    try:
+        from ray.tune.search.optuna import OptunaSearch
+    except ImportError:
+        raise TrainingError("tune.search_alg optuna needs Optuna: pip install optuna") from None
+    return OptunaSearch(seed=t.seed)
+
+
+def _trial_rows(grid, t: TuneSpec, paths: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for r in grid:
+        metrics = r.metrics or {}
+        rows.append({
+            "trial": metrics.get("trial_id") or (r.path.rstrip("/").split("/")[-1] if r.path else "?"),
+            "values": {k: r.config.get(k) for k in paths},
+            "status": "error" if r.error else "done",
+            "epochs": int(metrics.get("epoch", 0)),
+            "metric": metrics.get(t.metric),
+            "error": str(r.error).strip().splitlines()[-1] if r.error else None,
+        })
+    return rows
+
+
+def _first_error(grid) -> str:
+    for r in grid:
+        if r.error:
+            text = str(r.error).strip().splitlines()
+            hit = [line for line in text if "TrainingError" in line]
+            return (hit or text or ["?"])[-1][:300]
+    return "no metric reported"
+
+
+def _copy_checkpoint(path: str, dest: Path) -> None:
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(path) if "://" in path else (pyarrow.fs.LocalFileSystem(), path)
+    pyarrow.fs.copy_files(root, str(dest), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
+
+
+def _log_search_plot(run_id: str, trials: list[dict], t: TuneSpec) -> None:
+    from deepgen import plots
+
+    done = [r for r in trials if r["metric"] is not None]
+    if done:
+        tracking.log_figure(run_id, plots.search_scatter(done, t.metric), "search")

@@ -1,0 +1,70 @@
+"""A real Ray Tune sweep: 4 trials (one TorchTrainer each) on tiny data, ASHA, a planted failing trial."""
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from deepgen import cli
+from deepgen.config import PipelineSpec
+from deepgen.tune import run_sweep
+from conftest import bar_images, write_pipeline
+
+pytestmark = pytest.mark.ray
+
+
+def _spec(tmp_path, lrs, epochs=4, name="sweep"):
+    x, y = bar_images(300, seed=3)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    return write_pipeline(
+        tmp_path / f"{name}.yaml", name=name,
+        data={"source": {"kind": "npy", "path": str(tmp_path / "x.npy"), "labels": str(tmp_path / "y.npy")}},
+        model={"kind": "dense_autoencoder", "hidden": [16], "latent_dim": 4, "loss": "mse"},
+        train={"epochs": epochs, "batch_size": 32}, scaling={"num_workers": 1},
+        anomaly={"normal_labels": [0]}, registry={"model_name": f"{name}-model"},
+        tune={"search_space": {"train.lr": {"type": "grid", "values": lrs}}, "num_samples": 1,
+              "max_concurrent_trials": 2, "metric": "val_loss", "mode": "min",
+              "scheduler": {"grace_period": 1, "reduction_factor": 2}},
+    )
+
+
+def test_sweep_stops_weak_trials_survives_a_failing_one_and_registers_the_best(ray_local, tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # 1e30 diverges (NaN): that trial fails; 1e-5 barely learns: ASHA should stop it at the first rung
+    path = _spec(tmp_path, [0.01, 0.003, 1e-5, 1e30])
+    result = run_sweep(PipelineSpec.from_yaml(path))
+
+    rows = {r["values"]["train.lr"]: r for r in result.trials}
+    assert len(rows) == 4
+    assert rows[1e30]["status"] == "error" and "diverged" in rows[1e30]["error"]
+    done = [r for r in result.trials if r["status"] == "done"]
+    assert len(done) == 3
+    assert any(r["epochs"] < 4 for r in done), rows  # ASHA stopped at least one trial early
+    assert result.best_metric == min(r["metric"] for r in done)
+    assert result.best_values["train.lr"] in (0.01, 0.003)
+
+    uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    c = MlflowClient(uri, uri)
+    version = c.get_model_version_by_alias("sweep-model", "champion")
+    assert version.tags["ray_run_name"].endswith(result.best_trial)
+    assert version.tags["mlflow_run_id"] == result.parent_run_id
+    exp = c.get_experiment_by_name("sweep")
+    children = c.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")
+    assert len(children) == 4
+    for child in children:
+        steps = [m.step for m in c.get_metric_history(child.info.run_id, "train_loss")]
+        assert steps == sorted(set(steps))  # no duplicated history
+    parent = c.get_run(result.parent_run_id)
+    assert parent.data.tags["best_trial"] == result.best_trial
+    assert "plots/search.png" in {a.path for a in c.list_artifacts(result.parent_run_id, "plots")}
+
+
+def test_a_sweep_where_every_trial_fails_registers_nothing_and_exits_non_zero(ray_local, tmp_path, monkeypatch,
+                                                                               capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    path = _spec(tmp_path, [1e30, 1e31], epochs=1, name="doomed")
+    assert cli.main(["tune", str(path)]) == 2
+    ours = [line for line in capsys.readouterr().err.splitlines() if line.startswith("deepgen: error:")]
+    assert len(ours) == 1 and "all 2 trials failed; nothing registered" in ours[0], ours  # Ray logs the rest
+    uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    assert MlflowClient(uri, uri).search_registered_models() == []
