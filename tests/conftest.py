@@ -17,12 +17,13 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 def ray_local():
     """One Ray instance for every test that needs it (starting Ray costs seconds).
 
-    4 logical CPUs on a 2-core machine: 2 Ray Train workers plus room for Ray Data's read tasks.
+    6 logical CPUs on a 2-core machine: 2 Ray Train workers (or two 1-worker Tune trials) plus room for
+    Ray Data's read tasks, and for the placement groups a finished trainer releases only lazily.
     """
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True)
+        ray.init(num_cpus=6, include_dashboard=False, log_to_driver=True)
     yield ray
     ray.shutdown()
 

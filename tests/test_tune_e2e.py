@@ -12,7 +12,7 @@ from conftest import bar_images, write_pipeline
 pytestmark = pytest.mark.ray
 
 
-def _spec(tmp_path, lrs, epochs=4, name="sweep"):
+def _spec(tmp_path, lrs, epochs=4, name="sweep", space=None):
     x, y = bar_images(300, seed=3)
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", y)
@@ -22,7 +22,7 @@ def _spec(tmp_path, lrs, epochs=4, name="sweep"):
         model={"kind": "dense_autoencoder", "hidden": [16], "latent_dim": 4, "loss": "mse"},
         train={"epochs": epochs, "batch_size": 32}, scaling={"num_workers": 1},
         anomaly={"normal_labels": [0]}, registry={"model_name": f"{name}-model"},
-        tune={"search_space": {"train.lr": {"type": "grid", "values": lrs}}, "num_samples": 1,
+        tune={"search_space": space or {"train.lr": {"type": "grid", "values": lrs}}, "num_samples": 1,
               "max_concurrent_trials": 2, "metric": "val_loss", "mode": "min",
               "scheduler": {"grace_period": 1, "reduction_factor": 2}},
     )
@@ -62,7 +62,9 @@ def test_sweep_stops_weak_trials_survives_a_failing_one_and_registers_the_best(r
 def test_a_sweep_where_every_trial_fails_registers_nothing_and_exits_non_zero(ray_local, tmp_path, monkeypatch,
                                                                                capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    path = _spec(tmp_path, [1e30, 1e31], epochs=1, name="doomed")
+    # Every trial's spec is invalid (a code of size <= 0), so each fails before starting a trainer.
+    space = {"model.latent_dim": {"type": "grid", "values": [0, -1]}}
+    path = _spec(tmp_path, [], epochs=1, name="doomed", space=space)
     assert cli.main(["tune", str(path)]) == 2
     ours = [line for line in capsys.readouterr().err.splitlines() if line.startswith("deepgen: error:")]
     assert len(ours) == 1 and "all 2 trials failed; nothing registered" in ours[0], ours  # Ray logs the rest
