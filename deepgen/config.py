@@ -433,6 +433,7 @@ class PipelineSpec(Spec):
         """Hash of everything that shapes the trained model (not where it is stored or registered)."""
         relevant = self.model_dump(mode="json", include={"data", "model", "train", "anomaly"})
         relevant["train"].pop("run_name", None)
+        relevant["data"].pop("output", None)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:10]
 
     @property

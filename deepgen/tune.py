@@ -95,7 +95,7 @@ def run_sweep(spec: PipelineSpec) -> SweepResult:
         params=spec.model_dump(mode="json", exclude={"tracking"}),
         tags={"data_fingerprint": manifest.fingerprint, "spec_hash": spec.spec_hash(), "deepgen.sweep": "1"})
     param_space = {
-        **search_space(t), "__paths": list(t.search_space), "__base": spec.model_dump(mode="json"),
+        **search_space(t), "__paths": list(t.search_space), "__base": _with_absolute_paths(spec),
         "__manifest": manifest.model_dump(mode="json"), "__tracking_uri": uri, "__parent_run_id": parent,
         "__artifacts": str(spec.runs_dir / "mlartifacts"), "__sweep": sweep,
     }
@@ -123,7 +123,7 @@ def run_sweep(spec: PipelineSpec) -> SweepResult:
                             f"(first error: {_first_error(grid)})")
     best = grid.get_best_result(metric=t.metric, mode=t.mode, filter_nan_and_inf=True)
     values = {k: best.config[k] for k in t.search_space}
-    best_spec = trial_spec(spec.model_dump(mode="json"), values, f"{sweep}-{best.metrics['trial_id']}")
+    best_spec = trial_spec(_with_absolute_paths(spec), values, f"{sweep}-{best.metrics['trial_id']}")
     orchestrate.say(f"tune: best trial {best.metrics['trial_id']} {values} {t.metric}={best.metrics[t.metric]:.5g}")
     best_name = best.metrics["trial_id"]
     checkpoint = Path(tempfile.mkdtemp(prefix="deepgen-best-"))
@@ -136,6 +136,16 @@ def run_sweep(spec: PipelineSpec) -> SweepResult:
     registered = orchestrate.register(best_spec, manifest, ev, models, task, parent)
     tracking.end_run(parent)
     return SweepResult(best_name, values, float(best.metrics[t.metric]), trials, registered, ev, parent)
+
+
+def _with_absolute_paths(spec: PipelineSpec) -> dict[str, Any]:
+    """The spec as a dict whose paths no longer depend on the working directory: Tune runs each trial
+    in a folder of its own, where `deepgen-runs/` would name another (empty) folder."""
+    raw = spec.model_dump(mode="json")
+    raw["data"] = spec.data.with_absolute_paths().model_dump(mode="json")
+    raw["data"]["output"] = str(spec.data_dir)
+    raw["tracking"].update(runs_dir=str(spec.runs_dir), storage_path=spec.storage_path)
+    return raw
 
 
 def _scheduler(t: TuneSpec):
