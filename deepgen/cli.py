@@ -290,47 +290,43 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("prepare", help="read a pipeline's source into Parquet train/val/test splits",
-                       description="Read the source into Parquet splits with a manifest (a Ray task). "
-                                   "An unchanged source and config is not prepared again.")
-    _add_pipeline_args(p)
-    p.set_defaults(func=cmd_prepare)
+    pipeline_commands = [
+        (cmd_prepare, "prepare", "read a pipeline's source into Parquet train/val/test splits",
+         "Read the source into Parquet splits with a manifest (a Ray task). An unchanged source and config "
+         "is not prepared again."),
+        (cmd_train, "train", "prepare, then train with Ray Train (resumes a run of the same name)",
+         "Train with a Ray Train TorchTrainer. Rerunning with the same run name (train.run_name, default "
+         "NAME-SPECHASH) resumes from the last checkpoint."),
+        (cmd_run, "run", "the whole pipeline: prepare, train, evaluate, register",
+         "Prepare, train, calibrate the anomaly threshold, evaluate on test and register the model; "
+         "`champion` moves only if the gate passes."),
+        (cmd_tune, "tune", "a Ray Tune sweep over the pipeline's `tune.search_space`",
+         "Search hyperparameters with Ray Tune (one TorchTrainer per trial, ASHA), then evaluate the best "
+         "trial on test and register it through the gate."),
+    ]
+    for func, name, help_, description in pipeline_commands:
+        p = sub.add_parser(name, help=help_, description=description)
+        _add_pipeline_args(p)
+        p.set_defaults(func=func)
 
-    p = sub.add_parser("train", help="prepare, then train with Ray Train (resumes a run of the same name)",
-                       description="Train with a Ray Train TorchTrainer. Rerunning with the same run name "
-                                   "(train.run_name, default NAME-SPECHASH) resumes from the last checkpoint.")
-    _add_pipeline_args(p)
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser("run", help="the whole pipeline: prepare, train, evaluate, register",
-                       description="Prepare, train, calibrate the anomaly threshold, evaluate on test and "
-                                   "register the model; `champion` moves only if the gate passes.")
-    _add_pipeline_args(p)
-    p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser("tune", help="a Ray Tune sweep over the pipeline's `tune.search_space`",
-                       description="Search hyperparameters with Ray Tune (one TorchTrainer per trial, ASHA), "
-                                   "then evaluate the best trial on test and register it through the gate.")
-    _add_pipeline_args(p)
-    p.set_defaults(func=cmd_tune)
-
-    p = sub.add_parser("score", help="score a file with a registered model and its threshold",
-                       description="Load a model and its threshold through the registry and write per-row "
-                                   "score and is_anomaly to Parquet.")
-    p.add_argument("--model", required=True, help="NAME@ALIAS, NAME/VERSION or NAME (latest)")
-    p.add_argument("--input", required=True, help=".npy, .csv, .parquet or IDX images file of raw rows")
-    p.add_argument("--output", required=True, help="Parquet file to write (row, score, is_anomaly[, label])")
-    p.add_argument("--runs-dir", default="deepgen-runs", help="local runs folder (when no MLFLOW_TRACKING_URI)")
-    p.set_defaults(func=cmd_score)
-
-    p = sub.add_parser("predict", help="write masks for new images with a registered segmentation model",
-                       description="Load a segmentation model through the registry and write one mask per "
-                                   "input image: OUT.npy (N, H, W uint8), OUT.parquet, or a folder of PNGs.")
-    p.add_argument("--model", required=True, help="NAME@ALIAS, NAME/VERSION or NAME (latest)")
-    p.add_argument("--input", required=True, help=".npy images (N, H, W) or (N, C, H, W), or IDX images file")
-    p.add_argument("--output", required=True, help="masks.npy, masks.parquet, or a folder for PNGs")
-    p.add_argument("--runs-dir", default="deepgen-runs", help="local runs folder (when no MLFLOW_TRACKING_URI)")
-    p.set_defaults(func=cmd_predict)
+    registry_io_commands = [
+        (cmd_score, "score", "score a file with a registered model and its threshold",
+         "Load a model and its threshold through the registry and write per-row score and is_anomaly to "
+         "Parquet.", ".npy, .csv, .parquet or IDX images file of raw rows",
+         "Parquet file to write (row, score, is_anomaly[, label])"),
+        (cmd_predict, "predict", "write masks for new images with a registered segmentation model",
+         "Load a segmentation model through the registry and write one mask per input image: OUT.npy "
+         "(N, H, W uint8), OUT.parquet, or a folder of PNGs.",
+         ".npy images (N, H, W) or (N, C, H, W), or IDX images file",
+         "masks.npy, masks.parquet, or a folder for PNGs"),
+    ]
+    for func, name, help_, description, input_help, output_help in registry_io_commands:
+        p = sub.add_parser(name, help=help_, description=description)
+        p.add_argument("--model", required=True, help="NAME@ALIAS, NAME/VERSION or NAME (latest)")
+        p.add_argument("--input", required=True, help=input_help)
+        p.add_argument("--output", required=True, help=output_help)
+        p.add_argument("--runs-dir", default="deepgen-runs", help="local runs folder (when no MLFLOW_TRACKING_URI)")
+        p.set_defaults(func=func)
 
     models = sub.add_parser("models", help="look models up in the registry").add_subparsers(
         dest="models_command", required=True)
