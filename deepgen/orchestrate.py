@@ -81,9 +81,12 @@ def _user_error(e: Exception) -> Exception:
 
 
 def build_trainer(spec: PipelineSpec, manifest: Manifest, mlflow_run_id: str | None, tracking_uri: str | None,
-                  callbacks: tuple = ()):
+                  callbacks: tuple = (), keep_best: tuple[str, str] | None = None):
     """A TorchTrainer for the spec: Ray Data splits (train filtered to normal rows), ScalingConfig,
-    per-epoch checkpoints kept by CheckpointConfig, and the run name that makes a rerun resume."""
+    per-epoch checkpoints kept by CheckpointConfig, and the run name that makes a rerun resume.
+
+    `keep_best=(metric, mode)` keeps the best-scoring checkpoints instead of the newest (Ray always keeps
+    the latest one too, so resuming still works): a sweep registers a trial's best epoch, not its last."""
     import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -113,7 +116,11 @@ def build_trainer(spec: PipelineSpec, manifest: Manifest, mlflow_run_id: str | N
                                      resources_per_worker={"CPU": s.cpus_per_worker}),
         run_config=RunConfig(
             name=spec.run_name, storage_path=spec.storage_path,
-            checkpoint_config=CheckpointConfig(num_to_keep=spec.train.checkpoints_to_keep),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=spec.train.checkpoints_to_keep,
+                checkpoint_score_attribute=keep_best[0] if keep_best else None,
+                checkpoint_score_order=keep_best[1] if keep_best else "max",
+            ),
             failure_config=FailureConfig(max_failures=0),
             callbacks=list(callbacks),
         ),

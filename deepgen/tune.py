@@ -3,8 +3,8 @@
 Each trial is a Tune function that applies its sampled values to the pipeline spec (by dotted path),
 builds the same TorchTrainer as `deepgen train`, and forwards every epoch's report to Tune through
 `TuneReportCallback`, so ASHA can stop it early. Each trial logs to an MLflow child run of one parent run
-per sweep. The best trial's final checkpoint is evaluated on the test split and goes through the same
-registry gate as a plain run.
+per sweep. The best trial's best epoch (its checkpoint kept by score) is evaluated on the test split and
+goes through the same registry gate as a plain run.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def run_trial(config: dict[str, Any]) -> None:
         spec.experiment, spec.run_name, Path(config["__artifacts"]), params={"tune": values},
         tags={"mlflow.parentRunId": config["__parent_run_id"], "deepgen.trial": trial})
     trainer = orchestrate.build_trainer(spec, manifest, run_id, config["__tracking_uri"],
-                                        callbacks=(TuneReportCallback(),))
+                                        callbacks=(TuneReportCallback(),), keep_best=(config["__metric"], config["__mode"]))
     try:
         trainer.fit()
     except Exception as e:
@@ -72,16 +72,16 @@ class SweepResult:
     best_trial: str
     best_values: dict[str, Any]
     best_metric: float
-    trials: list[dict[str, Any]]  # one row per trial: name, values, status, epochs, metric
+    trials: list[dict[str, Any]]  # one row per trial: name, values, status, epochs, metric, best
     registered: tracking.Registered
     evaluation: Any
     parent_run_id: str
+    best_epoch: int
 
 
 def run_sweep(spec: PipelineSpec) -> SweepResult:
     """Prepare, search, evaluate the best trial on test, register it through the gate."""
     from ray import tune
-    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
     if spec.tune is None:
         raise TrainingError(f"{spec.name}: the pipeline has no `tune` section")
@@ -97,7 +97,7 @@ def run_sweep(spec: PipelineSpec) -> SweepResult:
     param_space = {
         **search_space(t), "__paths": list(t.search_space), "__base": _with_absolute_paths(spec),
         "__manifest": manifest.model_dump(mode="json"), "__tracking_uri": uri, "__parent_run_id": parent,
-        "__artifacts": str(spec.runs_dir / "mlartifacts"), "__sweep": sweep,
+        "__artifacts": str(spec.runs_dir / "mlartifacts"), "__sweep": sweep, "__metric": t.metric, "__mode": t.mode,
     }
     tuner = tune.Tuner(
         # The trial function only waits on its TorchTrainer, which reserves the workers' CPUs itself.
@@ -105,7 +105,7 @@ def run_sweep(spec: PipelineSpec) -> SweepResult:
         param_space=param_space,
         tune_config=tune.TuneConfig(
             metric=t.metric, mode=t.mode, num_samples=t.num_samples, max_concurrent_trials=t.max_concurrent_trials,
-            scheduler=_scheduler(t), search_alg=_search_alg(t),
+            scheduler=_scheduler(t, spec.train.epochs), search_alg=_search_alg(t),
         ),
         run_config=tune.RunConfig(name=sweep, storage_path=spec.storage_path, verbose=1),
     )
@@ -121,21 +121,32 @@ def run_sweep(spec: PipelineSpec) -> SweepResult:
         tracking.end_run(parent, "FAILED")
         raise TrainingError(f"{sweep}: all {len(trials)} trials failed; nothing registered "
                             f"(first error: {_first_error(grid)})")
-    best = grid.get_best_result(metric=t.metric, mode=t.mode, filter_nan_and_inf=True)
+    # scope="all": the trial whose best epoch is best, not the one whose last epoch is.
+    best = grid.get_best_result(metric=t.metric, mode=t.mode, scope="all", filter_nan_and_inf=True)
     values = {k: best.config[k] for k in t.search_space}
-    best_spec = trial_spec(_with_absolute_paths(spec), values, f"{sweep}-{best.metrics['trial_id']}")
-    orchestrate.say(f"tune: best trial {best.metrics['trial_id']} {values} {t.metric}={best.metrics[t.metric]:.5g}")
     best_name = best.metrics["trial_id"]
+    best_spec = trial_spec(_with_absolute_paths(spec), values, f"{sweep}-{best_name}")
+    epoch, best_value, path = _best_epoch(best.metrics_dataframe, t.metric, t.mode)
+    orchestrate.say(f"tune: best trial {best_name} {values}: {t.metric}={best_value:.5g} at epoch {epoch}")
     checkpoint = Path(tempfile.mkdtemp(prefix="deepgen-best-"))
-    _copy_checkpoint(best.metrics[CHECKPOINT_PATH_KEY], checkpoint)
+    _copy_checkpoint(path, checkpoint)
     ev, models, task = orchestrate.evaluate(best_spec, manifest, checkpoint)
     orchestrate.log_evaluation(parent, ev)
     tracking.set_tags(parent, {"best_trial": best_name, "best_values": json.dumps(values),
-                               f"best_{t.metric}": best.metrics[t.metric]})
+                               f"best_{t.metric}": best_value, "best_epoch": epoch})
     _log_search_plot(parent, trials, t)
     registered = orchestrate.register(best_spec, manifest, ev, models, task, parent)
     tracking.end_run(parent)
-    return SweepResult(best_name, values, float(best.metrics[t.metric]), trials, registered, ev, parent)
+    return SweepResult(best_name, values, best_value, trials, registered, ev, parent, epoch)
+
+
+def _best_epoch(history, metric: str, mode: str) -> tuple[int, float, str]:
+    """(epoch, metric, checkpoint path) of a trial's best reported epoch."""
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+
+    rows = history.dropna(subset=[metric, CHECKPOINT_PATH_KEY])
+    row = rows.loc[rows[metric].idxmin() if mode == "min" else rows[metric].idxmax()]
+    return int(row["epoch"]), float(row[metric]), str(row[CHECKPOINT_PATH_KEY])
 
 
 def _with_absolute_paths(spec: PipelineSpec) -> dict[str, Any]:
@@ -148,13 +159,14 @@ def _with_absolute_paths(spec: PipelineSpec) -> dict[str, Any]:
     return raw
 
 
-def _scheduler(t: TuneSpec):
+def _scheduler(t: TuneSpec, epochs: int):
     from ray.tune.schedulers import ASHAScheduler
 
     if t.scheduler is None:
         return None
+    # max_t = the spec's epochs, so the rungs (grace * factor^k) are placed within the run, not up to 100
     return ASHAScheduler(time_attr="training_iteration", grace_period=t.scheduler.grace_period,
-                         reduction_factor=t.scheduler.reduction_factor)
+                         reduction_factor=t.scheduler.reduction_factor, max_t=max(epochs, t.scheduler.grace_period))
 
 
 def _search_alg(t: TuneSpec):
@@ -171,12 +183,16 @@ def _trial_rows(grid, t: TuneSpec, paths: list[str]) -> list[dict[str, Any]]:
     rows = []
     for r in grid:
         metrics = r.metrics or {}
+        history = r.metrics_dataframe
+        seen = history[t.metric].dropna() if history is not None and t.metric in history else None
+        best = None if seen is None or seen.empty else float(seen.min() if t.mode == "min" else seen.max())
         rows.append({
             "trial": metrics.get("trial_id") or (r.path.rstrip("/").split("/")[-1] if r.path else "?"),
             "values": {k: r.config.get(k) for k in paths},
             "status": "error" if r.error else "done",
             "epochs": int(metrics.get("epoch", 0)),
-            "metric": metrics.get(t.metric),
+            "metric": metrics.get(t.metric),  # at the last epoch
+            "best": best,  # over all its epochs
             "error": str(r.error).strip().splitlines()[-1] if r.error else None,
         })
     return rows

@@ -12,7 +12,7 @@ from conftest import bar_images, write_pipeline
 pytestmark = pytest.mark.ray
 
 
-def _spec(tmp_path, lrs, epochs=4, name="sweep", space=None):
+def _spec(tmp_path, lrs, epochs=3, name="sweep", space=None):
     x, y = bar_images(300, seed=3)
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", y)
@@ -39,8 +39,11 @@ def test_sweep_stops_weak_trials_survives_a_failing_one_and_registers_the_best(r
     assert rows[1e30]["status"] == "error" and "diverged" in rows[1e30]["error"]
     done = [r for r in result.trials if r["status"] == "done"]
     assert len(done) == 3
-    assert any(r["epochs"] < 4 for r in done), rows  # ASHA stopped at least one trial early
-    assert result.best_metric == min(r["metric"] for r in done)
+    assert any(r["epochs"] < 3 for r in done), rows  # ASHA stopped at least one trial early
+    assert result.best_metric == min(r["best"] for r in done)
+    # what was registered is the best trial's best epoch, not merely its last one
+    assert result.evaluation.history[-1]["epoch"] == result.best_epoch
+    assert result.evaluation.history[-1]["val_loss"] == pytest.approx(result.best_metric)
     assert result.best_values["train.lr"] in (0.01, 0.003)
 
     uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
