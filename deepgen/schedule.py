@@ -1,0 +1,766 @@
+"""Scheduled retraining: cron expressions, schedule slots, and what each scheduler needs to run a pipeline.
+
+Three targets, one schedule:
+
+- KubeRay `RayCronJob` (KubeRay >= 1.6, alpha, behind the operator's `RayCronJob` feature gate): each
+  tick creates a `RayJob` with its own Ray cluster that runs `python jobs/retrain.py PIPELINE --cron CRON`;
+  the entry computes its slot from the cron expression and the time it starts.
+- a plain Kubernetes `CronJob` (any KubeRay): each tick runs `deepgen submit PIPELINE --address ... --slot
+  SLOT` against a long-lived `RayCluster`, the slot computed in the pod by `python -m deepgen.schedule slot`.
+- a crontab line for a single machine: `deepgen submit` to a Ray address, or `python jobs/retrain.py`
+  with a local Ray when there is no cluster.
+
+A *slot* is the scheduled time a run belongs to (`2026-11-27T03:00Z`): the latest time at or before "now"
+that the cron expression matches. Retries and late starts of the same tick compute the same slot, which is
+what makes submission ids deterministic and the scheduled run idempotent.
+
+Cron expressions are the standard five fields (minute hour day-of-month month day-of-week) with `*`,
+numbers, names (`jan`, `mon`), lists, ranges and steps (`*/15`, `1-5`, `8-18/2`, `5/10` = 5-59/10), plus
+`@hourly`, `@daily`, `@midnight`, `@weekly`, `@monthly`, `@yearly`, `@annually`. Day-of-week 0 and 7 are
+Sunday. When both day-of-month and day-of-week are restricted, a day matches if either does (as in cron);
+like the cron library that Kubernetes and KubeRay use, a stepped star such as `*/2` counts as restricted.
+
+Everything here is pure: functions build dicts and strings; only `write_schedule` touches the filesystem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import calendar
+import hashlib
+import re
+import shlex
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import yaml
+
+from deepgen import __version__
+from deepgen.errors import DeepgenError
+
+# --- defaults shared with infra/ (tests/test_infra.py checks the two agree) ---------------------------
+
+NAMESPACE = "deepgen"
+RAY_CLUSTER = "deepgen-ray"                                  # infra/kuberay/raycluster.yaml
+RAY_ADDRESS = f"http://{RAY_CLUSTER}-head-svc:8265"          # KubeRay names the head Service NAME-head-svc
+TRACKING_URI = "http://deepgen-mlflow:5000"                  # infra/mlflow/mlflow.yaml
+IMAGE_REPOSITORY = "deepgen"                                 # built from infra/Dockerfile
+CPU_IMAGE = f"{IMAGE_REPOSITORY}:{__version__}-cpu"          # --build-arg TORCH_VARIANT=cpu
+GPU_IMAGE = f"{IMAGE_REPOSITORY}:{__version__}-cuda"         # --build-arg TORCH_VARIANT=cuda
+RAY_VERSION = "2.60.0"                                       # constraints.txt
+RAY_TOKEN_SECRET = "deepgen-ray-token"                       # key auth_token; never written by deepgen
+RUNS_VOLUME_CLAIM = "deepgen-runs"                           # ReadWriteMany PVC, mounted at RUNS_MOUNT
+APP_DIR = "/app"                                             # WORKDIR of the image: jobs/, pipelines/
+RUNS_MOUNT = f"{APP_DIR}/deepgen-runs"                       # the pipelines' default runs_dir, shared
+RETRAIN_ENTRY = "jobs/retrain.py"
+RUN_ENTRY = "jobs/run_pipeline.py"
+
+KUBERAY_SOURCE = """\
+KubeRay >= 1.6 (alpha): apiVersion ray.io/v1, kind RayCronJob; spec.schedule and spec.jobTemplate (the
+fields of a RayJob spec, with no `spec:` wrapper) are required; spec.suspend (optional) pauses it; no timeZone.
+Checked against ray-project/kuberay: ray-operator/config/crd/bases/ray.io_raycronjobs.yaml,
+config/samples/ray-cronjob.sample.yaml and pkg/features/features.go (feature gate RayCronJob, alpha
+since v1.6, off by default)."""
+
+
+class ScheduleError(DeepgenError):
+    """A cron expression, slot or schedule setting is invalid."""
+
+
+# --- cron expressions --------------------------------------------------------------------------------
+
+FIELDS = ("minute", "hour", "day-of-month", "month", "day-of-week")
+_BOUNDS = {"minute": (0, 59), "hour": (0, 23), "day-of-month": (1, 31), "month": (1, 12), "day-of-week": (0, 7)}
+_NAMES = {
+    "month": {m.lower(): i for i, m in enumerate(calendar.month_abbr) if m},
+    "day-of-week": {"sun": 0, "mon": 1, "tue": 2, "wed": 3, "thu": 4, "fri": 5, "sat": 6},
+}
+MACROS = {
+    "@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *", "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *",
+}
+_DAYS_IN_MONTH = {m: (29 if m == 2 else calendar.monthrange(2001, m)[1]) for m in range(1, 13)}
+_SEARCH_DAYS = 366 * 9  # Feb 29 recurs within 8 years; everything else that can match, within one
+
+
+@dataclass(frozen=True)
+class Cron:
+    """A parsed five-field cron expression (`parse_cron`)."""
+
+    expr: str
+    minutes: frozenset[int]
+    hours: frozenset[int]
+    days: frozenset[int]
+    months: frozenset[int]
+    weekdays: frozenset[int]      # 0 = Sunday
+    dom_restricted: bool
+    dow_restricted: bool
+
+    def day_matches(self, day: date) -> bool:
+        if day.month not in self.months:
+            return False
+        dom = day.day in self.days
+        dow = day.isoweekday() % 7 in self.weekdays
+        if self.dom_restricted and self.dow_restricted:
+            return dom or dow
+        return dom and dow
+
+    def matches(self, when: datetime) -> bool:
+        """True if the minute of `when` is a scheduled time (seconds are ignored)."""
+        return when.minute in self.minutes and when.hour in self.hours and self.day_matches(when.date())
+
+
+def _err(expr: str, field: str, text: str, why: str) -> ScheduleError:
+    lo, hi = _BOUNDS[field]
+    return ScheduleError(f"cron '{expr}': {field} field '{text}': {why} (allowed {lo}-{hi}"
+                         + (", or names like jan/mon" if field in _NAMES else "") + ")")
+
+
+def _value(expr: str, field: str, whole: str, text: str) -> int:
+    names = _NAMES.get(field, {})
+    if text.lower() in names:
+        return names[text.lower()]
+    if not text.isdigit():
+        raise _err(expr, field, whole, f"'{text}' is not a number")
+    value = int(text)
+    lo, hi = _BOUNDS[field]
+    if not lo <= value <= hi:
+        raise _err(expr, field, whole, f"{value} is out of range")
+    return value
+
+
+def _parse_field(expr: str, field: str, text: str) -> tuple[frozenset[int], bool]:
+    """The values a field allows, and whether it is unrestricted (a bare `*`, as cron's star flag)."""
+    lo, hi = _BOUNDS[field]
+    values: set[int] = set()
+    star = False
+    for item in text.split(","):
+        if not item:
+            raise _err(expr, field, text, "empty list item")
+        base, slash, step_text = item.partition("/")
+        step = 1
+        if slash:
+            if not step_text.isdigit() or int(step_text) == 0:
+                raise _err(expr, field, text, f"step '{step_text}' must be a whole number >= 1")
+            step = int(step_text)
+        if base == "*":
+            start, end = lo, hi
+            star = star or step == 1
+        elif "-" in base:
+            a, _, b = base.partition("-")
+            start, end = _value(expr, field, text, a), _value(expr, field, text, b)
+            if start > end:
+                raise _err(expr, field, text, f"range {a}-{b} runs backwards")
+        else:
+            start = _value(expr, field, text, base)
+            end = hi if slash else start  # "5/10" means 5-max/10
+        values.update(range(start, end + 1, step))
+    if field == "day-of-week" and 7 in values:
+        values = (values - {7}) | {0}
+    return frozenset(values), star
+
+
+def parse_cron(expr: str) -> Cron:
+    """Parse a five-field cron expression (or an @macro); a `ScheduleError` names the bad field."""
+    if not isinstance(expr, str) or not expr.strip():
+        raise ScheduleError("cron expression is empty; expected 5 fields: " + " ".join(FIELDS))
+    text = expr.strip()
+    if text.startswith("@"):
+        if text.lower() not in MACROS:
+            raise ScheduleError(f"cron '{expr}': unknown macro; use one of {', '.join(MACROS)} or 5 fields")
+        text = MACROS[text.lower()]
+    parts = text.split()
+    if len(parts) != 5:
+        raise ScheduleError(f"cron '{expr}': expected 5 fields ({' '.join(FIELDS)}), got {len(parts)}")
+    parsed = {field: _parse_field(expr, field, part) for field, part in zip(FIELDS, parts)}
+    cron = Cron(
+        expr=expr.strip(),
+        minutes=parsed["minute"][0], hours=parsed["hour"][0], days=parsed["day-of-month"][0],
+        months=parsed["month"][0], weekdays=parsed["day-of-week"][0],
+        dom_restricted=not parsed["day-of-month"][1], dow_restricted=not parsed["day-of-week"][1],
+    )
+    only_dom_decides = cron.dom_restricted and not cron.dow_restricted
+    if only_dom_decides and not any(d <= _DAYS_IN_MONTH[m] for m in cron.months for d in cron.days):
+        raise _err(expr, "day-of-month", parts[2],
+                   f"never falls in month(s) {','.join(map(str, sorted(cron.months)))}")
+    return cron
+
+
+def validate_cron(expr: str) -> str:
+    """The expression, stripped, if it is valid; else a `ScheduleError` with one line naming the field."""
+    return parse_cron(expr).expr
+
+
+def _as_cron(cron: str | Cron) -> Cron:
+    return cron if isinstance(cron, Cron) else parse_cron(cron)
+
+
+def slot_for(cron: str | Cron, now: datetime) -> datetime:
+    """The latest scheduled time at or before `now` (minute resolution, in `now`'s own time zone).
+
+    `now` may be naive or aware; the result carries the same tzinfo. Wall-clock arithmetic: across a
+    daylight-saving change a local schedule can skip or repeat an hour, as cron does.
+    """
+    c = _as_cron(cron)
+    now = now.replace(second=0, microsecond=0)
+    hours_desc = sorted(c.hours, reverse=True)
+    minutes_desc = sorted(c.minutes, reverse=True)
+    day = now.date()
+    for back in range(_SEARCH_DAYS):
+        if c.day_matches(day):
+            for hour in hours_desc:
+                if back == 0 and hour > now.hour:
+                    continue
+                for minute in minutes_desc:
+                    if back == 0 and hour == now.hour and minute > now.minute:
+                        continue
+                    return datetime(day.year, day.month, day.day, hour, minute, tzinfo=now.tzinfo)
+        day -= timedelta(days=1)
+    raise ScheduleError(f"cron '{c.expr}': no scheduled time in the {_SEARCH_DAYS} days before {now:%Y-%m-%d}")
+
+
+def next_after(cron: str | Cron, after: datetime) -> datetime:
+    """The first scheduled time strictly after `after` (handy for showing when a schedule fires next)."""
+    c = _as_cron(cron)
+    start = after.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    day = start.date()
+    for ahead in range(_SEARCH_DAYS):
+        if c.day_matches(day):
+            for hour in sorted(c.hours):
+                if ahead == 0 and hour < start.hour:
+                    continue
+                for minute in sorted(c.minutes):
+                    if ahead == 0 and hour == start.hour and minute < start.minute:
+                        continue
+                    return datetime(day.year, day.month, day.day, hour, minute, tzinfo=after.tzinfo)
+        day += timedelta(days=1)
+    raise ScheduleError(f"cron '{c.expr}': no scheduled time in the {_SEARCH_DAYS} days after {after:%Y-%m-%d}")
+
+
+SLOT_FORMAT = "%Y-%m-%dT%H:%MZ"
+_SLOT_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}Z$")
+
+
+def format_slot(when: datetime) -> str:
+    """`2026-11-27T03:00Z`: UTC, minute resolution. A naive datetime is taken to be UTC already."""
+    if when.tzinfo is not None:
+        when = when.astimezone(timezone.utc)
+    return when.strftime(SLOT_FORMAT)
+
+
+def parse_slot(text: str) -> datetime:
+    """The aware UTC datetime of a slot string such as `2026-11-27T03:00Z`."""
+    if not _SLOT_RE.match(text or ""):
+        raise ScheduleError(f"slot '{text}': expected YYYY-MM-DDTHH:MMZ (UTC), e.g. 2026-11-27T03:00Z")
+    try:
+        return datetime.strptime(text, SLOT_FORMAT).replace(tzinfo=timezone.utc)
+    except ValueError as e:
+        raise ScheduleError(f"slot '{text}': {e}") from None
+
+
+def current_slot(cron: str | Cron, now: datetime | None = None, local: bool = False) -> str:
+    """The slot of the tick that fired at or before `now` (default: the current time), as a string.
+
+    The schedule is read in UTC (as a Kubernetes CronJob with `timeZone: Etc/UTC` and a UTC KubeRay
+    operator do), or in this machine's local time with `local=True` (as crontab does); either way the
+    slot is written in UTC.
+    """
+    if now is None:
+        now = datetime.now(timezone.utc)
+    if local:
+        now = now.astimezone()  # the machine's local zone
+    elif now.tzinfo is not None:
+        now = now.astimezone(timezone.utc)
+    return format_slot(slot_for(cron, now))
+
+
+# --- names ------------------------------------------------------------------------------------------
+
+
+def pipeline_name(pipeline: str | Path) -> str:
+    """The `name:` of a pipeline file (unvalidated; the CLI validates the whole file), else its stem."""
+    path = Path(pipeline)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ScheduleError(f"{path}: no such pipeline file") from None
+    except yaml.YAMLError:
+        raw = None
+    if isinstance(raw, dict) and isinstance(raw.get("name"), str) and raw["name"].strip():
+        return raw["name"].strip()
+    return path.stem
+
+
+def k8s_name(*parts: str, limit: int = 30) -> str:
+    """A DNS-1123 label from `parts` (lowercase alphanumerics and '-'), at most `limit` characters.
+
+    30 leaves room for what the controllers append: a CronJob's Jobs (+11), a RayCronJob's RayJobs
+    (+9), their RayClusters (+6) and the head Service (`-head-svc`), all within Kubernetes' 63.
+    """
+    slug = re.sub(r"[^a-z0-9-]+", "-", "-".join(parts).lower()).strip("-")
+    slug = re.sub(r"-{2,}", "-", slug)
+    if not slug:
+        raise ScheduleError(f"cannot make a Kubernetes name from {parts!r}")
+    if len(slug) > limit:  # keep names of long pipelines apart: a hash of the whole name ends the cut
+        digest = hashlib.sha256(slug.encode()).hexdigest()[:5]
+        slug = f"{slug[:limit - 6].rstrip('-')}-{digest}"
+    return slug
+
+
+def _label_value(text: str) -> str:
+    value = re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[:63]
+    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value)
+
+
+# --- commands ---------------------------------------------------------------------------------------
+
+
+def retrain_command(pipeline: str, cron: str | None = None, *, slot: str | None = None,
+                    storage: str | None = None, extra_args: Sequence[str] = (), python: str = "python") -> list[str]:
+    """`python jobs/retrain.py PIPELINE [--slot SLOT | --cron CRON] [--storage S] [EXTRA...]`."""
+    cmd = [python, RETRAIN_ENTRY, pipeline]
+    if slot:
+        cmd += ["--slot", slot]
+    elif cron:
+        cmd += ["--cron", validate_cron(cron)]
+    if storage:
+        cmd += ["--storage", storage]
+    return cmd + list(extra_args)
+
+
+def run_command(pipeline: str, *, storage: str | None = None, extra_args: Sequence[str] = ()) -> list[str]:
+    """`python jobs/run_pipeline.py PIPELINE` [--set tracking.storage_path=S] [EXTRA...] (one run)."""
+    cmd = ["python", RUN_ENTRY, pipeline]
+    if storage:
+        cmd += ["--set", f"tracking.storage_path={storage}"]
+    return cmd + list(extra_args)
+
+
+def submit_command(pipeline: str, *, address: str, tracking_uri: str | None = None,
+                   storage: str | None = None, slot: str | None = None, extra_args: Sequence[str] = (),
+                   deepgen: str = "deepgen") -> list[str]:
+    """`deepgen submit PIPELINE --address ADDR [--tracking-uri URI] [--storage S] [--slot SLOT]`."""
+    cmd = [deepgen, "submit", pipeline, "--address", address]
+    if tracking_uri:
+        cmd += ["--tracking-uri", tracking_uri]
+    if storage:
+        cmd += ["--storage", storage]
+    if slot:
+        cmd += ["--slot", slot]
+    return cmd + list(extra_args)
+
+
+def slot_command(cron: str, *, python: str = "python", local: bool = False) -> list[str]:
+    """`python -m deepgen.schedule slot --cron CRON [--local]`: prints the current slot."""
+    return [python, "-m", "deepgen.schedule", "slot", "--cron", validate_cron(cron)] + (["--local"] if local else [])
+
+
+def _with_slot(cmd: list[str], slot_cmd: list[str], dollar: str = "$") -> str:
+    """Shell text of `cmd --slot "$(slot_cmd)"` (`dollar="$$"` escapes it from Kubernetes' $(VAR) expansion)."""
+    return f'{shlex.join(cmd)} --slot "{dollar}({shlex.join(slot_cmd)})"'
+
+
+# --- Kubernetes manifests ---------------------------------------------------------------------------
+
+
+def _labels(component: str, pipeline: str | None = None) -> dict[str, str]:
+    labels = {"app.kubernetes.io/name": "deepgen", "app.kubernetes.io/component": component}
+    if pipeline:
+        labels["deepgen.io/pipeline"] = _label_value(pipeline)
+    return labels
+
+
+def _pod_security() -> dict[str, Any]:
+    return {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000}
+
+
+def _container_security() -> dict[str, Any]:
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def _ray_container(name: str, image: str, *, tracking_uri: str | None, resources: dict[str, Any]) -> dict[str, Any]:
+    c: dict[str, Any] = {"name": name, "image": image, "workingDir": APP_DIR}
+    if tracking_uri:
+        c["env"] = [{"name": "MLFLOW_TRACKING_URI", "value": tracking_uri}]
+    c["resources"] = resources
+    c["securityContext"] = _container_security()
+    c["volumeMounts"] = [{"name": "deepgen-runs", "mountPath": RUNS_MOUNT}, {"name": "dshm", "mountPath": "/dev/shm"}]
+    return c
+
+
+def _ray_volumes(runs_claim: str) -> list[dict[str, Any]]:
+    return [
+        {"name": "deepgen-runs", "persistentVolumeClaim": {"claimName": runs_claim}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},  # Ray's object store; the default 64 MiB is too small
+    ]
+
+
+def ray_cluster_spec(*, image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE, tracking_uri: str | None = TRACKING_URI,
+                     gpu_workers_max: int = 4, gpus_per_worker: int = 1, runs_claim: str = RUNS_VOLUME_CLAIM,
+                     token_auth: bool = True) -> dict[str, Any]:
+    """The `rayClusterSpec` of a RayJob: a CPU head and an autoscaled GPU worker group (0..max).
+
+    `authOptions.mode: token` (KubeRay >= 1.5.1, Ray >= 2.52) makes the operator generate the token,
+    put it in a Secret and set RAY_AUTH_MODE / RAY_AUTH_TOKEN on every Ray container and on the job
+    submitter, which is what lets the operator itself still talk to the cluster's job API.
+    """
+    spec: dict[str, Any] = {"rayVersion": RAY_VERSION, "enableInTreeAutoscaling": True}
+    if token_auth:
+        spec["authOptions"] = {"mode": "token"}
+    spec["headGroupSpec"] = {
+        "serviceType": "ClusterIP",
+        "rayStartParams": {},
+        "template": {"spec": {
+            "securityContext": _pod_security(),
+            "containers": [_ray_container(
+                "ray-head", image, tracking_uri=tracking_uri,
+                resources={"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}})],
+            "volumes": _ray_volumes(runs_claim),
+        }},
+    }
+    gpu = str(gpus_per_worker)
+    spec["workerGroupSpecs"] = [{
+        "groupName": "gpu",
+        "replicas": 0,
+        "minReplicas": 0,
+        "maxReplicas": gpu_workers_max,
+        "rayStartParams": {},
+        "template": {"spec": {
+            "securityContext": _pod_security(),
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "containers": [_ray_container(
+                "ray-worker", gpu_image, tracking_uri=tracking_uri,
+                resources={"requests": {"cpu": "7", "memory": "28Gi", "nvidia.com/gpu": gpu},
+                           "limits": {"cpu": "8", "memory": "28Gi", "nvidia.com/gpu": gpu}})],
+            "volumes": _ray_volumes(runs_claim),
+        }},
+    }]
+    return spec
+
+
+def _job_spec(entrypoint: list[str], name: str, *, tracking_uri: str | None, cluster: dict[str, Any],
+              deadline_s: int, retries: int = 0) -> dict[str, Any]:
+    env_vars = {"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {}
+    spec: dict[str, Any] = {
+        "entrypoint": shlex.join(entrypoint),
+        "metadata": {"deepgen.io/pipeline": name},
+        "submissionMode": "K8sJobMode",
+        "shutdownAfterJobFinishes": True,
+        "ttlSecondsAfterFinished": 3600,
+        "activeDeadlineSeconds": deadline_s,
+        "backoffLimit": retries,       # each retry gets a new RayCluster
+    }
+    if env_vars:
+        spec["runtimeEnvYAML"] = yaml.safe_dump({"env_vars": env_vars}, sort_keys=False)
+    spec["rayClusterSpec"] = cluster
+    return spec
+
+
+def render_rayjob(pipeline: str, name: str, *, image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE,
+                  tracking_uri: str | None = TRACKING_URI, storage: str | None = None,
+                  namespace: str = NAMESPACE, extra_args: Sequence[str] = (), deadline_s: int = 24 * 3600,
+                  **cluster: Any) -> dict[str, Any]:
+    """A KubeRay `RayJob` (ray.io/v1) that runs one pipeline on a cluster of its own, then deletes it."""
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
+        "metadata": {"name": k8s_name("deepgen", name), "namespace": namespace, "labels": _labels("run", name)},
+        "spec": _job_spec(run_command(pipeline, storage=storage, extra_args=extra_args), name,
+                          tracking_uri=tracking_uri, deadline_s=deadline_s,
+                          cluster=ray_cluster_spec(image=image, gpu_image=gpu_image, tracking_uri=tracking_uri,
+                                                   **cluster)),
+    }
+
+
+def render_raycronjob(pipeline: str, name: str, cron: str, *, image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE,
+                      tracking_uri: str | None = TRACKING_URI, storage: str | None = None,
+                      namespace: str = NAMESPACE, extra_args: Sequence[str] = (), deadline_s: int = 23 * 3600,
+                      suspend: bool = False, **cluster: Any) -> dict[str, Any]:
+    """A KubeRay `RayCronJob` (ray.io/v1, KubeRay >= 1.6 alpha): each tick a RayJob runs jobs/retrain.py.
+
+    The entry gets `--cron`, not a slot: KubeRay 1.6 puts the tick's time only in an annotation of the
+    RayJob (`ray.io/cronjob-scheduled-timestamp`), out of the driver's reach, so the entry truncates
+    its own start time to the schedule (`slot_for`). The RayCronJob has no `timeZone` field in 1.6: the
+    operator reads the schedule in its own zone (UTC in the published images).
+    """
+    cron = validate_cron(cron)
+    spec: dict[str, Any] = {"schedule": cron}
+    if suspend:
+        spec["suspend"] = True
+    spec["jobTemplate"] = _job_spec(
+        retrain_command(pipeline, cron, storage=storage, extra_args=extra_args), name,
+        tracking_uri=tracking_uri, deadline_s=deadline_s, retries=1,  # safe: a retry finds its slot done
+        cluster=ray_cluster_spec(image=image, gpu_image=gpu_image, tracking_uri=tracking_uri, **cluster))
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCronJob",
+        "metadata": {"name": k8s_name("deepgen-retrain", name), "namespace": namespace,
+                     "labels": _labels("retrain", name)},
+        "spec": spec,
+    }
+
+
+def render_cronjob(pipeline: str, name: str, cron: str, *, address: str = RAY_ADDRESS, image: str = CPU_IMAGE,
+                   tracking_uri: str | None = TRACKING_URI, storage: str | None = None,
+                   namespace: str = NAMESPACE, extra_args: Sequence[str] = (),
+                   token_secret: str | None = RAY_TOKEN_SECRET, time_zone: str = "Etc/UTC",
+                   deadline_s: int = 23 * 3600) -> dict[str, Any]:
+    """A plain Kubernetes `CronJob` (batch/v1) whose pod runs `deepgen submit` against a RayCluster.
+
+    The pod computes the slot of the tick it belongs to from the schedule and its start time, so a
+    retry or a late start (within `startingDeadlineSeconds`) submits the same slot again, which the
+    submission id makes a no-op. The Ray token comes from the Secret `token_secret` (key `auth_token`).
+    """
+    cron = validate_cron(cron)
+    command = _with_slot(
+        submit_command(pipeline, address=address, tracking_uri=tracking_uri, storage=storage, extra_args=extra_args),
+        slot_command(cron), dollar="$$")  # Kubernetes turns $$ into $; the shell then runs $(...)
+    container: dict[str, Any] = {
+        "name": "submit",
+        "image": image,
+        "workingDir": APP_DIR,
+        "command": ["sh", "-c", f"exec {command}"],
+    }
+    if token_secret:
+        container["env"] = [
+            {"name": "RAY_AUTH_MODE", "value": "token"},
+            {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": token_secret, "key": "auth_token"}}},
+        ]
+    container["resources"] = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+    container["securityContext"] = _container_security()
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": k8s_name("deepgen-submit", name), "namespace": namespace,
+                     "labels": _labels("retrain", name)},
+        "spec": {
+            "schedule": cron,
+            "timeZone": time_zone,
+            "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": 3600,
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 3,
+            "jobTemplate": {"spec": {
+                "backoffLimit": 2,
+                "activeDeadlineSeconds": deadline_s,
+                "template": {
+                    "metadata": {"labels": _labels("retrain", name)},
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "automountServiceAccountToken": False,
+                        "securityContext": _pod_security(),
+                        "containers": [container],
+                    },
+                },
+            }},
+        },
+    }
+
+
+# --- crontab ----------------------------------------------------------------------------------------
+
+
+def render_crontab_line(pipeline: str, name: str, cron: str, *, project_dir: str | Path = ".",
+                        address: str | None = None, tracking_uri: str | None = None, storage: str | None = None,
+                        venv: str = ".venv", log: str | None = None, token_auth: bool = True,
+                        extra_args: Sequence[str] = ()) -> str:
+    """One crontab line for a single machine, run in `project_dir` with the project's venv.
+
+    With an `address`, the tick submits to that Ray cluster (`deepgen submit`); without one it runs
+    `python jobs/retrain.py` on this machine with a local Ray. Either way the slot is computed in the
+    machine's local time (crontab's clock) and passed explicitly. `token_auth` sets RAY_AUTH_MODE=token
+    for the submission; the token is read from ~/.ray/auth_token (or RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH
+    set in the crontab), never written here.
+    """
+    cron = validate_cron(cron)
+    project = str(Path(project_dir).expanduser().resolve())
+    log = log or f"deepgen-runs/schedule/{k8s_name(name, limit=60)}.log"
+    python, deepgen = f"{venv}/bin/python", f"{venv}/bin/deepgen"
+    slot_cmd = slot_command(cron, python=python, local=True)
+    if address:
+        body = _with_slot(submit_command(pipeline, address=address, tracking_uri=tracking_uri, storage=storage,
+                                         extra_args=extra_args, deepgen=deepgen), slot_cmd)
+        if token_auth:
+            body = f"RAY_AUTH_MODE=token {body}"
+    else:
+        body = _with_slot(retrain_command(pipeline, storage=storage, extra_args=extra_args, python=python), slot_cmd)
+        if tracking_uri:
+            body = f"MLFLOW_TRACKING_URI={shlex.quote(tracking_uri)} {body}"
+    line = (f"{cron} cd {shlex.quote(project)} && mkdir -p {shlex.quote(str(Path(log).parent))} && "
+            f"{body} >> {shlex.quote(log)} 2>&1")
+    # cron turns an unescaped % into a newline; nothing above should contain one, but a path might.
+    return line.replace("%", "\\%")
+
+
+# --- YAML out ---------------------------------------------------------------------------------------
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _str_presenter(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in data else ('"' if "*" in data else None)  # quote cron-like text, as people write it
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _str_presenter)
+
+
+def to_yaml(*manifests: dict[str, Any], header: str | None = None) -> str:
+    """YAML text of one or more manifests (separated by `---`), after an optional `# ` comment header."""
+    text = "---\n".join(yaml.dump(m, Dumper=_Dumper, sort_keys=False, width=4096) for m in manifests)
+    if header:
+        text = "".join(f"# {line}".rstrip() + "\n" for line in header.strip().splitlines()) + text
+    return text
+
+
+def _header(kind: str, pipeline: str, cron: str) -> str:
+    return "\n".join([
+        f"{kind} for scheduled retraining of {pipeline} at '{cron}'.",
+        f"Written by deepgen.schedule (deepgen {__version__}): regenerate rather than edit.",
+    ])
+
+
+RAYCRONJOB_NOTES = f"""\
+{KUBERAY_SOURCE}
+Enable it with the operator flag --feature-gates=RayCronJob=true (Helm values: featureGates, the
+entry `- name: RayCronJob` with `enabled: true`).
+Each tick creates a RayJob with its own Ray cluster (deleted after the job); the entry computes its
+slot from --cron and its start time. The shared runs volume ({RUNS_VOLUME_CLAIM}, ReadWriteMany) is
+mounted at {RUNS_MOUNT}, where the pipelines keep prepared data and checkpoints by default.
+Token auth: authOptions.mode=token (KubeRay >= 1.5.1, Ray >= 2.52): the operator makes the token."""
+
+CRONJOB_NOTES = f"""\
+For any KubeRay version: submits to the long-lived RayCluster of infra/kuberay/raycluster.yaml
+through its ClusterIP head Service. The Ray token comes from the Secret {RAY_TOKEN_SECRET} (key
+auth_token), created by hand, never stored in this repository."""
+
+
+# --- files ------------------------------------------------------------------------------------------
+
+
+class SchedulePaths(NamedTuple):
+    raycronjob: Path
+    cronjob: Path
+    crontab: Path
+
+
+def write_schedule(out_dir: str | Path, pipeline: str, cron: str, *, name: str | None = None,
+                   address: str = RAY_ADDRESS, image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE,
+                   tracking_uri: str | None = TRACKING_URI, storage: str | None = None,
+                   namespace: str = NAMESPACE, project_dir: str | Path = ".", local_address: str | None = None,
+                   local_tracking_uri: str | None = None, extra_args: Sequence[str] = ()) -> SchedulePaths:
+    """Write NAME.raycronjob.yaml, NAME.cronjob.yaml and NAME.crontab into `out_dir`; return their paths.
+
+    `address` is the in-cluster Ray address the CronJob submits to; `local_address` the one the crontab
+    line submits to (none: the crontab line runs jobs/retrain.py on the machine itself).
+    """
+    cron = validate_cron(cron)
+    name = name or pipeline_name(pipeline)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = k8s_name(name, limit=60)
+    paths = SchedulePaths(out / f"{stem}.raycronjob.yaml", out / f"{stem}.cronjob.yaml", out / f"{stem}.crontab")
+    rcj = render_raycronjob(pipeline, name, cron, image=image, gpu_image=gpu_image, tracking_uri=tracking_uri,
+                            storage=storage, namespace=namespace, extra_args=extra_args)
+    cj = render_cronjob(pipeline, name, cron, address=address, image=image, tracking_uri=tracking_uri,
+                        storage=storage, namespace=namespace, extra_args=extra_args)
+    line = render_crontab_line(pipeline, name, cron, project_dir=project_dir, address=local_address,
+                               tracking_uri=local_tracking_uri, storage=storage, extra_args=extra_args)
+    paths.raycronjob.write_text(to_yaml(rcj, header=_header("KubeRay RayCronJob", pipeline, cron) + "\n"
+                                        + RAYCRONJOB_NOTES))
+    paths.cronjob.write_text(to_yaml(cj, header=_header("Kubernetes CronJob", pipeline, cron) + "\n" + CRONJOB_NOTES))
+    paths.crontab.write_text(
+        f"# deepgen: scheduled retraining of {pipeline} at '{cron}' (machine's local time).\n"
+        f"# Install with: (crontab -l 2>/dev/null; cat {paths.crontab.name}) | crontab -\n{line}\n")
+    return paths
+
+
+# --- the examples under infra/ ---------------------------------------------------------------------
+
+INFRA_PIPELINE = "pipelines/quickstart.yaml"
+INFRA_NAME = "quickstart"
+INFRA_CRON = "0 3 * * *"
+
+RAYJOB_NOTES = f"""\
+One pipeline run: KubeRay creates a Ray cluster (CPU head, autoscaled GPU workers), runs the
+entrypoint once through a submitter Job, and deletes the cluster after the job (ray.io/v1 RayJob:
+entrypoint, runtimeEnvYAML, rayClusterSpec, shutdownAfterJobFinishes, ttlSecondsAfterFinished,
+submissionMode; checked against ray-project/kuberay ray-operator/apis/ray/v1/rayjob_types.go).
+Token auth: authOptions.mode=token (KubeRay >= 1.5.1, Ray >= 2.52): the operator makes the token.
+To run on the long-lived cluster instead, `deepgen submit` to it (see infra/README.md).
+Another pipeline: python -m deepgen.schedule rayjob pipelines/OTHER.yaml > my-rayjob.yaml"""
+
+
+def infra_files() -> dict[str, str]:
+    """The generated files under infra/, by path relative to the repository root, with their text.
+
+    `python -m deepgen.schedule infra` rewrites them; tests/test_infra.py checks they are current.
+    """
+    p, n, c = INFRA_PIPELINE, INFRA_NAME, INFRA_CRON
+    how = "\nGenerated by `python -m deepgen.schedule infra` (tests/test_infra.py checks it is current)."
+    return {
+        "infra/kuberay/rayjob.yaml": to_yaml(
+            render_rayjob(p, n), header=f"KubeRay RayJob: one run of {p}.\n" + RAYJOB_NOTES + how),
+        "infra/kuberay/raycronjob.yaml": to_yaml(
+            render_raycronjob(p, n, c),
+            header=_header("KubeRay RayCronJob", p, c) + "\n" + RAYCRONJOB_NOTES + how),
+        "infra/kubernetes/submit-cronjob.yaml": to_yaml(
+            render_cronjob(p, n, c, storage=f"{RUNS_MOUNT}/ray"),
+            header=_header("Kubernetes CronJob", p, c) + "\n" + CRONJOB_NOTES + how),
+    }
+
+
+# --- python -m deepgen.schedule --------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deepgen.schedule",
+                                     description="Schedule helpers (the CLI's `deepgen schedule` writes the files).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("slot", help="print the slot (YYYY-MM-DDTHH:MMZ) of the latest tick at or before now")
+    p.add_argument("--cron", required=True, help='five-field cron expression, e.g. "0 3 * * *"')
+    p.add_argument("--local", action="store_true", help="read the schedule in local time (crontab), not UTC")
+    p.add_argument("--now", help="a fixed time instead of the clock (ISO 8601; naive = UTC)")
+    p = sub.add_parser("rayjob", help="print a RayJob manifest that runs one pipeline")
+    p.add_argument("pipeline", help="pipeline YAML file, relative to the project root")
+    p.add_argument("--image", default=CPU_IMAGE, help="head image (default %(default)s)")
+    p.add_argument("--gpu-image", default=GPU_IMAGE, help="GPU worker image (default %(default)s)")
+    p.add_argument("--tracking-uri", default=TRACKING_URI, help="MLflow server (default %(default)s)")
+    p.add_argument("--storage", help="Ray Train storage path or URI (default: the pipeline's)")
+    sub.add_parser("infra", help="rewrite the generated files under infra/ (run from the repository root)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "rayjob":
+            name = pipeline_name(args.pipeline)
+            print(to_yaml(render_rayjob(args.pipeline, name, image=args.image, gpu_image=args.gpu_image,
+                                        tracking_uri=args.tracking_uri, storage=args.storage)), end="")
+            return 0
+        if args.command == "infra":
+            for rel, text in infra_files().items():
+                Path(rel).parent.mkdir(parents=True, exist_ok=True)
+                Path(rel).write_text(text)
+                print(rel)
+            return 0
+        now = None
+        if args.now:
+            try:
+                now = datetime.fromisoformat(args.now.replace("Z", "+00:00"))
+            except ValueError:
+                raise ScheduleError(f"--now '{args.now}': not an ISO 8601 time") from None
+            if now.tzinfo is None:
+                now = now.replace(tzinfo=timezone.utc)
+        print(current_slot(args.cron, now, local=args.local))
+    except DeepgenError as e:
+        print(f"deepgen: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
