@@ -357,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="registered model name")
     _add_move_args(p)
     p.set_defaults(func=cmd_models_rollback)
+    from deepgen.cluster import add_cluster_commands
+
+    add_cluster_commands(sub)  # submit, jobs, schedule
     return parser
 
 

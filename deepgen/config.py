@@ -248,6 +248,10 @@ class TrainSpec(Spec):
         default=None, description="Ray Train run name; the same name resumes. Default: NAME-SPECHASH"
     )
     checkpoints_to_keep: int = Field(default=2, gt=0)
+    max_failures: int = Field(
+        default=0, ge=-1,
+        description="worker-group restarts from the last checkpoint after a worker dies (-1: unlimited)",
+    )
     cache_shards: bool = Field(
         default=True, description="keep each worker's data shard in memory after the first epoch"
     )
@@ -432,7 +436,8 @@ class PipelineSpec(Spec):
     def spec_hash(self) -> str:
         """Hash of everything that shapes the trained model (not where it is stored or registered)."""
         relevant = self.model_dump(mode="json", include={"data", "model", "train", "anomaly"})
-        relevant["train"].pop("run_name", None)
+        for operational in ("run_name", "checkpoints_to_keep", "cache_shards", "max_failures"):
+            relevant["train"].pop(operational, None)
         relevant["data"].pop("output", None)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:10]
 

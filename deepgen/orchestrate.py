@@ -121,7 +121,7 @@ def build_trainer(spec: PipelineSpec, manifest: Manifest, mlflow_run_id: str | N
                 checkpoint_score_attribute=keep_best[0] if keep_best else None,
                 checkpoint_score_order=keep_best[1] if keep_best else "max",
             ),
-            failure_config=FailureConfig(max_failures=0),
+            failure_config=FailureConfig(max_failures=spec.train.max_failures),
             callbacks=list(callbacks),
         ),
         datasets=datasets,
