@@ -17,7 +17,7 @@ from torch import nn
 from deepgen.config import PipelineSpec
 from deepgen.data.prepare import Manifest
 
-Batch = dict[str, torch.Tensor]  # "features" (B, D), and "target" (B, D') for supervised families
+Batch = dict[str, torch.Tensor]  # column -> tensor; see Task.batch_columns
 
 
 @dataclass
@@ -31,6 +31,10 @@ class Evaluation:
 
 
 class Task(Protocol):
+    # The columns of the prepared splits that batches carry, as tensors (list columns (B, D), scalar
+    # columns (B,); floats float32, integers int64). The first column counts rows.
+    batch_columns: tuple[str, ...] = ("features", "target")
+
     def build_models(self) -> dict[str, nn.Module]:
         """Named modules, freshly initialised (the loop moves, wraps and restores them)."""
 

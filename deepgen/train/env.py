@@ -14,32 +14,49 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch import nn
 
 from deepgen.config import AnomalySpec
-from deepgen.data.dataset import features_to_numpy, normal_mask, split_path
+from deepgen.data.dataset import normal_mask, split_path
+from deepgen.errors import DataError
 
 SHUFFLE_BUFFER_ROWS = 4096
 
 
-Batch = dict[str, torch.Tensor]  # "features" (B, D), and "target" (B, D') for supervised families
-TENSOR_COLUMNS = ("features", "target")
+Batch = dict[str, torch.Tensor]  # column -> (B, ...) tensor, e.g. "features" (B, D), "target", "label" (B,)
+TENSOR_COLUMNS = ("features", "target")  # what image and table families read; a task may ask for others
 
 
-def arrow_tensors(table) -> Batch:
-    """The fixed-size-list columns of an Arrow table or batch as (N, D) float32 tensors, without a per-row
-    copy (iter_torch_batches converts such columns row by row, several times slower for wide rows)."""
-    return {c: torch.from_numpy(features_to_numpy(table.column(c)).copy())
-            for c in TENSOR_COLUMNS if c in table.column_names}
+def column_to_numpy(column) -> np.ndarray:
+    """A fixed-size-list column -> (N, D), a scalar column -> (N,): floats as float32, integers as int64."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if pa.types.is_fixed_size_list(arr.type):
+        values = arr.flatten().to_numpy(zero_copy_only=False).reshape(-1, arr.type.list_size)
+    else:
+        values = arr.to_numpy(zero_copy_only=False)
+    if np.issubdtype(values.dtype, np.floating):
+        return values.astype(np.float32, copy=False)
+    if np.issubdtype(values.dtype, np.integer) or values.dtype == np.bool_:
+        return values.astype(np.int64, copy=False)
+    raise DataError(f"column {arr.type} cannot be a tensor (labels must be numbers for this model)")
+
+
+def arrow_tensors(table, columns: tuple[str, ...] = TENSOR_COLUMNS) -> Batch:
+    """The wanted columns of an Arrow table or batch as tensors, without a per-row copy
+    (iter_torch_batches converts list columns row by row, several times slower for wide rows)."""
+    return {c: torch.from_numpy(column_to_numpy(table.column(c)).copy())
+            for c in columns if c in table.column_names}
 
 
 def tensor_batches(data: Batch, batch_size: int, epoch: int, seed: int, shuffle: bool,
                    device: torch.device) -> Iterator[Batch]:
     """Batches of an in-memory split; the shuffle order depends only on (seed, epoch), so a resumed
     run sees the same order an uninterrupted one would."""
-    n = len(data["features"])
+    n = len(next(iter(data.values())))
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)) if shuffle else None
     for i in range(0, n, batch_size):
         idx = order[i:i + batch_size] if shuffle else slice(i, i + batch_size)
@@ -62,19 +79,24 @@ class LocalEnv:
         self.root = Path(checkpoint_root)
         self.keep = keep
         self.seed = seed
-        self._splits: dict[str, Batch] = {}
+        self._tables = {}
+        self._splits: dict[tuple[str, tuple[str, ...]], Batch] = {}
         for split in ("train", "val"):
             table = pq.read_table(split_path(data_dir, split))
             if split == "train":  # an autoencoder for anomaly detection learns normal rows only
                 labels = table.column("label") if "label" in table.column_names else None
                 table = table.filter(normal_mask(labels, anomaly, table.num_rows))
-            self._splits[split] = arrow_tensors(table)
+            self._tables[split] = table
 
     def num_rows(self, split: str) -> int:
-        return len(self._splits[split]["features"])
+        return self._tables[split].num_rows
 
-    def batches(self, split: str, batch_size: int, epoch: int) -> Iterator[Batch]:
-        return tensor_batches(self._splits[split], batch_size, epoch, self.seed, split == "train", self.device)
+    def batches(self, split: str, batch_size: int, epoch: int,
+                columns: tuple[str, ...] = TENSOR_COLUMNS) -> Iterator[Batch]:
+        if (split, columns) not in self._splits:
+            self._splits[split, columns] = arrow_tensors(self._tables[split], columns)
+        return tensor_batches(self._splits[split, columns], batch_size, epoch, self.seed, split == "train",
+                              self.device)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model.to(self.device)
@@ -117,23 +139,25 @@ class RayTrainEnv:
         self.cache_shards = cache_shards
         self._cache: dict[str, Batch] = {}
 
-    def batches(self, split: str, batch_size: int, epoch: int) -> Iterator[Batch]:
+    def batches(self, split: str, batch_size: int, epoch: int,
+                columns: tuple[str, ...] = TENSOR_COLUMNS) -> Iterator[Batch]:
         shard = self._train.get_dataset_shard(split)
         if self.cache_shards:
             # Ray Data starts a streaming execution per epoch (seconds on a small machine); a shard that
             # fits in memory is read once and shuffled locally from then on.
             if split not in self._cache:
-                parts = [arrow_tensors(b) for b in shard.iter_batches(batch_size=8192, batch_format="pyarrow")]
+                parts = [arrow_tensors(b, columns)
+                         for b in shard.iter_batches(batch_size=8192, batch_format="pyarrow")]
                 self._cache[split] = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
             return tensor_batches(self._cache[split], batch_size, epoch, self.seed + self.world_rank,
                                   split == "train", self.device)
-        return self._stream(shard, split, batch_size, epoch)
+        return self._stream(shard, split, batch_size, epoch, columns)
 
-    def _stream(self, shard, split: str, batch_size: int, epoch: int) -> Iterator[Batch]:
+    def _stream(self, shard, split: str, batch_size: int, epoch: int, columns) -> Iterator[Batch]:
         shuffle = {"local_shuffle_buffer_size": SHUFFLE_BUFFER_ROWS, "local_shuffle_seed": self.seed + epoch} \
             if split == "train" else {}
         for batch in shard.iter_batches(batch_size=batch_size, batch_format="pyarrow", **shuffle):
-            yield {k: v.to(self.device, non_blocking=True) for k, v in arrow_tensors(batch).items()}
+            yield {k: v.to(self.device, non_blocking=True) for k, v in arrow_tensors(batch, columns).items()}
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         # DDP across workers (gloo on CPU, NCCL on GPU); a single worker is not wrapped.

@@ -54,14 +54,15 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
         env.say(f"resuming {spec.run_name} after epoch {start_epoch} from {resume}")
 
     autocast = autocast_context(spec, env.device)
+    columns = batch_columns(task)
     t = spec.train
     for epoch in range(start_epoch + 1, t.epochs + 1):
         start = time.perf_counter()
         for m in models.values():
             m.train()
         sums, rows, steps = torch.zeros((), device=env.device), 0, 0
-        for batch in env.batches("train", t.batch_size, epoch):
-            n = len(batch["features"])
+        for batch in env.batches("train", t.batch_size, epoch, columns):
+            n = len(batch[columns[0]])
             with autocast:
                 out = task.train_step(models, optimizers, batch)
             sums += out["loss"].float() * n
@@ -74,7 +75,7 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
             raise TrainingError(f"{spec.run_name}: training diverged at epoch {epoch} (loss {train_loss}); "
                                 "lower train.lr or check the input scaling")
         metrics = {
-            "epoch": epoch, "train_loss": train_loss, **evaluate(task, models, env, t.batch_size, autocast),
+            "epoch": epoch, "train_loss": train_loss, **evaluate(task, models, env, t.batch_size, autocast, columns),
             "rows_per_s": totals[1].item() / max(train_time, 1e-9), "step_time_ms": 1e3 * train_time / max(steps, 1),
             "epoch_time_s": time.perf_counter() - start,
         }
@@ -93,19 +94,24 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
 
 
 @torch.no_grad()
-def evaluate(task: Task, models, env, batch_size: int, autocast) -> dict[str, float]:
+def evaluate(task: Task, models, env, batch_size: int, autocast, columns) -> dict[str, float]:
     for m in models.values():
         m.eval()
     sums: dict[str, torch.Tensor] = {}
     rows = 0
-    for batch in env.batches("val", batch_size, 0):
+    for batch in env.batches("val", batch_size, 0, columns):
         with autocast:
             for k, v in task.eval_step(models, batch).items():
                 sums[k] = sums.get(k, 0) + v.float()
-        rows += len(batch["features"])
+        rows += len(batch[columns[0]])
     keys = sorted(sums)
     totals = env.all_reduce(torch.stack([*(sums[k] for k in keys), torch.tensor(float(rows), device=env.device)]))
     return {f"val_{k}": (totals[i] / totals[-1].clamp(min=1)).item() for i, k in enumerate(keys)}
+
+
+def batch_columns(task: Task) -> tuple[str, ...]:
+    """The columns a task's batches hold (the first one counts rows)."""
+    return tuple(getattr(task, "batch_columns", ("features", "target")))
 
 
 def autocast_context(spec: PipelineSpec, device: torch.device):
