@@ -15,8 +15,9 @@ from deepgen.errors import DeepgenError
 
 def _load_spec(args):
     from deepgen.config import PipelineSpec
+    from deepgen.orchestrate import resolve_inputs
 
-    return PipelineSpec.from_yaml(args.pipeline, overrides=args.set or [])
+    return resolve_inputs(PipelineSpec.from_yaml(args.pipeline, overrides=args.set or []))
 
 
 def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
@@ -127,7 +128,6 @@ def cmd_score(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    import numpy as np
 
     from deepgen import tracking
     from deepgen.export import load_exported, read_meta

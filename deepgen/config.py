@@ -80,10 +80,56 @@ class ImageMaskSource(Spec):
     mask_column: str = Field(default="mask", description="list column of H*W values, nonzero = foreground")
 
 
+class TextFilesSource(Spec):
+    """Plain UTF-8 text files: documents separated by blank lines, sentences split within them."""
+
+    kind: Literal["text_files"] = "text_files"
+    paths: list[str] = Field(min_length=1, description="text files, or folders whose *.txt files are read")
+    sentence_split: Literal["auto", "lines", "regex"] = Field(
+        default="auto", description="lines: one sentence per line; regex: split running text at . ! ?; "
+        "auto: lines where every line of a document ends in . ! or ?, else regex")
+
+
+class TextTableSource(Spec):
+    """A CSV or Parquet table with a text column: each row is a document, or a part of one."""
+
+    kind: Literal["text_table"] = "text_table"
+    path: str = Field(description=".csv or .parquet file")
+    text_column: str = Field(default="text", description="column of text, split into sentences per row")
+    document_column: str | None = Field(
+        default=None, description="rows sharing a value form one document, in row order; default: one row each")
+
+
+class LabelledTextSource(Spec):
+    """A CSV or Parquet table of texts and their class labels (strings or integers)."""
+
+    kind: Literal["labelled_text"] = "labelled_text"
+    path: str = Field(description=".csv or .parquet file")
+    text_column: str = Field(default="text", description="column of text, one example per row")
+    label_column: str = Field(default="label", description="column of class labels, strings or integers")
+
+
+TEXT_SOURCES = ("text_files", "text_table", "labelled_text")
+
 Source = Annotated[
-    Union[DigitsSource, IdxSource, NpySource, TableSource, ShapesSource, ImageMaskSource],
+    Union[DigitsSource, IdxSource, NpySource, TableSource, ShapesSource, ImageMaskSource, TextFilesSource,
+          TextTableSource, LabelledTextSource],
     Field(discriminator="kind"),
 ]
+
+
+class TextSpec(Spec):
+    """How text becomes model input: the tokenizer and the length of one encoded row."""
+
+    max_len: int = Field(default=128, ge=8, description="tokens per row, [CLS] and [SEP]s included")
+    vocab_size: int = Field(default=8000, gt=5, description="WordPiece vocabulary size when one is trained")
+    min_frequency: int = Field(default=2, ge=1, description="fewest occurrences for a merge to enter the vocabulary")
+    next_fraction: float = Field(
+        default=0.5, gt=0, lt=1, description="NSP: share of pairs whose B is A's next sentence")
+    tokenizer: str | None = Field(
+        default=None,
+        description="an existing tokenizer.json to use instead of training one (a fine-tuning pipeline "
+                    "uses its pretrained model's automatically)")
 
 
 class DataSpec(Spec):
@@ -96,13 +142,23 @@ class DataSpec(Spec):
         default=0.15, gt=0, lt=1, description="share of rows for test, where the source has no test split"
     )
     seed: int = Field(default=0, description="seed of the split")
+    text: TextSpec | None = Field(default=None, description="text sources: tokenizer and row length")
 
     def with_absolute_paths(self) -> DataSpec:
         """Source paths resolved against the current directory, for a Ray task that runs elsewhere."""
         src = self.source
-        updates = {f: str(Path(getattr(src, f)).expanduser().absolute())
-                   for f in ("path", "labels") if getattr(src, f, None)}
-        return self.model_copy(update={"source": src.model_copy(update=updates)})
+        absolute = lambda p: str(Path(p).expanduser().absolute())  # noqa: E731
+        updates = {f: absolute(getattr(src, f)) for f in ("path", "labels") if getattr(src, f, None)}
+        if getattr(src, "paths", None):
+            updates["paths"] = [absolute(p) for p in src.paths]
+        data = {"source": src.model_copy(update=updates)}
+        if self.text is not None and self.text.tokenizer:
+            data["text"] = self.text.model_copy(update={"tokenizer": absolute(self.text.tokenizer)})
+        return self.model_copy(update=data)
+
+    @property
+    def is_text(self) -> bool:
+        return self.source.kind in TEXT_SOURCES
 
     @model_validator(mode="after")
     def _fractions_leave_training_rows(self) -> DataSpec:
@@ -225,9 +281,134 @@ class UNetSpec(Spec):
     depth: int = Field(default=3, ge=1, le=6, description="number of 2x downsamplings")
 
 
+class BertSpec(Spec):
+    """A BERT-style encoder (Devlin et al. 2019) and how it is optimised; small by default.
+    bert-base is hidden 768, layers 12, heads 12, intermediate 3072."""
+
+    hidden: int = Field(default=128, gt=0, description="model width (a multiple of heads)")
+    layers: int = Field(default=2, gt=0, description="encoder layers")
+    heads: int = Field(default=2, gt=0, description="attention heads per layer")
+    intermediate: int = Field(default=512, gt=0, description="feed-forward width")
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    attention_dropout: float = Field(default=0.1, ge=0, lt=1)
+    position: Literal["learned", "sinusoidal"] = Field(default="learned", description="position embeddings")
+    warmup_fraction: float = Field(default=0.1, ge=0, lt=1, description="share of steps with a linear warmup")
+    lr_decay: Literal["linear", "cosine", "constant"] = Field(default="linear", description="after the warmup")
+    grad_accum_steps: int = Field(default=1, gt=0, description="batches per optimizer step")
+    clip_grad_norm: float | None = Field(default=1.0, gt=0, description="max gradient norm; null: no clipping")
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> BertSpec:
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+        return self
+
+
+class BertPretrainSpec(BertSpec):
+    """Pretraining with masked-LM and next-sentence prediction on sentence pairs."""
+
+    kind: Literal["bert_pretrain"] = "bert_pretrain"
+    mask_rate: float = Field(default=0.15, gt=0, lt=1, description="share of tokens to predict (80/10/10)")
+
+
+class BertClassifierSpec(BertSpec):
+    """Sequence classification on [CLS], from a pretrained encoder (transfer) or from scratch."""
+
+    kind: Literal["bert_classifier"] = "bert_classifier"
+    pretrained: str | None = Field(
+        default=None,
+        description="NAME@ALIAS or NAME/VERSION of a registered bert_pretrain model, or its exported folder; "
+                    "its encoder sizes and tokenizer replace the ones here. null: random initialisation")
+    classifier_dropout: float = Field(default=0.1, ge=0, lt=1)
+
+
+# --- GANs ---
+
+
+class AdversarialSpec(Spec):
+    """What every GAN variant shares: the losses, the two Adam optimizers and the failure rule."""
+
+    loss: Literal["non_saturating", "minimax"] = Field(
+        default="non_saturating",
+        description="G's loss: non_saturating minimises -log D(G(z)); minimax minimises log(1 - D(G(z)))")
+    lr_g: float = Field(default=2e-4, gt=0, description="generator Adam learning rate (train.lr is not used)")
+    lr_d: float = Field(default=2e-4, gt=0, description="discriminator Adam learning rate")
+    betas: tuple[float, float] = Field(default=(0.5, 0.999), description="Adam betas of both optimizers (DCGAN: 0.5)")
+    d_steps: int = Field(default=1, ge=1, description="discriminator updates per generator update")
+    collapse_d_loss: float = Field(
+        default=1e-4, ge=0, description="D loss below this means D wins completely; 0 turns the check off")
+    collapse_patience: int = Field(
+        default=10, ge=1, description="consecutive steps below collapse_d_loss before training stops")
+
+
+class GanSpec(AdversarialSpec):
+    """Goodfellow et al. 2014: MLP generator and discriminator on flattened images."""
+
+    kind: Literal["gan"] = "gan"
+    nz: int = Field(default=100, gt=0, description="size of the noise z")
+    hidden: list[Annotated[int, Field(gt=0)]] = Field(
+        default=[256, 512], min_length=1, description="generator widths from z up; the discriminator's reversed")
+
+
+class DCGANSpec(AdversarialSpec):
+    """Radford et al. 2016: strided conv generator and discriminator; square images of side 8, 16, 32, 64..."""
+
+    kind: Literal["dcgan"] = "dcgan"
+    nz: int = Field(default=100, gt=0, description="size of the noise z")
+    ngf: int = Field(default=64, gt=0, description="generator channels at its last hidden stage")
+    ndf: int = Field(default=64, gt=0, description="discriminator channels at its first stage")
+
+
+class CGANSpec(AdversarialSpec):
+    """Mirza & Osindero 2014: G and D both see a label embedding; needs integer labels 0..num_classes-1."""
+
+    kind: Literal["cgan"] = "cgan"
+    architecture: Literal["dcgan", "mlp"] = Field(default="dcgan", description="the conditioned networks")
+    num_classes: int = Field(gt=1, description="labels are 0..num_classes-1")
+    embed_dim: int = Field(default=16, gt=0, description="size of the label embedding")
+    nz: int = Field(default=100, gt=0)
+    ngf: int = Field(default=64, gt=0, description="dcgan: generator channels")
+    ndf: int = Field(default=64, gt=0, description="dcgan: discriminator channels")
+    hidden: list[Annotated[int, Field(gt=0)]] = Field(default=[256, 512], min_length=1, description="mlp: widths")
+
+
+class LapGANSpec(AdversarialSpec):
+    """Denton et al. 2015: a Laplacian pyramid of GANs; image sides divisible by 2^(levels-1)."""
+
+    kind: Literal["lapgan"] = "lapgan"
+    levels: int = Field(default=3, ge=2, le=6, description="pyramid levels, the coarsest generated from noise")
+    nz: int = Field(default=100, gt=0, description="noise of the coarsest level")
+    hidden: list[Annotated[int, Field(gt=0)]] = Field(default=[256, 512], min_length=1,
+                                                      description="coarsest level's MLP widths")
+    ngf: int = Field(default=64, gt=0, description="finer levels' generator channels")
+    ndf: int = Field(default=64, gt=0, description="finer levels' discriminator channels")
+
+
+class SRGANSpec(AdversarialSpec):
+    """Ledig et al. 2017: x2 or x4 super-resolution of the dataset's images from their bicubic downsampling."""
+
+    kind: Literal["srgan"] = "srgan"
+    scale: Literal[2, 4] = Field(default=4, description="upscaling factor")
+    channels: int = Field(default=64, gt=0, description="generator channels")
+    num_blocks: int = Field(default=16, gt=0, description="generator residual blocks")
+    ndf: int = Field(default=64, gt=0, description="discriminator channels at its first stage")
+    feature_weight: float = Field(default=0.1, ge=0, description="weight of the feature (perceptual) content loss")
+    adversarial_weight: float = Field(default=1e-3, ge=0, description="weight of G's adversarial loss")
+    warmup_steps: int = Field(default=200, ge=0, description=(
+        "steps of the MSE-only phase (SRResNet), in which the content network learns its features; "
+        "D and the feature/adversarial losses start after it"))
+    feature_width: int = Field(default=32, gt=0, description="width of the content network (FeatureClassifier)")
+    lr_features: float = Field(default=1e-3, gt=0, description="content network's Adam learning rate")
+
+
+AUTOENCODER_KINDS = ("dense_autoencoder", "conv_autoencoder", "overcomplete_autoencoder", "sparse_autoencoder",
+                     "denoising_autoencoder", "vae")
+GAN_KINDS = ("gan", "dcgan", "cgan", "lapgan", "srgan")
+
 ModelSpec = Annotated[
     Union[DenseAutoencoderSpec, ConvAutoencoderSpec, OvercompleteAutoencoderSpec, SparseAutoencoderSpec,
-          DenoisingAutoencoderSpec, VAESpec, UNetSpec],
+          DenoisingAutoencoderSpec, VAESpec, UNetSpec, BertPretrainSpec, BertClassifierSpec, GanSpec, DCGANSpec,
+          CGANSpec, LapGANSpec, SRGANSpec],
     Field(discriminator="kind"),
 ]
 
@@ -413,6 +594,20 @@ class PipelineSpec(Spec):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     tune: TuneSpec | None = Field(default=None, description="a Ray Tune sweep for `deepgen tune`")
 
+    @model_validator(mode="after")
+    def _model_fits_data(self) -> PipelineSpec:
+        kind, source = self.model.kind, self.data.source.kind
+        wants = {"bert_pretrain": ("text_files", "text_table"), "bert_classifier": ("labelled_text",)}
+        if kind in wants and source not in wants[kind]:
+            raise ValueError(f"model.kind {kind} needs data.source.kind {' or '.join(wants[kind])}, not {source}")
+        if kind not in wants and self.data.is_text:
+            raise ValueError(f"data.source.kind {source} is text; model.kind {kind} reads images or tables "
+                             "(text goes with bert_pretrain or bert_classifier)")
+        labelled = self.anomaly.normal_labels is not None or self.anomaly.anomalous_labels is not None
+        if labelled and kind not in AUTOENCODER_KINDS:
+            raise ValueError(f"anomaly: normal/anomalous labels only apply to autoencoders, not {kind}")
+        return self
+
     # -- derived paths and names -- #
 
     @property
@@ -498,7 +693,8 @@ def format_validation_error(e: ValidationError) -> str:
     err = e.errors()[0]
     loc = [str(p) for p in err["loc"] if not _is_union_tag(p)]
     more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-    return f"{'.'.join(loc) or '<root>'}: {err['msg']}{more}"
+    message = err["msg"].removeprefix("Value error, ")
+    return f"{'.'.join(loc) or '<root>'}: {message}{more}"
 
 
 def _is_union_tag(part: Any) -> bool:

@@ -159,7 +159,98 @@ class SegmentationPredictor:
         return {"dice": dice, "iou": iou}
 
 
-LOADERS = {"anomaly": AnomalyScorer, "segmentation": SegmentationPredictor}
+class TextClassifier:
+    """An exported BERT classifier with its tokenizer: texts in, labels and probabilities out."""
+
+    def __init__(self, model, tokenizer, meta: ModelMeta):
+        self.model, self.tokenizer, self.meta = model.eval(), tokenizer, meta
+
+    @classmethod
+    def load(cls, directory: str | Path) -> TextClassifier:
+        from deepgen.data.tokenizer import WordPieceTokenizer
+        from deepgen.models.bert import BertConfig, BertForSequenceClassification
+
+        meta = read_meta(directory)
+        model = BertForSequenceClassification(BertConfig(**meta.config), meta.extra["num_labels"])
+        return cls(load_weights(directory, model), WordPieceTokenizer.load(directory), meta)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.meta.extra["class_names"]
+
+    @torch.no_grad()
+    def probabilities(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
+        """(N, num_labels) class probabilities of raw texts."""
+        out = []
+        for i in range(0, len(texts), batch_size):
+            enc = self.tokenizer.encode_batch(texts[i:i + batch_size], self.meta.extra["max_len"])
+            ids = torch.from_numpy(enc.input_ids.astype(np.int64))
+            mask = torch.from_numpy(enc.attention_mask)
+            out.append(self.model(ids, torch.from_numpy(enc.segment_ids.astype(np.int64)), mask).logits
+                       .float().softmax(-1).numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
+
+    def predict(self, texts: list[str]) -> tuple[list[str], np.ndarray]:
+        """(label names, probability of each predicted label)."""
+        probs = self.probabilities(texts)
+        best = probs.argmax(1)
+        return [self.class_names[i] for i in best], probs[np.arange(len(best)), best]
+
+    @staticmethod
+    def read_input(path: str | Path, column: str = "text") -> list[str]:
+        """Texts of a file: .txt (one per line), or a CSV/Parquet table's `column`."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: no such file")
+        if path.suffix in (".csv", ".parquet"):
+            from deepgen.data.text import text_column
+
+            return text_column(load_table(str(path)), column, str(path))
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def evaluate(self, data_dir: Path, anomaly_spec=None) -> dict[str, float] | None:
+        """Accuracy and F1 on another dataset's test split, if it was tokenized as this model reads text."""
+        from deepgen.data.text import read_text_manifest
+        from deepgen.tasks.bert import BertClassifierTask, batches_of, classification_metrics, read_split
+
+        manifest = read_text_manifest(data_dir)
+        if manifest is None or manifest.tokenizer_fingerprint != self.meta.extra.get("tokenizer_fingerprint") \
+                or manifest.class_names != self.class_names:
+            return None
+        data = read_split(data_dir, "test", BertClassifierTask.batch_columns)
+        with torch.no_grad():
+            probs = torch.cat([self.model(b["input_ids"], b["segment_ids"],
+                                          torch.arange(b["input_ids"].shape[1])[None] < b["length"][:, None]).logits
+                               .float().softmax(-1) for b in batches_of(data)]).numpy()
+        return classification_metrics(data["label"].numpy(), probs, len(self.class_names))
+
+
+class BertEncoder:
+    """An exported pretraining model (encoder + MLM/NSP heads) with its tokenizer; what fine-tuning loads."""
+
+    def __init__(self, directory: Path, meta: ModelMeta):
+        self.directory, self.meta = Path(directory), meta
+
+    @classmethod
+    def load(cls, directory: str | Path) -> BertEncoder:
+        return cls(Path(directory), read_meta(directory))
+
+    def evaluate(self, data_dir: Path, anomaly_spec=None) -> dict[str, float] | None:
+        """Test MLM/NSP metrics on another pretraining dataset with the same tokenizer, else None."""
+        from deepgen.data.text import read_text_manifest
+        from deepgen.models.bert import BertConfig, BertForPreTraining
+        from deepgen.tasks.bert import pretraining_metrics, special_tokens
+
+        manifest = read_text_manifest(data_dir)
+        if manifest is None or manifest.tokenizer_fingerprint != self.meta.extra.get("tokenizer_fingerprint") \
+                or manifest.task != "pretraining":
+            return None
+        model = load_weights(self.directory, BertForPreTraining(BertConfig(**self.meta.config)))
+        return pretraining_metrics(model, data_dir, special_tokens(manifest), self.meta.extra["mask_rate"])
+
+
+LOADERS = {"anomaly": AnomalyScorer, "segmentation": SegmentationPredictor, "text_classifier": TextClassifier,
+           "bert_encoder": BertEncoder}
 
 
 def load_exported(directory: str | Path):

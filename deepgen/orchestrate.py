@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from deepgen import tracking
-from deepgen.config import PipelineSpec
+from deepgen.config import PipelineSpec, TextSpec
 from deepgen.data.dataset import normal_mask, split_path
 from deepgen.data.prepare import Manifest, prepare_dataset
 from deepgen.errors import DeepgenError, TrainingError
@@ -53,6 +54,46 @@ def _quiet_ray_data() -> None:
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+
+
+# --- inputs from the registry ----------------------------------------------------------------------
+
+
+def resolve_inputs(spec: PipelineSpec) -> PipelineSpec:
+    """The spec with registry references replaced by local folders.
+
+    A fine-tuning pipeline names its pretrained encoder as `NAME@ALIAS`, `NAME/VERSION` or a folder; the
+    registered version is fetched once into RUNS_DIR/pretrained/NAME-vVERSION (a stable path, so a rerun
+    keeps its run name and resumes), and its tokenizer becomes the one the labelled text is prepared with.
+    """
+    from deepgen.data.tokenizer import TOKENIZER_FILE
+
+    ref = getattr(spec.model, "pretrained", None)
+    if not ref:
+        return spec
+    local = Path(ref).expanduser()
+    if not local.exists():
+        if "@" not in ref and "/" not in ref:
+            raise DeepgenError(f"model.pretrained: {ref!r} is neither a folder nor NAME@ALIAS / NAME/VERSION")
+        tracking.configure(spec.runs_dir)
+        version = tracking.resolve(ref)
+        local = spec.runs_dir / "pretrained" / f"{version.name}-v{version.version}"
+        if not (local / TOKENIZER_FILE).is_file():
+            fetched = tracking.download_model_dir(version)
+            if tracking.read_family(fetched) != "bert_encoder":
+                raise DeepgenError(f"model.pretrained: {ref} is a {tracking.read_family(fetched)} model, "
+                                   "not a bert_pretrain one")
+            local.parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(local, ignore_errors=True)
+            shutil.copytree(fetched, local)
+        say(f"pretrained encoder: {ref} -> {version.name} v{version.version}")
+    local = local.absolute()
+    if not (local / TOKENIZER_FILE).is_file():
+        raise DeepgenError(f"model.pretrained: {local} has no {TOKENIZER_FILE}; give an exported bert_pretrain "
+                           "model folder, a pretraining checkpoint, or NAME@ALIAS")
+    text = (spec.data.text or TextSpec()).model_copy(update={"tokenizer": str(local / TOKENIZER_FILE)})
+    return spec.model_copy(update={"model": spec.model.model_copy(update={"pretrained": str(local)}),
+                                   "data": spec.data.model_copy(update={"text": text})})
 
 
 # --- prepare ---------------------------------------------------------------------------------------
@@ -250,14 +291,15 @@ class Summary:
 def run_pipeline(spec: PipelineSpec, register_model: bool = True) -> Summary:
     uri = tracking.configure(spec.runs_dir)
     manifest = prepare(spec)
-    run_id = start_run(spec, manifest)
+    # Before start_run, which would mark the finished MLflow run RUNNING again and leave it so.
     existing = tracking.find_version_for_run(spec.registry.model_name, spec.run_name)
     if existing is not None:
         say(f"register: {spec.run_name} already registered {existing.name} v{existing.version}; nothing to do")
         aliases = list(existing.aliases or [])
         reg = tracking.Registered(existing.name, str(existing.version), ", ".join(aliases) or "-", None,
                                   existing.tags.get("gate", ""))
-        return Summary(spec, uri, run_id, reg, None, reused=True)
+        return Summary(spec, uri, existing.run_id, reg, None, reused=True)
+    run_id = start_run(spec, manifest)
     try:
         checkpoint = train(spec, manifest, run_id, uri)
         say("evaluate: scoring validation and test splits")

@@ -26,6 +26,26 @@ def loss_curves(history: list[dict]):
     return fig
 
 
+def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, class_names: list[str]):
+    """Rows: true class, columns: predicted class; each cell the share of its row, with the count."""
+    plt = _pyplot()
+    k = len(class_names)
+    counts = np.zeros((k, k), dtype=int)
+    np.add.at(counts, (truth, predicted), 1)
+    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.2 * k + 2, 1.1 * k + 1.5))
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{shares[i, j]:.2f}\n({counts[i, j]})", ha="center", va="center", fontsize=8,
+                    color="white" if shares[i, j] > 0.5 else "black")
+    ax.set(xticks=range(k), yticks=range(k), xlabel="predicted", ylabel="true", title="test confusion matrix")
+    ax.set_xticklabels(class_names, rotation=30, ha="right")
+    ax.set_yticklabels(class_names)
+    fig.tight_layout()
+    return fig
+
+
 def score_histogram(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))

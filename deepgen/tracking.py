@@ -170,8 +170,9 @@ def log_and_register(run_id: str, model_dir: Path, name: str, tags: dict[str, An
         c.get_registered_model(name)
     except MlflowException:
         c.create_registered_model(name, description="deepgen model; see version tags for threshold and lineage")
+    # model_id: a tracking server refuses a `models:/m-...` source without it (a SQLite store does not)
     version = c.create_model_version(name, info.model_uri, run_id=run_id,
-                                     tags={k: str(v) for k, v in tags.items()})
+                                     tags={k: str(v) for k, v in tags.items()}, model_id=info.model_id)
     return _wait_ready(name, version.version)
 
 
@@ -339,6 +340,10 @@ def download_model_dir(version) -> Path:
     if not found:
         raise RegistryError(f"{version.name}/{version.version}: not a deepgen model (no deepgen-model.json)")
     return found[0].parent
+
+
+def read_family(model_dir: Path) -> str:
+    return json.loads((Path(model_dir) / "deepgen-model.json").read_text())["family"]
 
 
 def list_models() -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from deepgen import orchestrate, tracking
 from deepgen.config import PipelineSpec, TuneSpec, apply_override
-from deepgen.data.prepare import Manifest
+from deepgen.data.prepare import manifest_from_dict
 from deepgen.errors import TrainingError
 
 
@@ -52,7 +52,7 @@ def run_trial(config: dict[str, Any]) -> None:
     trial = ray.tune.get_context().get_trial_id()
     values = {k: config[k] for k in config["__paths"]}
     spec = trial_spec(config["__base"], values, f"{config['__sweep']}-{trial}")
-    manifest = Manifest.model_validate(config["__manifest"])
+    manifest = manifest_from_dict(config["__manifest"])
     tracking.configure_uri(config["__tracking_uri"])
     run_id = tracking.start_or_resume_run(
         spec.experiment, spec.run_name, Path(config["__artifacts"]), params={"tune": values},

@@ -72,6 +72,15 @@ class Manifest(BaseModel):
         return int(np.prod(self.shape))
 
 
+def manifest_from_dict(raw: dict):
+    """A manifest passed around as JSON: an image/table `Manifest` or a text one (`TextManifest`)."""
+    if "task" in raw:
+        from deepgen.data.text import TextManifest
+
+        return TextManifest.model_validate(raw)
+    return Manifest.model_validate(raw)
+
+
 def read_manifest(directory: str | Path) -> Manifest | None:
     path = Path(directory) / MANIFEST
     if not path.is_file():
@@ -90,6 +99,11 @@ def dataset_fingerprint(data: DataSpec, source_fingerprint: str) -> str:
 
 def prepare_dataset(data: DataSpec, out_dir: str | Path, log=print) -> tuple[Manifest, bool]:
     """Write the splits of `data` to `out_dir` unless an up-to-date copy is there. Returns (manifest, wrote)."""
+    if data.is_text:
+        from deepgen.data.text import prepare_text
+
+        return prepare_text(data.source, out_dir, data.text, val_fraction=data.val_fraction,
+                            test_fraction=data.test_fraction, seed=data.seed, log=log)
     out_dir = Path(out_dir)
     raw = read_source(data.source)
     fingerprint = dataset_fingerprint(data, raw.fingerprint)

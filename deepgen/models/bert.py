@@ -339,11 +339,12 @@ def strip_wrappers(key: str) -> str:
 class BertForSequenceClassification(nn.Module):
     """The encoder, dropout, and one linear layer on the pooled [CLS] representation."""
 
-    def __init__(self, config: BertConfig, num_labels: int):
+    def __init__(self, config: BertConfig, num_labels: int, dropout: float | None = None):
         super().__init__()
         self.config = config
+        self.num_labels = num_labels
         self.bert = BertModel(config)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout if dropout is None else dropout)
         self.classifier = nn.Linear(config.hidden, num_labels)
         self.apply(lambda m: init_bert_weights(m, config.init_std))
 

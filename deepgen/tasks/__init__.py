@@ -55,14 +55,27 @@ class Task(Protocol):
         """Write the deployable model folder (see deepgen.export)."""
 
 
-def build_task(spec: PipelineSpec, manifest: Manifest) -> Task:
-    from deepgen.tasks.autoencoder import AutoencoderTask
-    from deepgen.tasks.segmentation import SegmentationTask
+def task_class(kind: str) -> type:
+    """The task that trains a `model.kind`."""
+    from deepgen.config import AUTOENCODER_KINDS, GAN_KINDS
 
-    autoencoders = ("dense_autoencoder", "conv_autoencoder", "overcomplete_autoencoder", "sparse_autoencoder",
-                    "denoising_autoencoder", "vae")
-    families = {**dict.fromkeys(autoencoders, AutoencoderTask), "unet": SegmentationTask}
-    return families[spec.model.kind](spec, manifest)
+    if kind in AUTOENCODER_KINDS:
+        from deepgen.tasks.autoencoder import AutoencoderTask as cls
+    elif kind == "unet":
+        from deepgen.tasks.segmentation import SegmentationTask as cls
+    elif kind == "bert_pretrain":
+        from deepgen.tasks.bert import BertPretrainTask as cls
+    elif kind == "bert_classifier":
+        from deepgen.tasks.bert import BertClassifierTask as cls
+    elif kind in GAN_KINDS:
+        from deepgen.tasks.gan import GanTask as cls
+    else:
+        raise ValueError(f"no task for model.kind {kind!r}")
+    return cls
+
+
+def build_task(spec: PipelineSpec, manifest: Manifest) -> Task:
+    return task_class(spec.model.kind)(spec, manifest)
 
 
 def unwrap(module: nn.Module) -> nn.Module:

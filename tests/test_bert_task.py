@@ -1,0 +1,148 @@
+"""BERT through deepgen's own loop (no Ray): pretraining, then transfer to a task where pretraining must help.
+
+The generated language has two groups of made-up words; a pretraining document uses words of one group
+only, so masked-LM and NSP can learn which words belong together. The labelled task is "which group is
+the word in `the WORD is near`", trained on half of each group's words and tested on the other half. A
+classifier from random initialisation has never seen the held-out words (their embeddings are noise), so
+it is at chance on them; one fine-tuned from the pretrained encoder knows their group from pretraining.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from deepgen.config import BertClassifierSpec, PipelineSpec
+from deepgen.data.prepare import prepare_dataset
+from deepgen.export import TextClassifier, load_exported
+from deepgen.orchestrate import resolve_inputs
+from deepgen.tasks import build_task
+from deepgen.tasks.bert import Schedule, optimizer_steps
+from deepgen.train.env import LocalEnv
+from deepgen.train.loop import load_model_weights, train_loop
+
+WORDS_PER_GROUP = 16
+ENCODER = {"hidden": 32, "layers": 2, "heads": 2, "intermediate": 64, "dropout": 0.0, "attention_dropout": 0.0}
+TEXT = {"max_len": 16, "vocab_size": 200, "min_frequency": 1}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: threads only add overhead, and the suite shares 2 cores
+    yield
+    torch.set_num_threads(threads)
+
+
+def made_up_language(root, seed=0):
+    rng = np.random.default_rng(seed)
+    consonants = list("bcdfghjklmnpqrstvwxz")
+    groups = [["".join(rng.choice(consonants, 5)) for _ in range(WORDS_PER_GROUP)] for _ in range(2)]
+    docs = ["\n".join(" ".join(rng.choice(groups[d % 2], 5)) + "." for _ in range(4)) for d in range(300)]
+    (root / "corpus.txt").write_text("\n\n".join(docs))
+    half = WORDS_PER_GROUP // 2
+
+    def labelled(words: slice, n: int) -> pd.DataFrame:
+        labels = np.arange(n) % 2
+        texts = [f"the {rng.choice(groups[y][words])} is near" for y in labels]
+        return pd.DataFrame({"text": texts, "label": np.array(["alpha", "beta"])[labels]})
+
+    labelled(slice(0, half), 400).to_csv(root / "seen.csv", index=False)
+    return labelled(slice(half, None), 200)  # held-out words, never in the labelled training data
+
+
+def spec(root, name, data, model, epochs, lr) -> PipelineSpec:
+    return PipelineSpec.validate_dict({
+        "name": name, "data": data, "model": model, "train": {"epochs": epochs, "batch_size": 32, "lr": lr},
+        "scaling": {"num_workers": 1}, "registry": {"model_name": name},
+        "tracking": {"runs_dir": str(root / "runs")}})
+
+
+def fit(spec: PipelineSpec, root):
+    manifest, _ = prepare_dataset(spec.data, spec.data_dir, log=lambda m: None)
+    env = LocalEnv(spec.data_dir, spec.anomaly, root / f"ckpt-{spec.name}", seed=0)
+    history = train_loop(spec, manifest, env)
+    task = build_task(spec, manifest)
+    checkpoint = env.latest_checkpoint()
+    return history, task, load_model_weights(checkpoint, task), checkpoint
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bert")
+    held_out = made_up_language(root)
+    pre = spec(root, "pre", {"source": {"kind": "text_files", "paths": [str(root / "corpus.txt")],
+                                        "sentence_split": "lines"}, "text": TEXT},
+               {"kind": "bert_pretrain", **ENCODER}, epochs=12, lr=3e-3)
+    history, task, models, checkpoint = fit(pre, root)
+    return {"root": root, "held_out": held_out, "history": history, "checkpoint": checkpoint, "task": task,
+            "models": models, "spec": pre}
+
+
+def test_pretraining_learns_and_reports_its_metrics(pretrained):
+    history = pretrained["history"]
+    for key in ("train_mlm_loss", "train_nsp_loss", "train_mlm_accuracy", "train_nsp_accuracy", "val_mlm_loss",
+                "val_mlm_accuracy", "tokens_per_s"):
+        assert key in history[-1], key
+    assert history[-1]["val_mlm_loss"] < 0.7 * history[0]["val_mlm_loss"]
+    # a checkpoint carries what fine-tuning needs besides the weights
+    assert {"bert-config.json", "tokenizer.json", "state.pt"} <= {p.name for p in pretrained["checkpoint"].iterdir()}
+    ev = pretrained["task"].evaluate(pretrained["models"], pretrained["spec"].data_dir)
+    # 16 equally likely words per group: knowing the group alone gives ln(16) = 2.77 nats
+    assert ev.metrics["mlm_loss"] < np.log(2 * WORDS_PER_GROUP + 10)
+
+
+def test_fine_tuning_from_the_pretrained_encoder_beats_random_initialisation(pretrained):
+    root, ckpt = pretrained["root"], pretrained["checkpoint"]
+    held_out = pretrained["held_out"]
+    accuracy = {}
+    for init in ("pretrained", "scratch"):
+        # the same tokenizer for both, so they differ only in the encoder's initial weights
+        data = {"source": {"kind": "labelled_text", "path": str(root / "seen.csv")},
+                "text": {**TEXT, "tokenizer": str(ckpt / "tokenizer.json")}}
+        model = {"kind": "bert_classifier", **ENCODER, "pretrained": str(ckpt) if init == "pretrained" else None}
+        s = resolve_inputs(spec(root, f"cls-{init}", data, model, epochs=10, lr=2e-3))
+        _, task, models, _ = fit(s, root)
+        ev = task.evaluate(models, s.data_dir)
+        assert ev.metrics["accuracy"] > 0.9, (init, ev.metrics)  # both learn the words they were shown
+        exported = task.export(root / f"export-{init}", models, ev)
+        classifier = load_exported(exported)
+        assert isinstance(classifier, TextClassifier)
+        labels, probability = classifier.predict(list(held_out.text))
+        assert ((probability >= 0.5) & (probability <= 1)).all()
+        accuracy[init] = float(np.mean(np.array(labels) == held_out.label.to_numpy()))
+    # 200 held-out rows: chance is 0.5 with a standard deviation of 0.035
+    assert accuracy["scratch"] < 0.65, accuracy
+    assert accuracy["pretrained"] > 0.85, accuracy
+
+
+def test_the_classifier_takes_the_pretrained_encoders_sizes_and_tokenizer(pretrained, tmp_path):
+    ckpt = pretrained["checkpoint"]
+    pd.DataFrame({"text": ["a b", "c d"] * 10, "label": ["x", "y"] * 10}).to_csv(tmp_path / "l.csv", index=False)
+    s = resolve_inputs(spec(tmp_path, "c", {"source": {"kind": "labelled_text", "path": str(tmp_path / "l.csv")}},
+                            {"kind": "bert_classifier", "hidden": 64, "heads": 4, "pretrained": str(ckpt)}, 1, 1e-3))
+    assert s.data.text.tokenizer == str(ckpt / "tokenizer.json")
+    manifest, _ = prepare_dataset(s.data, s.data_dir, log=lambda m: None)
+    task = build_task(s, manifest)
+    assert task.config.hidden == ENCODER["hidden"]  # the checkpoint's, not the 64 asked for from scratch
+    bert_config = json.loads((ckpt / "bert-config.json").read_text())
+    assert task.config.vocab_size == bert_config["vocab_size"] == manifest.vocab_size
+
+
+def test_schedule_warms_up_decays_and_accumulates():
+    m = BertClassifierSpec(warmup_fraction=0.25, lr_decay="linear", grad_accum_steps=2)
+    s = Schedule(m, lr=1.0, rows=320, batch_size=10, workers=1, epochs=1)  # 32 batches -> 16 updates
+    assert s.total == 16 and s.warmup == 4
+    assert [round(s.lr_at(i), 3) for i in (0, 3, 4, 10, 16)] == [0.25, 1.0, 1.0, 0.5, 0.0]
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.AdamW(model.parameters())
+    for _ in range(6):
+        if s.backward(model, model(torch.ones(1, 2)).sum()):
+            s.step(model, opt)
+    assert optimizer_steps(opt) == 3  # 6 batches, 2 per update
+    cosine = Schedule(BertClassifierSpec(warmup_fraction=0.0, lr_decay="cosine"), 1.0, 100, 10, 1, 1)
+    assert cosine.lr_at(5) == pytest.approx(0.5)
