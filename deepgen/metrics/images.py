@@ -1,0 +1,180 @@
+"""Image metrics for generative models: Frechet distance in a feature space, PSNR, SSIM, a bicubic baseline,
+and the small classifier CNN whose features the Frechet distance is measured in.
+
+Frechet distance (Heusel et al. 2017, "GANs trained by a two time-scale update rule", the FID): fit a Gaussian
+to each set of features and compare them,
+    d^2 = ||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)).
+The FID proper uses Inception-v3 pool features; deepgen has no downloaded networks, so its features come
+from a `FeatureClassifier` trained on the dataset's own train split. Numbers are comparable between runs on
+the same dataset and classifier protocol, not with published FIDs.
+
+Images here are (N, C, H, W) in [0, 1] unless said otherwise.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# --- Frechet distance ------------------------------------------------------------------------------
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray, eps: float = 1e-6) -> float:
+    """Frechet distance between Gaussians fitted to feature sets a (N, F) and b (M, F)."""
+    from scipy import linalg
+
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", linalg.LinAlgWarning)
+        try:
+            covmean = linalg.sqrtm(s_a @ s_b)
+        except linalg.LinAlgWarning:
+            covmean = np.full_like(s_a, np.nan)
+    if not np.isfinite(covmean).all():
+        # S_a S_b singular (fewer samples than features, or dead features): nudge both off singularity
+        offset = eps * np.eye(len(s_a))
+        covmean = linalg.sqrtm((s_a + offset) @ (s_b + offset))
+    if np.iscomplexobj(covmean):
+        # the product of two PSD matrices has a real square root; a small imaginary part is round-off
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"frechet_distance: sqrtm has imaginary part {np.abs(covmean.imag).max():.3g}")
+        covmean = covmean.real
+    diff = mu_a - mu_b
+    return float(diff @ diff + np.trace(s_a) + np.trace(s_b) - 2 * np.trace(covmean))
+
+
+# --- reconstruction quality ------------------------------------------------------------------------
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Peak signal-to-noise ratio per image (N,) in dB: 10 log10(range^2 / MSE); inf for identical images."""
+    mse = (x.double() - y.double()).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(data_range**2 / mse)
+
+
+def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
+    t = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-t**2 / (2 * sigma**2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]  # (size, size), sums to 1
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window: int = 11,
+         sigma: float = 1.5) -> torch.Tensor:
+    """Structural similarity per image (N,) (Wang et al. 2004): local means, variances and covariance
+    under a Gaussian window (11 x 11, sigma 1.5), per channel, over valid positions only; the mean of the
+    SSIM map over channels and positions. Images smaller than the window use an odd window that fits."""
+    x, y = x.double(), y.double()
+    c, h, w = x.shape[1:]
+    size = min(window, h, w)
+    size -= 1 - size % 2  # odd
+    k = _gaussian_window(size, sigma).to(x.device).expand(c, 1, size, size)
+    blur = lambda t: F.conv2d(t, k, groups=c)  # noqa: E731  (N, C, h', w') per-channel local means
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x**2
+    var_y = blur(y * y) - mu_y**2
+    cov = blur(x * y) - mu_x * mu_y
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return ssim_map.flatten(1).mean(1)
+
+
+def bicubic_upsample(lr: torch.Tensor, scale: int) -> torch.Tensor:
+    """The baseline a super-resolution model must beat: bicubic interpolation, clamped to [0, 1]."""
+    return F.interpolate(lr.float(), scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+# --- the feature network ---------------------------------------------------------------------------
+
+
+class FeatureClassifier(nn.Module):
+    """A small CNN classifier; its pooled last conv features (B, 4 * width) are the feature space of the
+    Frechet distance, its conv maps the feature space of SRGAN's content loss, and its predictions judge a
+    conditional GAN's samples. Input (B, C, H, W) in [0, 1]; any size from 4 x 4 up."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 32):
+        super().__init__()
+
+        def block(a: int, b: int, stride: int) -> list[nn.Module]:
+            return [nn.Conv2d(a, b, 3, stride, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True)]
+
+        self.body = nn.Sequential(
+            *block(in_channels, width, 1),  # state size. width x H x W
+            *block(width, 2 * width, 2),  # state size. (2 width) x H/2 x W/2
+            *block(2 * width, 4 * width, 2),  # state size. (4 width) x H/4 x W/4
+        )
+        self.head = nn.Linear(4 * width, num_classes)
+
+    def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x * 2 - 1)  # (B, 4 width, H/4, W/4)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.feature_maps(x).mean((2, 3))  # (B, 4 width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))  # (B, num_classes) logits
+
+
+def rotation_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Self-supervised targets for unlabelled images (Gidaris et al. 2018, RotNet): each square image
+    turned by k * 90 degrees, k drawn uniformly from {0, 1, 2, 3}; the target is k."""
+    k = torch.randint(0, 4, (len(x),), generator=generator).to(x.device)
+    out = x.clone()
+    for r in range(1, 4):
+        idx = k == r
+        out[idx] = torch.rot90(x[idx], r, dims=(2, 3))
+    return out, k
+
+
+def train_classifier(images: torch.Tensor, labels: torch.Tensor | None = None, num_classes: int | None = None,
+                     epochs: int = 3, batch_size: int = 128, lr: float = 2e-3, width: int = 32, seed: int = 0,
+                     max_rows: int = 20_000) -> FeatureClassifier:
+    """A FeatureClassifier trained on images (N, C, H, W) in [0, 1]: on the labels when given, otherwise on
+    predicting rotations (square images). Deterministic for a seed; the global RNG is left untouched.
+    At most `max_rows` rows (a seeded subset) keep evaluation at seconds to a minute on a CPU."""
+    gen = torch.Generator().manual_seed(seed)
+    if len(images) > max_rows:
+        keep = torch.randperm(len(images), generator=gen)[:max_rows]
+        images, labels = images[keep], (labels[keep] if labels is not None else None)
+    classes = 4 if labels is None else (num_classes or int(labels.max()) + 1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = FeatureClassifier(images.shape[1], classes, width)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(images), generator=gen)
+        for i in range(0, len(images), batch_size):
+            idx = order[i:i + batch_size]
+            x = images[idx].float()
+            x, y = rotation_batch(x, gen) if labels is None else (x, labels[idx].long())
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def classifier_features(model: FeatureClassifier, images: torch.Tensor, batch_size: int = 512) -> np.ndarray:
+    """(N, C, H, W) in [0, 1] -> (N, F) float64 features."""
+    model.eval()
+    out = [model.features(images[i:i + batch_size].float()).double().numpy()
+           for i in range(0, len(images), batch_size)]
+    return np.concatenate(out)
+
+
+@torch.no_grad()
+def classifier_accuracy(model: FeatureClassifier, images: torch.Tensor, labels: torch.Tensor,
+                        batch_size: int = 512) -> float:
+    model.eval()
+    hits = sum(int((model(images[i:i + batch_size].float()).argmax(1) == labels[i:i + batch_size]).sum())
+               for i in range(0, len(images), batch_size))
+    return hits / max(len(images), 1)
+

@@ -1,0 +1,466 @@
+"""GANs as a task: a generator and a discriminator trained against each other, one update of each per batch;
+judged on the test split by the Frechet distance between real and generated images in the feature space of
+a classifier trained on the train split (and, for a conditional GAN, that classifier's accuracy on samples
+of each label; for SRGAN, PSNR and SSIM against bicubic upsampling).
+
+Batch contract: batch["features"] (B, C*H*W) float32 in [0, 1] (manifest.shape = [C, H, W]), rescaled here to
+[-1, 1] for the generators' tanh; batch["label"] (B,) int64 where the data has labels (cgan needs them).
+
+Failure rule (DivergenceGuard): training stops with a TrainingError when, at any step, the discriminator or
+generator loss is NaN or infinite (diverged), or when the discriminator loss stays below `collapse_d_loss`
+(1e-4: D(x) > 0.9999 on real and < 1e-4 on generated images) for `collapse_patience` consecutive steps (D wins
+completely and G learns nothing more). For LAPGAN every level's discriminator is watched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from deepgen.data.dataset import load_split
+from deepgen.data.prepare import Manifest
+from deepgen.errors import DataError, TrainingError
+from deepgen.export import load_weights, read_meta, save_model_dir
+from deepgen.metrics import images as metrics
+from deepgen.models import gans
+from deepgen.tasks import Evaluation, unwrap
+
+from deepgen.config import (GAN_KINDS, AdversarialSpec, CGANSpec, DCGANSpec, GanSpec,  # noqa: F401  (re-exported)
+                            LapGANSpec, SRGANSpec)
+
+GAN_SPECS = (GanSpec, DCGANSpec, CGANSpec, LapGANSpec, SRGANSpec)
+
+# --- evaluation protocol ---------------------------------------------------------------------------
+
+FID_SAMPLES = 1000  # N = min(test rows, this) real test images against N generated ones
+CLASSIFIER_EPOCHS = 3  # the feature classifier's training on the train split (labels, else rotations)
+SEED = 0
+
+
+def gan_config(m, shape: tuple[int, int, int]):
+    """The model config dataclass of a GAN spec (raises ValueError for image sizes it cannot take)."""
+    labels = {"num_classes": getattr(m, "num_classes", 0), "embed_dim": getattr(m, "embed_dim", 16)}
+    if m.kind == "gan" or (m.kind == "cgan" and m.architecture == "mlp"):
+        return gans.GANConfig(shape, m.nz, tuple(m.hidden), **labels)
+    if m.kind in ("dcgan", "cgan"):
+        return gans.DCGANConfig(shape, m.nz, m.ngf, m.ndf, **labels)
+    if m.kind == "lapgan":
+        return gans.LapGANConfig(shape, m.levels, m.nz, tuple(m.hidden), m.ngf, m.ndf)
+    if m.kind == "srgan":
+        if shape[1] != shape[2]:
+            raise ValueError(f"srgan needs square images (its content network learns rotations); got {shape}")
+        return gans.SRGANConfig(shape, m.scale, m.channels, m.num_blocks, m.ndf)
+    raise ValueError(f"not a GAN kind: {m.kind}")
+
+
+class DivergenceGuard:
+    """The failure rule in the module docstring. Losses are read one step late: the host then waits for a
+    step the device has (nearly) finished while the next one is queued, instead of draining the queue
+    with a sync every step."""
+
+    def __init__(self, name: str, collapse_d_loss: float, patience: int):
+        self.name, self.threshold, self.patience = name, collapse_d_loss, patience
+        self.step, self.low_steps = 0, 0
+        self._pending: tuple[int, torch.Tensor | None, torch.Tensor] | None = None
+
+    def observe(self, d_loss: torch.Tensor | None, g_loss: torch.Tensor) -> None:
+        """d_loss: the watched discriminator loss(es) of this step (None when D did not train), g_loss: G's."""
+        self.step += 1
+        pending = self._pending
+        self._pending = (self.step, None if d_loss is None else d_loss.detach().reshape(-1), g_loss.detach())
+        if pending is not None:
+            self.check(*pending)
+
+    def flush(self) -> None:
+        if self._pending is not None:
+            self.check(*self._pending)
+            self._pending = None
+
+    def check(self, step: int, d_loss: torch.Tensor | None, g_loss: torch.Tensor) -> None:
+        values = torch.cat([g_loss.float().reshape(1), *([] if d_loss is None else [d_loss.float()])])
+        g, *d = values.cpu().tolist()  # one host read per step
+        if not all(np.isfinite([*d, g])):
+            raise TrainingError(f"{self.name}: GAN training diverged at step {step} (d_loss {d}, g_loss {g}); "
+                                "lower model.lr_g / model.lr_d or check the input scaling")
+        if d and self.threshold > 0 and min(d) < self.threshold:
+            self.low_steps += 1
+            if self.low_steps >= self.patience:
+                raise TrainingError(
+                    f"{self.name}: the discriminator won completely at step {step}: d_loss {min(d):.2e} < "
+                    f"{self.threshold:g} for {self.low_steps} consecutive steps, so G gets no useful gradient; "
+                    "lower model.lr_d, raise model.lr_g, or use model.loss non_saturating")
+        else:
+            self.low_steps = 0
+
+
+@dataclass
+class _Pass:
+    """One adversarial forward: D's logits on real and generated data and the generated batch."""
+
+    fake: torch.Tensor | list[torch.Tensor]
+    real_logits: torch.Tensor
+    fake_logits: torch.Tensor
+
+
+class GanTask:
+    def __init__(self, spec, manifest: Manifest):
+        m = spec.model
+        self.spec, self.manifest, self.kind = spec, manifest, m.kind
+        if len(manifest.shape) != 3:
+            raise DataError(f"{spec.name}: model.kind {m.kind} needs image rows (C, H, W), "
+                            f"got shape {manifest.shape}")
+        self.shape = tuple(manifest.shape)
+        if m.kind == "cgan" and manifest.label_type != "int":
+            raise DataError(f"{spec.name}: model.kind cgan needs integer labels 0..{m.num_classes - 1} "
+                            "in the data")
+        try:
+            self.config = gan_config(m, self.shape)
+        except ValueError as e:
+            raise DataError(f"{spec.name}: {e}") from None
+        self.guard = DivergenceGuard(spec.name, m.collapse_d_loss, m.collapse_patience)
+        # the loop's batches: images, and their labels where a label conditions the networks
+        self.batch_columns = ("features", "label") if m.kind == "cgan" else ("features",)
+        self._sr_steps: int | None = None  # SRGAN's step count, mirrored from the content network's buffer
+
+    # -- the Task protocol -- #
+
+    def build_models(self):
+        c, k = self.config, self.kind
+        if k == "lapgan":
+            models = {"generator": gans.LapGANGenerator(c), "discriminator": gans.LapGANDiscriminator(c)}
+        elif k == "srgan":
+            models = {"generator": gans.SRGANGenerator(c), "discriminator": gans.SRGANDiscriminator(c),
+                      "feature_extractor": gans.ContentNetwork(self.shape[0], self.spec.model.feature_width)}
+        elif isinstance(c, gans.DCGANConfig):
+            models = {"generator": gans.DCGANGenerator(c), "discriminator": gans.DCGANDiscriminator(c)}
+        else:
+            models = {"generator": gans.MLPGenerator(c), "discriminator": gans.MLPDiscriminator(c)}
+        # channels-last: cuDNN runs convs (and bf16 tensor cores) in NHWC natively; NCHW pays transposes
+        return {name: model.to(memory_format=torch.channels_last) for name, model in models.items()}
+
+    def build_optimizers(self, models):
+        m = self.spec.model
+        betas = tuple(m.betas)
+        opts = {"generator": torch.optim.Adam(models["generator"].parameters(), lr=m.lr_g, betas=betas),
+                "discriminator": torch.optim.Adam(models["discriminator"].parameters(), lr=m.lr_d, betas=betas)}
+        if "feature_extractor" in models:
+            opts["feature_extractor"] = torch.optim.Adam(models["feature_extractor"].parameters(),
+                                                         lr=m.lr_features)
+        return opts
+
+    def train_step(self, models, optimizers, batch):
+        if self.kind == "srgan":
+            return self._srgan_step(models, optimizers, batch)
+        G, D = models["generator"], models["discriminator"]
+        m = self.spec.model
+        real, cond = self._real_and_condition(batch)
+
+        # (1) Update D: maximize log D(x) + log(1 - D(G(z))), as minimising BCE(D(x), 1) + BCE(D(G(z)), 0),
+        #     d_steps times with fresh z; G(z) is detached, so only D learns here
+        for i in range(m.d_steps):
+            with torch.set_grad_enabled(i == m.d_steps - 1):  # only the last G(z) is reused, for step (2)
+                fake = G(self._noise(batch), cond)
+            p = _Pass(fake, D(real, cond), D(_detach(fake), cond))
+            d_loss = gans.discriminator_loss(p.real_logits, p.fake_logits)
+            optimizers["discriminator"].zero_grad(set_to_none=True)
+            d_loss.backward()
+            optimizers["discriminator"].step()
+
+        # (2) Update G: non_saturating maximizes log D(G(z)) (minimise BCE(D(G(z)), 1)); minimax minimizes
+        #     log(1 - D(G(z))). Through the D just updated, on the G(z) of its last update.
+        g_loss = gans.generator_loss(D(p.fake, cond), m.loss)
+        optimizers["generator"].zero_grad(set_to_none=True)
+        g_loss.backward()
+        optimizers["generator"].step()
+
+        out = self._report(p, d_loss, g_loss)
+        self.guard.observe(out.get("d_loss_levels", out["d_loss"]), g_loss)
+        out.pop("d_loss_levels", None)
+        return out
+
+    def eval_step(self, models, batch):
+        n = len(batch["features"])
+        if self.kind == "srgan":
+            hr = self._images(batch)
+            sr = models["generator"](gans.degrade(hr, self.config.scale))
+            mse = (gans.to_unit(sr) - gans.to_unit(hr)).pow(2).flatten(1).mean(1)  # (B,) on [0, 1] images
+            return {"loss": F.mse_loss(sr.float(), hr.float()) * n, "psnr": (-10 * torch.log10(mse)).sum()}
+        G, D = models["generator"], models["discriminator"]
+        real, cond = self._real_and_condition(batch)
+        fake = G(self._noise(batch), cond)
+        out = self._report(_Pass(fake, D(real, cond), D(fake, cond)), None, None)
+        out.pop("d_loss_levels", None)
+        return {k: v * n for k, v in out.items()}
+
+    def evaluate(self, models, data_dir: Path) -> Evaluation:
+        G = unwrap(models["generator"]).eval()
+        x_test, y_test = load_split(data_dir, "test")
+        if self.kind == "srgan":
+            return self._evaluate_sr(G, x_test)
+        x_train, y_train = load_split(data_dir, "train")
+        rng = np.random.default_rng(SEED)
+        n = min(len(x_test), FID_SAMPLES)
+        test_idx, train_idx = rng.permutation(len(x_test))[:n], rng.permutation(len(x_train))[:n]
+        real = self._unit_images(x_test[test_idx])
+        labelled = (y_train is not None and y_test is not None
+                    and np.issubdtype(np.asarray(y_train).dtype, np.integer))
+        num_classes = getattr(self.config, "num_classes", 0) or (int(max(y_train.max(), y_test.max())) + 1
+                                                                  if labelled else None)
+        clf = metrics.train_classifier(self._unit_images(x_train), torch.tensor(y_train) if labelled else None,
+                                       num_classes=num_classes, epochs=CLASSIFIER_EPOCHS, seed=SEED)
+        # cgan: the generated set has the test subset's labels, so both sets have the same class mix
+        labels = torch.tensor(y_test[test_idx]) if self.kind == "cgan" else None
+        fake = generate(G, n, labels, seed=SEED)
+        real_features = metrics.classifier_features(clf, real)
+        metrics_ = {
+            "frechet_distance": metrics.frechet_distance(real_features, metrics.classifier_features(clf, fake)),
+            # the floor: N train images against the N test images, what a perfect generator would score
+            "frechet_distance_train_vs_test": metrics.frechet_distance(
+                real_features, metrics.classifier_features(clf, self._unit_images(x_train[train_idx]))),
+            "fid_samples": float(n),
+        }
+        if labelled:
+            metrics_["classifier_test_accuracy"] = metrics.classifier_accuracy(
+                clf, real, torch.tensor(y_test[test_idx]))
+        if self.kind == "cgan":
+            metrics_["conditional_accuracy"] = conditional_accuracy(G, clf, self.config.num_classes, n)
+        from deepgen import plots
+
+        grid_labels = torch.arange(64) % self.config.num_classes if self.kind == "cgan" else None
+        samples = generate(G, 64, grid_labels, seed=SEED + 1).flatten(1).numpy()
+        tags = {"fid_protocol": f"{n} random test images vs {n} generated; features: FeatureClassifier "
+                                f"(pooled conv) trained {CLASSIFIER_EPOCHS} epochs on the train split's "
+                                f"{'labels' if labelled else 'rotations'}, seed {SEED}"}
+        return Evaluation(metrics_, registry_tags=tags,
+                          figures={"samples": plots.sample_grid(samples, list(self.shape))})
+
+    def export(self, dest: Path, models, evaluation: Evaluation) -> Path:
+        G = unwrap(models["generator"])
+        return save_model_dir(dest, "generator", self.spec.model, self.manifest, G,
+                              {"generator": type(G).__name__})
+
+    # -- steps and evaluation per variant -- #
+
+    def _srgan_step(self, models, optimizers, batch):
+        """SRGAN in two phases, both inside the one loop (so checkpoints, resume and DDP need nothing new):
+        warm-up (the paper's SRResNet pre-training): G minimises pixel MSE while the content network phi
+        learns to predict rotations of real HR images; then phi is frozen and G, D play the SRGAN game."""
+        G, D, phi_ = models["generator"], models["discriminator"], models["feature_extractor"]
+        phi, m = unwrap(phi_), self.spec.model
+        hr = self._images(batch)  # (B, C, H, W) in [-1, 1]
+        lr = gans.degrade(hr, self.config.scale)  # (B, C, H/s, W/s)
+        if self._sr_steps is None:  # one host sync per task, not per step
+            self._sr_steps = int(phi.steps)
+        self._sr_steps += 1
+        if self._sr_steps <= m.warmup_steps:
+            # (0) phi learns: minimise cross-entropy of the rotation of real HR images
+            x, k = metrics.rotation_batch(gans.to_unit(hr))
+            f_loss = F.cross_entropy(phi_(x).float(), k)
+            optimizers["feature_extractor"].zero_grad(set_to_none=True)
+            f_loss.backward()
+            optimizers["feature_extractor"].step()
+            phi.steps += 1
+            # (2) G, SRResNet phase: minimise MSE(G(lr), hr)
+            pixel = F.mse_loss(G(lr).float(), hr.float())
+            optimizers["generator"].zero_grad(set_to_none=True)
+            pixel.backward()
+            optimizers["generator"].step()
+            self.guard.observe(None, pixel)
+            return {"loss": pixel.detach(), "g_loss": pixel.detach(), "pixel_loss": pixel.detach(),
+                    "f_loss": f_loss.detach()}
+
+        phi.eval().requires_grad_(False)  # frozen: never forwarded through its DDP wrapper from here on
+        sr = G(lr)
+        # (1) Update D: maximize log D(hr) + log(1 - D(G(lr)))
+        for _ in range(m.d_steps):
+            p = _Pass(sr, D(hr), D(sr.detach()))
+            d_loss = gans.discriminator_loss(p.real_logits, p.fake_logits)
+            optimizers["discriminator"].zero_grad(set_to_none=True)
+            d_loss.backward()
+            optimizers["discriminator"].step()
+        # (2) Update G: minimise MSE(sr, hr) + feature_weight MSE(phi(sr), phi(hr)) + adversarial_weight l_adv,
+        #     l_adv = -log D(G(lr)) (non_saturating) or log(1 - D(G(lr))) (minimax)
+        content, pixel, feature = gans.content_loss(sr, hr, phi, m.feature_weight)
+        adv = gans.generator_loss(D(sr), m.loss)
+        g_loss = content + m.adversarial_weight * adv
+        optimizers["generator"].zero_grad(set_to_none=True)
+        g_loss.backward()
+        optimizers["generator"].step()
+        self.guard.observe(d_loss, g_loss)
+        out = self._report(p, d_loss, g_loss)
+        return {**out, "loss": pixel.detach(), "pixel_loss": pixel.detach(), "feature_loss": feature.detach(),
+                "adversarial_loss": adv.detach()}
+
+    def _report(self, p: _Pass, d_loss, g_loss) -> dict[str, torch.Tensor]:
+        """Detached batch means; "loss" is D's loss, -V(D, G) (log 4 = 1.386 where D cannot tell).
+        d_real, d_fake: D's mean probability on real and generated images (before this step's D update)."""
+        r, f = p.real_logits.detach().float(), p.fake_logits.detach().float()
+        if d_loss is None:
+            d_loss = gans.discriminator_loss(r, f)
+        if g_loss is None:
+            g_loss = gans.generator_loss(f, self.spec.model.loss)
+        out = {"loss": d_loss.detach(), "d_loss": d_loss.detach(), "g_loss": g_loss.detach(),
+               "d_real": torch.sigmoid(r).mean(), "d_fake": torch.sigmoid(f).mean()}
+        if r.dim() == 2:  # LAPGAN: one discriminator per level, finest first
+            levels = torch.stack([gans.discriminator_loss(r[:, k], f[:, k]) for k in range(r.shape[1])])
+            out["d_loss_levels"] = levels
+            out |= {f"d_loss_{k}": v for k, v in enumerate(levels)}
+        return out
+
+    def _evaluate_sr(self, G, x_test: np.ndarray) -> Evaluation:
+        s = self.config.scale
+        hr = self._unit_images(x_test[:FID_SAMPLES])  # (N, C, H, W) in [0, 1]
+        lr = gans.degrade(hr, s).clamp(0, 1)
+        sr, bicubic = upscale(G, lr), metrics.bicubic_upsample(lr, s)
+        result = {"psnr": metrics.psnr(sr, hr).mean().item(), "ssim": metrics.ssim(sr, hr).mean().item(),
+                  "bicubic_psnr": metrics.psnr(bicubic, hr).mean().item(),
+                  "bicubic_ssim": metrics.ssim(bicubic, hr).mean().item()}
+        tags = {"sr_protocol": f"{len(hr)} test images, antialiased bicubic x{s} downsampling; PSNR/SSIM on "
+                               "[0, 1] images, SSIM with an 11 x 11 Gaussian window, sigma 1.5, per channel"}
+        figures = {"super_resolution": sr_comparison(lr[:6], bicubic[:6], sr[:6], hr[:6])}
+        return Evaluation(result, registry_tags=tags, figures=figures)
+
+    # -- batch handling -- #
+
+    def _images(self, batch) -> torch.Tensor:
+        """(B, C*H*W) rows in [0, 1] -> (B, C, H, W) in [-1, 1], channels-last like the models."""
+        x = batch["features"]
+        return (x.view(len(x), *self.shape) * 2 - 1).contiguous(memory_format=torch.channels_last)
+
+    def _unit_images(self, rows: np.ndarray) -> torch.Tensor:
+        # a copy: arrays read from Arrow are read-only
+        return torch.tensor(rows, dtype=torch.float32).view(len(rows), *self.shape)
+
+    def _real_and_condition(self, batch):
+        """(what D sees of a real batch, the condition G and D share): images and labels (cgan) or None;
+        LAPGAN: the Laplacian bands and the low-pass conditions of the finer levels."""
+        images = self._images(batch)
+        if self.kind == "lapgan":
+            return gans.laplacian_pyramid(images, self.config.levels)
+        if self.kind == "cgan":
+            if "label" not in batch:
+                raise DataError(f"{self.spec.name}: model.kind cgan needs batch['label']; the data has no labels")
+            return images, batch["label"].long()
+        return images, None
+
+    def _noise(self, batch) -> torch.Tensor:
+        x = batch["features"]
+        return torch.randn(len(x), self.config.nz, device=x.device)
+
+
+def _detach(x):
+    return [t.detach() for t in x] if isinstance(x, list) else x.detach()
+
+
+# --- generation helpers (for evaluation and for `deepgen sample` / `deepgen upscale`) --------------
+
+
+@torch.no_grad()
+def generate(G, n: int, labels: torch.Tensor | None = None, seed: int = 0, batch_size: int = 256) -> torch.Tensor:
+    """n generated images (n, C, H, W) in [0, 1], on the CPU; labels (n,) for a conditional generator."""
+    G.eval()
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(0, n, batch_size):
+        b = min(batch_size, n - i)
+        out.append(gans.to_unit(G.sample(b, None if labels is None else labels[i:i + b], generator=gen)).cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+@torch.no_grad()
+def upscale(G, lr: torch.Tensor | np.ndarray, batch_size: int = 64) -> torch.Tensor:
+    """Low-resolution images (N, C, h, w) in [0, 1] -> (N, C, s*h, s*w) in [0, 1] through an SRGAN generator."""
+    G.eval()
+    lr = torch.as_tensor(lr, dtype=torch.float32)
+    device = next(G.parameters()).device
+    out = [gans.to_unit(G(lr[i:i + batch_size].to(device) * 2 - 1)).cpu() for i in range(0, len(lr), batch_size)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def conditional_accuracy(G, clf, num_classes: int, n: int, seed: int = SEED) -> float:
+    """The classifier's accuracy on about n generated images, n / num_classes asked of each label."""
+    per = max(n // num_classes, 1)
+    labels = torch.arange(num_classes).repeat_interleave(per)
+    return metrics.classifier_accuracy(clf, generate(G, len(labels), labels, seed=seed), labels)
+
+
+def sample_grid(G, n: int = 64, label: int | None = None, columns: int = 8, seed: int = 0) -> np.ndarray:
+    """n samples tiled in a grid as a uint8 image: (rows*H, columns*W) for one channel, (.., .., 3) for RGB,
+    (.., .., 4) for RGBA, the channel mean otherwise. A conditional G draws all n of `label`, or without one
+    the labels 0, 1, ... in turn."""
+    num_classes = getattr(G.config, "num_classes", 0)
+    labels = None
+    if num_classes:
+        labels = torch.full((n,), label) if label is not None else torch.arange(n) % num_classes
+    elif label is not None:
+        raise ValueError("this generator is unconditional; it takes no label")
+    images = generate(G, n, labels, seed=seed).numpy()  # (n, C, H, W)
+    c, h, w = images.shape[1:]
+    if c not in (1, 3, 4):
+        images, c = images.mean(1, keepdims=True), 1
+    rows = -(-n // columns)
+    grid = np.zeros((rows * h, columns * w, c), np.float32)
+    for i, img in enumerate(images):
+        r, col = divmod(i, columns)
+        grid[r * h:(r + 1) * h, col * w:(col + 1) * w] = img.transpose(1, 2, 0)
+    grid = (grid * 255).round().astype(np.uint8)
+    return grid[..., 0] if c == 1 else grid
+
+
+def sr_comparison(lr: torch.Tensor, bicubic: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor):
+    """Rows: the low-resolution input (nearest-neighbour enlarged), bicubic, SRGAN, the original."""
+    from deepgen.plots import _pyplot
+
+    plt = _pyplot()
+    rows = {"input": F.interpolate(lr, size=hr.shape[2:], mode="nearest"), "bicubic": bicubic, "SRGAN": sr,
+            "original": hr}
+    n = len(hr)
+    fig, axes = plt.subplots(4, n, figsize=(1.3 * n, 5.4), squeeze=False)
+    for r, (title, imgs) in enumerate(rows.items()):
+        for i in range(n):
+            img = imgs[i].numpy()
+            axes[r][i].imshow(img.transpose(1, 2, 0) if img.shape[0] == 3 else img.mean(0), cmap="gray",
+                              vmin=0, vmax=1)
+            axes[r][i].axis("off")
+        axes[r][0].set_title(title, fontsize=8, loc="left")
+    fig.tight_layout()
+    return fig
+
+
+# --- the exported generator (deepgen.export's loader of family "generator") ----------------------
+
+
+class GeneratorSampler:
+    """An exported generator folder (family "generator"): `deepgen sample` and `deepgen upscale` read it."""
+
+    def __init__(self, generator, meta):
+        self.generator = generator.eval()
+        self.meta = meta
+
+    @classmethod
+    def load(cls, directory: str | Path) -> GeneratorSampler:
+        meta = read_meta(directory)
+        if meta.family != "generator":
+            raise DataError(f"{directory}: a {meta.family} model, not a generator")
+        return cls(load_weights(directory, gans.build_generator(meta.extra["generator"], meta.config)), meta)
+
+    def sample_grid(self, n: int = 64, label: int | None = None, seed: int = 0) -> np.ndarray:
+        if self.meta.kind == "srgan":
+            raise DataError("an SRGAN generator upscales images; use `deepgen upscale`")
+        return sample_grid(self.generator, n, label, seed=seed)
+
+    def upscale(self, lr: np.ndarray) -> np.ndarray:
+        """(N, C, h, w) in [0, 1] -> (N, C, s*h, s*w) in [0, 1]."""
+        if self.meta.kind != "srgan":
+            raise DataError(f"a {self.meta.kind} generator samples images; only srgan upscales")
+        if lr.ndim != 4 or lr.shape[1] != self.meta.shape[0]:
+            raise DataError(f"upscale takes images (N, {self.meta.shape[0]}, h, w); got {lr.shape}")
+        return upscale(self.generator, lr).numpy()
+
+    def evaluate(self, data_dir: Path, anomaly_spec=None) -> dict[str, float] | None:
+        return None  # not comparable across datasets without retraining the feature classifier
