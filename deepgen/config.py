@@ -143,6 +143,8 @@ class DataSpec(Spec):
     )
     seed: int = Field(default=0, description="seed of the split")
     text: TextSpec | None = Field(default=None, description="text sources: tokenizer and row length")
+    resize: int | None = Field(
+        default=None, ge=4, description="images: resize to this square side (bilinear), e.g. 32 or 64 for GANs")
 
     def with_absolute_paths(self) -> DataSpec:
         """Source paths resolved against the current directory, for a Ray task that runs elsewhere."""

@@ -249,14 +249,22 @@ class BertEncoder:
         return pretraining_metrics(model, data_dir, special_tokens(manifest), self.meta.extra["mask_rate"])
 
 
-LOADERS = {"anomaly": AnomalyScorer, "segmentation": SegmentationPredictor, "text_classifier": TextClassifier,
-           "bert_encoder": BertEncoder}
+def loader(family: str):
+    """The class that loads an exported folder of `family`."""
+    if family == "generator":  # imported here: deepgen.tasks.gan imports this module
+        from deepgen.tasks.gan import GeneratorSampler
+
+        return GeneratorSampler
+    loaders = {"anomaly": AnomalyScorer, "segmentation": SegmentationPredictor, "text_classifier": TextClassifier,
+               "bert_encoder": BertEncoder}
+    if family not in loaders:
+        raise DataError(f"unknown model family {family!r}; is this deepgen older than the model?")
+    return loaders[family]
 
 
 def load_exported(directory: str | Path):
     """The predictor of an exported model folder, whatever its family."""
-    meta = read_meta(directory)
-    return LOADERS[meta.family].load(directory)
+    return loader(read_meta(directory).family).load(directory)
 
 
 @torch.no_grad()

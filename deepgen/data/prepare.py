@@ -115,6 +115,8 @@ def prepare_dataset(data: DataSpec, out_dir: str | Path, log=print) -> tuple[Man
     check_finite(raw.x, data)
     if raw.test is not None:
         check_finite(raw.test[0], data)
+    if data.resize:
+        raw = resize_images(raw, data.resize)
     splits = split_rows(raw, data)
     scaler = Scaler.fit(raw, splits["train"][0])
     tables = {name: to_arrow(scaler.apply(x.reshape(len(x), -1)), y, t) for name, (x, y, t) in splits.items()}
@@ -129,6 +131,30 @@ def prepare_dataset(data: DataSpec, out_dir: str | Path, log=print) -> tuple[Man
     write_atomically(out_dir, tables, manifest)
     log(f"prepare: wrote {out_dir} ({', '.join(f'{k} {v}' for k, v in manifest.rows.items())} rows)")
     return manifest, True
+
+
+def resize_images(raw: RawData, side: int) -> RawData:
+    """Images (N, C, H, W) -> (N, C, side, side), bilinear (antialiased when shrinking); masks nearest."""
+    import dataclasses
+
+    import torch
+    import torch.nn.functional as F
+
+    if len(raw.shape) != 3:
+        raise DataError(f"data.resize: the source has rows of shape {raw.shape}, not images (C, H, W)")
+
+    def resize(x: np.ndarray, mode: str) -> np.ndarray:  # (N, C, H, W) -> (N, C, side, side)
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        if mode == "nearest":
+            return F.interpolate(t, size=(side, side), mode="nearest").numpy()
+        shrink = side < t.shape[-1]
+        out = F.interpolate(t, size=(side, side), mode="bilinear", align_corners=False, antialias=shrink)
+        return out.clamp(float(x.min()), float(x.max())).numpy()  # no overshoot beyond the source's range
+
+    test = None if raw.test is None else (resize(raw.test[0], "bilinear"), raw.test[1])
+    target = None if raw.target is None else resize(raw.target, "nearest")
+    return dataclasses.replace(raw, x=resize(raw.x, "bilinear"), shape=(raw.shape[0], side, side), test=test,
+                               target=target)
 
 
 def split_rows(raw: RawData, data: DataSpec) -> dict[str, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]:
