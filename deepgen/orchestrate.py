@@ -264,6 +264,8 @@ def register(spec: PipelineSpec, manifest: Manifest, ev: Evaluation, models, tas
         "pipeline": spec.name,
         "gate": reason,
     }
+    if getattr(spec.model, "pretrained", None):  # fine-tuned: from which encoder (NAME-vVERSION or its folder)
+        tags["pretrained"] = Path(spec.model.pretrained).name
     with tempfile.TemporaryDirectory(prefix="deepgen-export-") as tmp:
         model_dir = task.export(Path(tmp) / "model", models, ev)
         version = tracking.log_and_register(run_id, model_dir, name, tags)

@@ -687,7 +687,7 @@ INFRA_PIPELINE = "pipelines/quickstart.yaml"
 INFRA_NAME = "quickstart"
 INFRA_CRON = "0 3 * * *"
 
-RAYJOB_NOTES = f"""\
+RAYJOB_NOTES = """\
 One pipeline run: KubeRay creates a Ray cluster (CPU head, autoscaled GPU workers), runs the
 entrypoint once through a submitter Job, and deletes the cluster after the job (ray.io/v1 RayJob:
 entrypoint, runtimeEnvYAML, rayClusterSpec, shutdownAfterJobFinishes, ttlSecondsAfterFinished,

@@ -55,7 +55,7 @@ def test_registered_model_loads_without_unpickling_and_keeps_its_threshold(regis
     assert scorer.score(x).shape == (5,)
     import mlflow.pyfunc
 
-    pyfunc = mlflow.pyfunc.load_model(f"models:/t-model@champion")  # models-from-code, no pickle
+    pyfunc = mlflow.pyfunc.load_model("models:/t-model@champion")  # models-from-code, no pickle
     out = pyfunc.predict(np.random.default_rng(0).integers(0, 17, (3, 64)).astype(np.float32))
     assert list(out.columns) == ["score", "is_anomaly"] and len(out) == 3
 
