@@ -630,6 +630,14 @@ class PipelineSpec(Spec):
     def experiment(self) -> str:
         return self.tracking.experiment or self.name
 
+    def with_absolute_paths(self) -> PipelineSpec:
+        """The spec with every path absolute: Ray runs workers and trials in folders of their own, where a
+        relative `deepgen-runs/` would name another (empty) folder. Names and hashes stay the same."""
+        tracking = self.tracking.model_copy(update={"runs_dir": str(self.runs_dir), "storage_path": self.storage_path})
+        data = self.data.with_absolute_paths().model_copy(update={"output": str(self.data_dir)})
+        return self.model_copy(update={"data": data, "tracking": tracking,
+                                       "train": self.train.model_copy(update={"run_name": self.run_name})})
+
     def spec_hash(self) -> str:
         """Hash of everything that shapes the trained model (not where it is stored or registered)."""
         relevant = self.model_dump(mode="json", include={"data", "model", "train", "anomaly"})

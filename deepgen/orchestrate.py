@@ -146,7 +146,7 @@ def build_trainer(spec: PipelineSpec, manifest: Manifest, mlflow_run_id: str | N
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "spec": spec.model_dump(mode="json"), "manifest": manifest.model_dump(mode="json"),
+            "spec": spec.with_absolute_paths().model_dump(mode="json"), "manifest": manifest.model_dump(mode="json"),
             "mlflow_run_id": mlflow_run_id, "tracking_uri": tracking_uri,
         },
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,

@@ -150,12 +150,10 @@ def _best_epoch(history, metric: str, mode: str) -> tuple[int, float, str]:
 
 
 def _with_absolute_paths(spec: PipelineSpec) -> dict[str, Any]:
-    """The spec as a dict whose paths no longer depend on the working directory: Tune runs each trial
-    in a folder of its own, where `deepgen-runs/` would name another (empty) folder."""
-    raw = spec.model_dump(mode="json")
-    raw["data"] = spec.data.with_absolute_paths().model_dump(mode="json")
-    raw["data"]["output"] = str(spec.data_dir)
-    raw["tracking"].update(runs_dir=str(spec.runs_dir), storage_path=spec.storage_path)
+    """The spec as a dict whose paths no longer depend on the working directory (see
+    PipelineSpec.with_absolute_paths); each trial sets its own run name."""
+    raw = spec.with_absolute_paths().model_dump(mode="json")
+    raw["train"]["run_name"] = None
     return raw
 
 

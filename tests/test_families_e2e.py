@@ -3,6 +3,7 @@ command a user runs next (`predict --text`, `sample`). Tiny configs; one TorchTr
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -59,7 +60,7 @@ def test_bert_pretrain_then_fine_tune_from_the_champion_then_predict(ray_local, 
                           "--text", "a dog here", "--text", "a blue here", "--json"],
                          capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
-    rows = [pd.read_json(line, typ="series") for line in out.stdout.strip().splitlines()]
+    rows = [json.loads(line) for line in out.stdout.strip().splitlines()]
     assert len(rows) == 2 and all(r["label"] in ("animal", "colour") and 0.5 <= r["probability"] <= 1 for r in rows)
 
 

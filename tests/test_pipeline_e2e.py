@@ -105,7 +105,7 @@ def test_rerunning_the_finished_pipeline_registers_nothing_new(pipeline, capsys)
 
 BAD = {
     "unknown field": (["--set", "train.epocs=3"], "train.epocs: Extra inputs are not permitted"),
-    "unknown model kind": (["--set", "model.kind=gan"], "model: Input tag 'gan' found using 'kind'"),
+    "unknown model kind": (["--set", "model.kind=transformer"], "model: Input tag 'transformer' found using 'kind'"),
     "missing data file": (["--set", "data.source.path=missing.npy"], "missing.npy: no such file"),
     "nan features": (["--set", "data.source.path=nan.npy", "--set", "data.source.labels=null"],
                      "nan.npy: non-finite value (nan)"),

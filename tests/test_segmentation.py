@@ -80,7 +80,7 @@ def test_image_mask_parquet_source(tmp_path):
 
 
 def test_unet_on_data_without_masks_is_a_clear_error(tmp_path):
-    spec = PipelineSpec.from_yaml(write_pipeline(tmp_path / "p.yaml", model={"kind": "unet"}))
+    spec = PipelineSpec.from_yaml(write_pipeline(tmp_path / "p.yaml", model={"kind": "unet"}, anomaly={}))
     manifest, _ = prepare_dataset(spec.data, spec.data_dir, log=lambda m: None)
     with pytest.raises(DataError, match="model.kind unet needs images with masks"):
         build_task(spec, manifest)
