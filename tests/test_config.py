@@ -69,3 +69,14 @@ def test_shipped_pipelines_validate():
 
     for path in sorted(Path(__file__).parents[1].glob("pipelines/*.yaml")):
         PipelineSpec.from_yaml(path)
+
+
+def test_the_optuna_search_algorithm_is_built_when_asked_for():
+    from ray.tune.search.optuna import OptunaSearch
+
+    from deepgen.config import TuneSpec
+    from deepgen.tune import _search_alg
+
+    space = {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}
+    assert _search_alg(TuneSpec(search_space=space)) is None  # Tune's random search
+    assert isinstance(_search_alg(TuneSpec(search_space=space, search_alg="optuna")), OptunaSearch)
