@@ -99,11 +99,30 @@ def print_summary(s) -> None:
         if "threshold" in ev.registry_tags:
             print(f"  threshold        : {ev.registry_tags['threshold']:.6g} ({ev.registry_tags['threshold_params']})")
         shown = ("roc_auc", "pr_auc", "precision", "recall", "f1", "fpr")
+        if not any(k in ev.metrics for k in shown[:2]):  # not an anomaly detector: every test metric
+            shown = tuple(ev.metrics)
         print("  test metrics     : " + "  ".join(f"{k}={ev.metrics[k]:.4f}" for k in shown if k in ev.metrics))
     print(f"  MLflow run       : {s.run_id} in {s.tracking_uri}")
-    print(f"  score new data   : deepgen score --model {r.name}@champion --input FILE --output scores.parquet")
+    print(f"  use it           : {next_command(s.spec, r.name)}")
     if s.tracking_uri.startswith("sqlite:///"):
         print(f"  open the UI      : mlflow ui --backend-store-uri {s.tracking_uri}")
+
+
+def next_command(spec, name: str) -> str:
+    """What a user runs next with the model a pipeline registered."""
+    kind = spec.model.kind
+    if kind == "unet":
+        return f"deepgen predict --model {name}@champion --input images.npy --output masks.npy"
+    if kind == "bert_classifier":
+        return f'deepgen predict --model {name}@champion --text "..."'
+    if kind == "bert_pretrain":
+        return f"fine-tune it with model.pretrained: {name}@champion (pipelines/bert_sentiment.yaml)"
+    if kind == "srgan":
+        return f"deepgen upscale --model {name}@champion --input small_pngs/ --output large_pngs/"
+    if kind in ("gan", "dcgan", "cgan", "lapgan"):
+        label = " --label 3" if kind == "cgan" else ""
+        return f"deepgen sample --model {name}@champion --n 64{label} --out grid.png"
+    return f"deepgen score --model {name}@champion --input FILE --output scores.parquet"
 
 
 def cmd_score(args) -> int:
