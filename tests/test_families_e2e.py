@@ -72,6 +72,7 @@ def test_conditional_gan_pipeline_registers_a_generator_that_samples_a_label(ray
     v = MlflowClient(uri, uri).get_model_version_by_alias("gan-cgan-digits", "champion")
     assert {"test_frechet_distance", "test_conditional_accuracy"} <= set(v.tags)
     assert float(v.tags["test_frechet_distance"]) > 0
+    assert float(v.tags["test_classifier_test_accuracy"]) > 0.8  # the features that judge G are a good classifier's
 
     out = subprocess.run([sys.executable, "-m", "deepgen.cli", "sample", "--model", "gan-cgan-digits@champion",
                           "--n", "16", "--label", "3", "--out", str(root / "threes.png")],

@@ -13,6 +13,8 @@ Images here are (N, C, H, W) in [0, 1] unless said otherwise.
 
 from __future__ import annotations
 
+import math
+
 import warnings
 
 import numpy as np
@@ -134,10 +136,11 @@ def rotation_batch(x: torch.Tensor, generator: torch.Generator | None = None) ->
 
 def train_classifier(images: torch.Tensor, labels: torch.Tensor | None = None, num_classes: int | None = None,
                      epochs: int = 3, batch_size: int = 128, lr: float = 2e-3, width: int = 32, seed: int = 0,
-                     max_rows: int = 20_000) -> FeatureClassifier:
+                     max_rows: int = 20_000, min_steps: int = 200) -> FeatureClassifier:
     """A FeatureClassifier trained on images (N, C, H, W) in [0, 1]: on the labels when given, otherwise on
     predicting rotations (square images). Deterministic for a seed; the global RNG is left untouched.
-    At most `max_rows` rows (a seeded subset) keep evaluation at seconds to a minute on a CPU."""
+    At most `max_rows` rows (a seeded subset) keep evaluation at seconds to a minute on a CPU; at least
+    `min_steps` updates (more epochs on a small train split: 30 updates on digits left it at chance)."""
     gen = torch.Generator().manual_seed(seed)
     if len(images) > max_rows:
         keep = torch.randperm(len(images), generator=gen)[:max_rows]
@@ -148,6 +151,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor | None = None, n
         model = FeatureClassifier(images.shape[1], classes, width)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
+    epochs = max(epochs, math.ceil(min_steps / math.ceil(len(images) / batch_size)))
     for _ in range(epochs):
         order = torch.randperm(len(images), generator=gen)
         for i in range(0, len(images), batch_size):

@@ -37,7 +37,8 @@ GAN_SPECS = (GanSpec, DCGANSpec, CGANSpec, LapGANSpec, SRGANSpec)
 # --- evaluation protocol ---------------------------------------------------------------------------
 
 FID_SAMPLES = 1000  # N = min(test rows, this) real test images against N generated ones
-CLASSIFIER_EPOCHS = 3  # the feature classifier's training on the train split (labels, else rotations)
+CLASSIFIER_EPOCHS = 3  # the feature classifier's training on the train split (labels, else rotations),
+CLASSIFIER_MIN_STEPS = 200  # ... and at least this many updates (a small split gets more epochs)
 SEED = 0
 
 
@@ -211,7 +212,8 @@ class GanTask:
         num_classes = getattr(self.config, "num_classes", 0) or (int(max(y_train.max(), y_test.max())) + 1
                                                                   if labelled else None)
         clf = metrics.train_classifier(self._unit_images(x_train), torch.tensor(y_train) if labelled else None,
-                                       num_classes=num_classes, epochs=CLASSIFIER_EPOCHS, seed=SEED)
+                                       num_classes=num_classes, epochs=CLASSIFIER_EPOCHS, seed=SEED,
+                                       min_steps=CLASSIFIER_MIN_STEPS)
         # cgan: the generated set has the test subset's labels, so both sets have the same class mix
         labels = torch.tensor(y_test[test_idx]) if self.kind == "cgan" else None
         fake = generate(G, n, labels, seed=SEED)
@@ -233,7 +235,8 @@ class GanTask:
         grid_labels = torch.arange(64) % self.config.num_classes if self.kind == "cgan" else None
         samples = generate(G, 64, grid_labels, seed=SEED + 1).flatten(1).numpy()
         tags = {"fid_protocol": f"{n} random test images vs {n} generated; features: FeatureClassifier "
-                                f"(pooled conv) trained {CLASSIFIER_EPOCHS} epochs on the train split's "
+                                f"(pooled conv) trained {CLASSIFIER_EPOCHS} epochs (at least {CLASSIFIER_MIN_STEPS} "
+                                f"updates) on the train split's "
                                 f"{'labels' if labelled else 'rotations'}, seed {SEED}"}
         return Evaluation(metrics_, registry_tags=tags,
                           figures={"samples": plots.sample_grid(samples, list(self.shape))})
