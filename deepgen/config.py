@@ -401,6 +401,8 @@ class SRGANSpec(AdversarialSpec):
         "D and the feature/adversarial losses start after it"))
     feature_width: int = Field(default=32, gt=0, description="width of the content network (FeatureClassifier)")
     lr_features: float = Field(default=1e-3, gt=0, description="content network's Adam learning rate")
+    bicubic_skip: bool = Field(
+        default=True, description="G adds a learned residual to bicubic upsampling (false: the paper's G alone)")
 
 
 AUTOENCODER_KINDS = ("dense_autoencoder", "conv_autoencoder", "overcomplete_autoencoder", "sparse_autoencoder",

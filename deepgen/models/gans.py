@@ -147,6 +147,7 @@ class SRGANConfig:
     channels: int = 64
     num_blocks: int = 16  # residual blocks (the paper's B = 16)
     ndf: int = 64
+    bicubic_skip: bool = True  # learn the residual over bicubic upsampling (starts at bicubic's quality)
 
     def __post_init__(self):
         _, h, w = self.image_shape
@@ -443,10 +444,18 @@ class SRGANGenerator(nn.Module):
             up += [nn.Conv2d(ch, 4 * ch, 3, 1, 1), nn.PixelShuffle(2), nn.PReLU(ch)]  # state size. ch x 2h x 2w
         self.upsample = nn.Sequential(*up)  # state size. ch x sh x sw
         self.tail = nn.Sequential(nn.Conv2d(ch, c, 9, 1, 4), nn.Tanh())  # state size. C x sh x sw
+        if config.bicubic_skip:  # the residual starts at zero, so the first output is the bicubic image
+            nn.init.zeros_(self.tail[0].weight)
+            nn.init.zeros_(self.tail[0].bias)
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         h = self.head(lr)
-        return self.tail(self.upsample(h + self.body(h)))  # global skip around the residual blocks
+        out = self.tail(self.upsample(h + self.body(h)))  # global skip around the residual blocks
+        if not self.config.bicubic_skip:
+            return out
+        # (VDSR / ESRGAN-style) the network adds detail to bicubic upsampling instead of redrawing the image
+        base = F.interpolate(lr, scale_factor=self.config.scale, mode="bicubic", align_corners=False)
+        return (base + out).clamp(-1, 1)
 
 
 class SRGANDiscriminator(nn.Module):

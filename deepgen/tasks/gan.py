@@ -54,7 +54,7 @@ def gan_config(m, shape: tuple[int, int, int]):
     if m.kind == "srgan":
         if shape[1] != shape[2]:
             raise ValueError(f"srgan needs square images (its content network learns rotations); got {shape}")
-        return gans.SRGANConfig(shape, m.scale, m.channels, m.num_blocks, m.ndf)
+        return gans.SRGANConfig(shape, m.scale, m.channels, m.num_blocks, m.ndf, m.bicubic_skip)
     raise ValueError(f"not a GAN kind: {m.kind}")
 
 
