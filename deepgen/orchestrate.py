@@ -45,7 +45,10 @@ def ensure_ray(spec: PipelineSpec | None = None) -> None:
         return
     per_run = 1.0 + (spec.scaling.num_workers * spec.scaling.cpus_per_worker if spec else 1.0)
     need = per_run * (spec.tune.max_concurrent_trials if spec and spec.tune else 1)
-    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), include_dashboard=False)
+    # The dashboard (on this machine only) serves the State API, which Ray Train's placement-group cleaner
+    # needs: without it, a trainer that Tune stops (ASHA) keeps its workers' CPUs and a sweep stalls.
+    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), include_dashboard=True,
+             dashboard_host="127.0.0.1")
 
 
 def _quiet_ray_data() -> None:

@@ -23,7 +23,7 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=6, include_dashboard=False, log_to_driver=True)
+        ray.init(num_cpus=6, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
     yield ray
     ray.shutdown()
 
