@@ -131,7 +131,6 @@ def build_trainer(spec: PipelineSpec, manifest: Manifest, mlflow_run_id: str | N
 
     `keep_best=(metric, mode)` keeps the best-scoring checkpoints instead of the newest (Ray always keeps
     the latest one too, so resuming still works): a sweep registers a trial's best epoch, not its last."""
-    import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 

@@ -206,7 +206,9 @@ def _fixed_size_list(x: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float32).ravel(), pa.float32()), x.shape[1])
 
 
-def write_atomically(out_dir: Path, tables: dict[str, pa.Table], manifest: Manifest) -> None:
+def write_atomically(out_dir: Path, tables: dict[str, pa.Table], manifest, extra=None) -> None:
+    """Write into a hidden sibling folder, then swap it into place; the manifest is written last.
+    `extra(folder)` writes any further files of the dataset (e.g. a text dataset's tokenizer)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # left by a killed process
         shutil.rmtree(stale, ignore_errors=True)
@@ -215,6 +217,8 @@ def write_atomically(out_dir: Path, tables: dict[str, pa.Table], manifest: Manif
     try:
         for name, table in tables.items():
             pq.write_table(table, tmp / f"{name}.parquet")
+        if extra is not None:
+            extra(tmp)
         (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2))
         old = None
         if out_dir.exists():

@@ -21,15 +21,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from deepgen.config import LabelledTextSource, TextFilesSource, TextSpec, TextTableSource
@@ -458,24 +455,7 @@ def load_tokenizer(directory: str | Path) -> WordPieceTokenizer:
 
 def write_text_dataset(out_dir: Path, tables: dict[str, pa.Table], tokenizer: WordPieceTokenizer,
                        manifest: TextManifest) -> None:
-    """Write into a hidden sibling folder, then swap it into place; the manifest is written last."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # left by a killed process
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        for name, table in tables.items():
-            pq.write_table(table, tmp / f"{name}.parquet")
-        tokenizer.save(tmp / TOKENIZER_FILE)
-        (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2))
-        old = None
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            out_dir.rename(old)
-        tmp.rename(out_dir)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    """The splits, the tokenizer and the manifest, swapped into place atomically (as image datasets are)."""
+    from deepgen.data.prepare import write_atomically
+
+    write_atomically(out_dir, tables, manifest, extra=lambda folder: tokenizer.save(folder / TOKENIZER_FILE))
