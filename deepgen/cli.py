@@ -455,38 +455,34 @@ def build_parser() -> argparse.ArgumentParser:
     ]
     for func, name, help_, description, input_help, output_help in registry_io_commands:
         p = sub.add_parser(name, help=help_, description=description)
-        p.add_argument("--model", required=True, help="NAME@ALIAS, NAME/VERSION or NAME (latest)")
+        _add_model_ref(p)
         p.add_argument("--input", required=True, help=input_help)
         p.add_argument("--output", required=True, help=output_help)
-        p.add_argument("--runs-dir", default="deepgen-runs", help="local runs folder (when no MLFLOW_TRACKING_URI)")
         p.set_defaults(func=func)
 
     p = sub.add_parser("predict", help="masks for images, or labels for texts, with a registered model",
                        description="Segmentation models: one mask per input image, written to OUT.npy (N, H, W "
                                    "uint8), OUT.parquet or a folder of PNGs. Text classifiers: the label and its "
                                    "probability for each --text or each text of --input.")
-    p.add_argument("--model", required=True, help="NAME@ALIAS, NAME/VERSION or NAME (latest)")
+    _add_model_ref(p)
     p.add_argument("--input", help="images: .npy (N, H, W) / (N, C, H, W) or IDX; texts: .txt lines, .csv, .parquet")
     p.add_argument("--text", action="append", help="a text to classify (repeatable)")
     p.add_argument("--text-column", default="text", help="column of --input tables holding the text")
     p.add_argument("--output", help="masks.npy / masks.parquet / PNG folder; for texts an optional .parquet")
     p.add_argument("--json", action="store_true", help="texts: one JSON object per line")
-    p.add_argument("--runs-dir", default="deepgen-runs", help="local runs folder (when no MLFLOW_TRACKING_URI)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("sample", help="a grid of images drawn from a registered GAN generator")
-    p.add_argument("--model", required=True, help="NAME@ALIAS, NAME/VERSION or NAME (latest)")
+    _add_model_ref(p)
     p.add_argument("--n", type=int, default=64, help="images in the grid (8 per row)")
     p.add_argument("--label", type=int, help="conditional GANs: the class to draw (default: every class in turn)")
     p.add_argument("--seed", type=int, default=0, help="noise seed: the same seed gives the same grid")
     p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--runs-dir", default="deepgen-runs", help="local runs folder (when no MLFLOW_TRACKING_URI)")
     p.set_defaults(func=cmd_sample)
     p = sub.add_parser("upscale", help="super-resolve images with a registered SRGAN generator")
-    p.add_argument("--model", required=True, help="NAME@ALIAS, NAME/VERSION or NAME (latest)")
+    _add_model_ref(p)
     p.add_argument("--input", required=True, help="a folder of .png images, or a .npy (N, [C,] h, w)")
     p.add_argument("--output", required=True, help="a folder for the PNGs, or a .npy file")
-    p.add_argument("--runs-dir", default="deepgen-runs", help="local runs folder (when no MLFLOW_TRACKING_URI)")
     p.set_defaults(func=cmd_upscale)
 
     p = sub.add_parser("corpus", help="write an offline text corpus for the BERT pipelines",
@@ -535,9 +531,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_model_ref(p: argparse.ArgumentParser) -> None:
+    """--model (a registry reference) and --runs-dir, for the commands that use one registered model."""
+    p.add_argument("--model", required=True, help="NAME@ALIAS, NAME/VERSION or NAME (latest)")
+    p.add_argument("--runs-dir", default="deepgen-runs", help="local runs folder (when no MLFLOW_TRACKING_URI)")
+
+
 def _add_models_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--runs-dir", default="deepgen-runs", help="local runs folder (when no MLFLOW_TRACKING_URI)")
 
 
 def _add_move_args(p: argparse.ArgumentParser) -> None:

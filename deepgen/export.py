@@ -211,7 +211,8 @@ class TextClassifier:
     def evaluate(self, data_dir: Path, anomaly_spec=None) -> dict[str, float] | None:
         """Accuracy and F1 on another dataset's test split, if it was tokenized as this model reads text."""
         from deepgen.data.text import read_text_manifest
-        from deepgen.tasks.bert import BertClassifierTask, batches_of, classification_metrics, read_split
+        from deepgen.tasks.bert import (BertClassifierTask, attention_mask, batches_of, classification_metrics,
+                                        read_split)
 
         manifest = read_text_manifest(data_dir)
         if manifest is None or manifest.tokenizer_fingerprint != self.meta.extra.get("tokenizer_fingerprint") \
@@ -219,8 +220,7 @@ class TextClassifier:
             return None
         data = read_split(data_dir, "test", BertClassifierTask.batch_columns)
         with torch.no_grad():
-            probs = torch.cat([self.model(b["input_ids"], b["segment_ids"],
-                                          torch.arange(b["input_ids"].shape[1])[None] < b["length"][:, None]).logits
+            probs = torch.cat([self.model(b["input_ids"], b["segment_ids"], attention_mask(b)).logits
                                .float().softmax(-1) for b in batches_of(data)]).numpy()
         return classification_metrics(data["label"].numpy(), probs, len(self.class_names))
 

@@ -163,7 +163,7 @@ def log_and_register(run_id: str, model_dir: Path, name: str, tags: dict[str, An
             python_model=str(PYFUNC_CODE),
             artifacts={"model_dir": str(model_dir)},
             code_paths=[str(Path(__file__).parent)],
-            pip_requirements=["torch", "numpy", "pyarrow", "pydantic", "scikit-learn", "pyyaml"],
+            pip_requirements=["torch", "numpy", "pyarrow", "pydantic", "scikit-learn", "pyyaml", "tokenizers"],
         )
     c = client()
     try:

@@ -196,14 +196,20 @@ def read_labelled_text(source: LabelledTextSource) -> LabelledTexts:
     return LabelledTexts(texts, labels, class_names, label_type)
 
 
-def text_column(table: pa.Table, name: str, where: str) -> list[str]:
-    """A column of text as Python strings, refusing missing, empty-typed or non-text columns."""
+def _complete_column(table: pa.Table, name: str, where: str, what: str):
+    """Column `name`, dictionary-decoded, refused if missing or holding nulls."""
     _require_columns(table, [name], where)
     col = table.column(name)
     if pa.types.is_dictionary(col.type):
         col = col.cast(pa.string())
     if col.null_count:
-        raise DataError(f"{where}: column {name!r} has {col.null_count} missing texts")
+        raise DataError(f"{where}: column {name!r} has {col.null_count} missing {what}")
+    return col
+
+
+def text_column(table: pa.Table, name: str, where: str) -> list[str]:
+    """A column of text as Python strings, refusing missing, empty-typed or non-text columns."""
+    col = _complete_column(table, name, where, "texts")
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         return col.to_pylist()
     if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):  # a CSV with non-UTF-8 bytes
@@ -219,12 +225,7 @@ def text_column(table: pa.Table, name: str, where: str) -> list[str]:
 
 def label_column(table: pa.Table, name: str, where: str) -> tuple[np.ndarray, list[str], str]:
     """Labels -> (int64 indices into the sorted class list, class names, "str" or "int")."""
-    _require_columns(table, [name], where)
-    col = table.column(name)
-    if pa.types.is_dictionary(col.type):
-        col = col.cast(pa.string())
-    if col.null_count:
-        raise DataError(f"{where}: column {name!r} has {col.null_count} missing labels")
+    col = _complete_column(table, name, where, "labels")
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         label_type = "str"
     elif pa.types.is_integer(col.type) or pa.types.is_boolean(col.type):
