@@ -499,13 +499,11 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="look models up in the registry").add_subparsers(
         dest="models_command", required=True)
     p = models.add_parser("list", help="registered models with their latest version and aliases")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--runs-dir", default="deepgen-runs")
+    _add_models_args(p)
     p.set_defaults(func=cmd_models_list)
     p = models.add_parser("show", help="one version: aliases, threshold, metrics, lineage tags")
     p.add_argument("ref", help="NAME@ALIAS, NAME/VERSION or NAME (latest)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--runs-dir", default="deepgen-runs")
+    _add_models_args(p)
     p.set_defaults(func=cmd_models_show)
     p = models.add_parser("history", help="which version held champion when, moved by whom and why",
                           description="Every recorded move of the champion alias, oldest first, with from/until "
@@ -538,7 +536,9 @@ def _add_model_ref(p: argparse.ArgumentParser) -> None:
 
 
 def _add_models_args(p: argparse.ArgumentParser) -> None:
+    """--json and --runs-dir, for the `models` subcommands."""
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--runs-dir", default="deepgen-runs", help="local runs folder (when no MLFLOW_TRACKING_URI)")
 
 
 def _add_move_args(p: argparse.ArgumentParser) -> None:

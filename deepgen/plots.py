@@ -5,18 +5,17 @@ from __future__ import annotations
 import numpy as np
 
 
-def _pyplot():
-    import matplotlib
+def subplots(rows: int = 1, columns: int = 1, **kwargs):
+    """A Figure and its axes, like pyplot.subplots but outside pyplot: no global figure list to fill up
+    in a long-running driver, and the caller's matplotlib backend is left alone."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=kwargs.pop("figsize", None))
+    return fig, fig.subplots(rows, columns, **kwargs)
 
 
 def loss_curves(history: list[dict]):
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, ax = subplots(figsize=(5, 3.2))
     epochs = [h["epoch"] for h in history]
     for key in ("train_loss", "val_loss"):
         ax.plot(epochs, [h[key] for h in history], marker="o", label=key)
@@ -28,12 +27,11 @@ def loss_curves(history: list[dict]):
 
 def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, class_names: list[str]):
     """Rows: true class, columns: predicted class; each cell the share of its row, with the count."""
-    plt = _pyplot()
     k = len(class_names)
     counts = np.zeros((k, k), dtype=int)
     np.add.at(counts, (truth, predicted), 1)
     shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.2 * k + 2, 1.1 * k + 1.5))
+    fig, ax = subplots(figsize=(1.2 * k + 2, 1.1 * k + 1.5))
     ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     for i in range(k):
         for j in range(k):
@@ -47,8 +45,7 @@ def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, class_names: list
 
 
 def score_histogram(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float):
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, ax = subplots(figsize=(5, 3.2))
     bins = np.histogram_bin_edges(scores, bins=40)
     ax.hist(scores[~is_anomaly], bins=bins, alpha=0.6, label="normal", density=True)
     if is_anomaly.any():
@@ -63,9 +60,8 @@ def score_histogram(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float
 def roc_curve(scores: np.ndarray, is_anomaly: np.ndarray):
     from sklearn.metrics import roc_auc_score, roc_curve as sk_roc
 
-    plt = _pyplot()
     fpr, tpr, _ = sk_roc(is_anomaly, scores)
-    fig, ax = plt.subplots(figsize=(4, 4))
+    fig, ax = subplots(figsize=(4, 4))
     ax.plot(fpr, tpr, label=f"AUC {roc_auc_score(is_anomaly, scores):.3f}")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
     ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title="ROC (test)")
@@ -76,9 +72,8 @@ def roc_curve(scores: np.ndarray, is_anomaly: np.ndarray):
 
 def reconstructions(inputs: np.ndarray, outputs: np.ndarray, shape: list[int], n: int = 8):
     """Top row inputs, bottom row reconstructions, for image rows (C, H, W)."""
-    plt = _pyplot()
     n = min(n, len(inputs))
-    fig, axes = plt.subplots(2, n, figsize=(1.2 * n, 2.6), squeeze=False)
+    fig, axes = subplots(2, n, figsize=(1.2 * n, 2.6), squeeze=False)
     for i in range(n):
         for row, img in ((0, inputs[i]), (1, outputs[i])):
             ax = axes[row][i]
@@ -92,9 +87,8 @@ def reconstructions(inputs: np.ndarray, outputs: np.ndarray, shape: list[int], n
 
 def sample_grid(samples: np.ndarray, shape: list[int], columns: int = 8):
     """Generated image rows (N, C*H*W) in [0, 1], e.g. a VAE's decoded prior draws, as a grid."""
-    plt = _pyplot()
     rows = -(-len(samples) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(1.1 * columns, 1.1 * rows + 0.3), squeeze=False)
+    fig, axes = subplots(rows, columns, figsize=(1.1 * columns, 1.1 * rows + 0.3), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < len(samples):
@@ -107,9 +101,8 @@ def sample_grid(samples: np.ndarray, shape: list[int], columns: int = 8):
 
 def segmentations(images: np.ndarray, masks: np.ndarray, predictions: np.ndarray, shape: list[int]):
     """Rows: image, true mask, predicted mask."""
-    plt = _pyplot()
     n = len(images)
-    fig, axes = plt.subplots(3, n, figsize=(1.3 * n, 4), squeeze=False)
+    fig, axes = subplots(3, n, figsize=(1.3 * n, 4), squeeze=False)
     _, h, w = shape
     for i in range(n):
         for row, img in enumerate((images[i].reshape(shape).mean(0), masks[i].reshape(h, w),
@@ -124,9 +117,8 @@ def segmentations(images: np.ndarray, masks: np.ndarray, predictions: np.ndarray
 
 def search_scatter(trials: list[dict], metric: str):
     """One panel per searched field: the value each trial tried against its final metric."""
-    plt = _pyplot()
     fields = list(trials[0]["values"])
-    fig, axes = plt.subplots(1, len(fields), figsize=(3.6 * len(fields), 3.2), squeeze=False)
+    fig, axes = subplots(1, len(fields), figsize=(3.6 * len(fields), 3.2), squeeze=False)
     for ax, field in zip(axes[0], fields):
         xs = [r["values"][field] for r in trials]
         numeric = all(isinstance(x, (int, float)) for x in xs)

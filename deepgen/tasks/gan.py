@@ -417,13 +417,12 @@ def sample_grid(G, n: int = 64, label: int | None = None, columns: int = 8, seed
 
 def sr_comparison(lr: torch.Tensor, bicubic: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor):
     """Rows: the low-resolution input (nearest-neighbour enlarged), bicubic, SRGAN, the original."""
-    from deepgen.plots import _pyplot
+    from deepgen.plots import subplots
 
-    plt = _pyplot()
     rows = {"input": F.interpolate(lr, size=hr.shape[2:], mode="nearest"), "bicubic": bicubic, "SRGAN": sr,
             "original": hr}
     n = len(hr)
-    fig, axes = plt.subplots(4, n, figsize=(1.3 * n, 5.4), squeeze=False)
+    fig, axes = subplots(4, n, figsize=(1.3 * n, 5.4), squeeze=False)
     for r, (title, imgs) in enumerate(rows.items()):
         for i in range(n):
             img = imgs[i].numpy()
