@@ -16,6 +16,7 @@ computes vocabulary logits for every position.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         opt = configure_optimizers(model, args.weight_decay, args.lr, fused=True)
         run = torch.compile(model) if args.compile else model
-        seconds, first_loss, mem = time_steps(lambda: step_fn(run, opt, batch), args, device)
+        seconds, first_loss, mem = time_steps(functools.partial(step_fn, run, opt, batch), args, device)
         tokens_per_s = args.batch * args.seq / seconds
         results[label] = args.batch / seconds
         mfu = flops_per_token * tokens_per_s / peak
