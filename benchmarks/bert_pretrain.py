@@ -19,15 +19,15 @@ import argparse
 import functools
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from deepgen.models.bert import (BertConfig, BertForPreTraining, SpecialTokens,  # noqa: E402
-                                 configure_optimizers, mask_tokens)
+from deepgen.models.bert import BertConfig, BertForPreTraining, SpecialTokens, configure_optimizers, mask_tokens  # noqa: E402
 
 
 class PretrainBatch(NamedTuple):

@@ -9,8 +9,9 @@ Runs, in one process and on the same prepared Parquet data:
   ray             TorchTrainer, 1 worker, each worker's shard cached in memory after epoch 1 (the default)
   ray-streaming   TorchTrainer, 1 worker, Ray Data streamed every epoch (train.cache_shards=false)
 The middle two split the gap between `plain` and `ray` into "Ray is running on this machine" and
-"Ray Train's worker, reporting and checkpointing". It prints the fixed start-up cost, the steady-state time per step (median over epochs 2..E), the
-per-epoch time including reporting and checkpointing, and each ratio against `plain`.
+"Ray Train's worker, reporting and checkpointing". It prints the fixed start-up cost, the steady-state
+time per step (median over epochs 2..E), the per-epoch time including reporting and checkpointing, and
+each ratio against `plain`.
 """
 
 from __future__ import annotations

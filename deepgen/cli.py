@@ -8,6 +8,7 @@ import os
 import sys
 import uuid
 import warnings
+from datetime import UTC
 from pathlib import Path
 
 from deepgen.errors import DeepgenError
@@ -188,7 +189,8 @@ def _predict_texts(args, classifier, version) -> int:
     if args.input:
         texts += classifier.read_input(args.input, args.text_column)
     if not texts:
-        raise DeepgenError(f"{args.model}: give --text \"...\" (repeatable) or --input FILE (.txt lines, .csv/.parquet)")
+        raise DeepgenError(f"{args.model}: give --text \"...\" (repeatable) "
+                           "or --input FILE (.txt lines, .csv/.parquet)")
     labels, probs = classifier.predict(texts)
     if args.output:
         import pyarrow as pa
@@ -412,9 +414,9 @@ def _user(args) -> str:
 
 
 def _when(ms: int | None) -> str:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return "-" if ms is None else datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return "-" if ms is None else datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 # --- parser ----------------------------------------------------------------------------------------

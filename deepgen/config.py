@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -112,8 +112,8 @@ class LabelledTextSource(Spec):
 TEXT_SOURCES = ("text_files", "text_table", "labelled_text")
 
 Source = Annotated[
-    Union[DigitsSource, IdxSource, NpySource, TableSource, ShapesSource, ImageMaskSource, TextFilesSource,
-          TextTableSource, LabelledTextSource],
+    DigitsSource | IdxSource | NpySource | TableSource | ShapesSource | ImageMaskSource
+    | TextFilesSource | TextTableSource | LabelledTextSource,
     Field(discriminator="kind"),
 ]
 
@@ -202,7 +202,8 @@ class AutoencoderBackboneSpec(Spec):
         default="dense", description="dense: MLP on flattened rows; conv: strided convs on image rows (C, H, W)"
     )
     hidden: list[Annotated[int, Field(gt=0)]] = Field(default=[64], description="dense: encoder widths before the code")
-    channels: list[Annotated[int, Field(gt=0)]] = Field(default=[16, 32], description="conv: channels per stride-2 stage")
+    channels: list[Annotated[int, Field(gt=0)]] = Field(default=[16, 32],
+                                                        description="conv: channels per stride-2 stage")
     latent_dim: int = Field(default=16, gt=0, description="size of the code h")
     loss: Literal["bce", "mse"] = Field(default="bce", description="bce for inputs in [0,1]; mse otherwise")
 
@@ -410,9 +411,10 @@ AUTOENCODER_KINDS = ("dense_autoencoder", "conv_autoencoder", "overcomplete_auto
 GAN_KINDS = ("gan", "dcgan", "cgan", "lapgan", "srgan")
 
 ModelSpec = Annotated[
-    Union[DenseAutoencoderSpec, ConvAutoencoderSpec, OvercompleteAutoencoderSpec, SparseAutoencoderSpec,
-          DenoisingAutoencoderSpec, VAESpec, UNetSpec, BertPretrainSpec, BertClassifierSpec, GanSpec, DCGANSpec,
-          CGANSpec, LapGANSpec, SRGANSpec],
+    DenseAutoencoderSpec | ConvAutoencoderSpec | OvercompleteAutoencoderSpec | SparseAutoencoderSpec
+    | DenoisingAutoencoderSpec | VAESpec | UNetSpec
+    | BertPretrainSpec | BertClassifierSpec
+    | GanSpec | DCGANSpec | CGANSpec | LapGANSpec | SRGANSpec,
     Field(discriminator="kind"),
 ]
 
@@ -491,7 +493,7 @@ class PotThreshold(Spec):
         return self
 
 
-ThresholdSpec = Annotated[Union[FprThreshold, PercentileThreshold, F1Threshold, PotThreshold],
+ThresholdSpec = Annotated[FprThreshold | PercentileThreshold | F1Threshold | PotThreshold,
                           Field(discriminator="method")]
 
 
@@ -564,7 +566,7 @@ class Grid(Spec):
     values: list[Any] = Field(min_length=1)
 
 
-Domain = Annotated[Union[Uniform, LogUniform, Choice, RandInt, Grid], Field(discriminator="type")]
+Domain = Annotated[Uniform | LogUniform | Choice | RandInt | Grid, Field(discriminator="type")]
 
 
 class AshaSpec(Spec):

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 from pydantic import BaseModel
+
 from deepgen.data.dataset import features_to_numpy
 from deepgen.data.prepare import Manifest, Scaler
 from deepgen.data.sources import load_table, read_idx_file, table_features
@@ -211,8 +212,13 @@ class TextClassifier:
     def evaluate(self, data_dir: Path, anomaly_spec=None) -> dict[str, float] | None:
         """Accuracy and F1 on another dataset's test split, if it was tokenized as this model reads text."""
         from deepgen.data.text import read_text_manifest
-        from deepgen.tasks.bert import (BertClassifierTask, attention_mask, batches_of, classification_metrics,
-                                        read_split)
+        from deepgen.tasks.bert import (
+            BertClassifierTask,
+            attention_mask,
+            batches_of,
+            classification_metrics,
+            read_split,
+        )
 
         manifest = read_text_manifest(data_dir)
         if manifest is None or manifest.tokenizer_fingerprint != self.meta.extra.get("tokenizer_fingerprint") \

@@ -58,7 +58,8 @@ def score_histogram(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float
 
 
 def roc_curve(scores: np.ndarray, is_anomaly: np.ndarray):
-    from sklearn.metrics import roc_auc_score, roc_curve as sk_roc
+    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import roc_curve as sk_roc
 
     fpr, tpr, _ = sk_roc(is_anomaly, scores)
     fig, ax = subplots(figsize=(4, 4))

@@ -33,7 +33,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -248,7 +248,7 @@ _SLOT_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}Z$")
 def format_slot(when: datetime) -> str:
     """`2026-11-27T03:00Z`: UTC, minute resolution. A naive datetime is taken to be UTC already."""
     if when.tzinfo is not None:
-        when = when.astimezone(timezone.utc)
+        when = when.astimezone(UTC)
     return when.strftime(SLOT_FORMAT)
 
 
@@ -257,7 +257,7 @@ def parse_slot(text: str) -> datetime:
     if not _SLOT_RE.match(text or ""):
         raise ScheduleError(f"slot '{text}': expected YYYY-MM-DDTHH:MMZ (UTC), e.g. 2026-11-27T03:00Z")
     try:
-        return datetime.strptime(text, SLOT_FORMAT).replace(tzinfo=timezone.utc)
+        return datetime.strptime(text, SLOT_FORMAT).replace(tzinfo=UTC)
     except ValueError as e:
         raise ScheduleError(f"slot '{text}': {e}") from None
 
@@ -270,11 +270,11 @@ def current_slot(cron: str | Cron, now: datetime | None = None, local: bool = Fa
     slot is written in UTC.
     """
     if now is None:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
     if local:
         now = now.astimezone()  # the machine's local zone
     elif now.tzinfo is not None:
-        now = now.astimezone(timezone.utc)
+        now = now.astimezone(UTC)
     return format_slot(slot_for(cron, now))
 
 
@@ -754,7 +754,7 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError:
                 raise ScheduleError(f"--now '{args.now}': not an ISO 8601 time") from None
             if now.tzinfo is None:
-                now = now.replace(tzinfo=timezone.utc)
+                now = now.replace(tzinfo=UTC)
         print(current_slot(args.cron, now, local=args.local))
     except DeepgenError as e:
         print(f"deepgen: error: {e}", file=sys.stderr)

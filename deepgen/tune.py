@@ -58,7 +58,8 @@ def run_trial(config: dict[str, Any]) -> None:
         spec.experiment, spec.run_name, Path(config["__artifacts"]), params={"tune": values},
         tags={"mlflow.parentRunId": config["__parent_run_id"], "deepgen.trial": trial})
     trainer = orchestrate.build_trainer(spec, manifest, run_id, config["__tracking_uri"],
-                                        callbacks=(TuneReportCallback(),), keep_best=(config["__metric"], config["__mode"]))
+                                        callbacks=(TuneReportCallback(),),
+                                        keep_best=(config["__metric"], config["__mode"]))
     try:
         trainer.fit()
     except Exception as e:

@@ -4,10 +4,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from deepgen.models.attention import (AttentionConfig, MultiHeadSelfAttention, reference_attention,
-                                      sinusoidal_positions)
-from deepgen.models.bert import (IGNORE_INDEX, BertConfig, BertForPreTraining, BertForSequenceClassification,
-                                 BertModel, SpecialTokens, mask_tokens)
+from deepgen.models.attention import AttentionConfig, MultiHeadSelfAttention, reference_attention, sinusoidal_positions
+from deepgen.models.bert import (
+    IGNORE_INDEX,
+    BertConfig,
+    BertForPreTraining,
+    BertForSequenceClassification,
+    BertModel,
+    SpecialTokens,
+    mask_tokens,
+)
 
 SPECIAL = SpecialTokens(pad=0, unk=1, cls=2, sep=3, mask=4)
 FIRST_WORD = 5  # ids below are special

@@ -19,7 +19,8 @@ def test_a_missing_pipeline_file_exits_non_zero_with_one_line(tmp_path):
 def test_a_bad_override_exits_non_zero_and_names_the_field(tmp_path):
     out = _deepgen("prepare", "pipelines/quickstart.yaml", "--set", "train.epochs=0")
     assert out.returncode == 2
-    assert out.stderr.strip() == "deepgen: error: pipelines/quickstart.yaml: train.epochs: Input should be greater than 0"
+    assert out.stderr.strip() == \
+        "deepgen: error: pipelines/quickstart.yaml: train.epochs: Input should be greater than 0"
 
 
 @pytest.mark.parametrize("command", [["prepare"], ["train"], ["run"], ["score"], ["models", "list"],

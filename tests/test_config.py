@@ -1,8 +1,8 @@
 import pytest
+from conftest import write_pipeline
 
 from deepgen.config import PipelineSpec
 from deepgen.errors import SpecError
-from conftest import write_pipeline
 
 
 def test_valid_spec_has_typed_sections_and_derived_names(tmp_path):

@@ -5,14 +5,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import bar_images
 
-from deepgen.config import DataSpec
+from deepgen.config import AnomalySpec, DataSpec
 from deepgen.data.dataset import load_split, normal_mask
 from deepgen.data.prepare import prepare_dataset, read_manifest
 from deepgen.data.sources import read_idx_file
-from deepgen.config import AnomalySpec
 from deepgen.errors import DataError
-from conftest import bar_images
 
 
 def write_idx(path, array: np.ndarray, gz: bool = False):
@@ -106,7 +105,8 @@ def test_nan_or_infinite_features_fail_without_any_output(tmp_path):
     x = np.ones((50, 4), np.float32)
     x[7, 2] = np.inf
     np.save(tmp_path / "x.npy", x)
-    with pytest.raises(DataError, match=r"x.npy: non-finite value \(inf\) in the features \(1 rows, first at row 7, feature 2\)"):
+    message = r"x.npy: non-finite value \(inf\) in the features \(1 rows, first at row 7, feature 2\)"
+    with pytest.raises(DataError, match=message):
         prepare_dataset(data_spec({"kind": "npy", "path": str(tmp_path / "x.npy")}), tmp_path / "out",
                         log=lambda m: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.csv", "x.npy"]  # no output, no temp folder

@@ -13,7 +13,14 @@ from deepgen.errors import DataError, TrainingError
 from deepgen.metrics import images as metrics
 from deepgen.models import gans
 from deepgen.tasks.gan import (
-    CGANSpec, DCGANSpec, DivergenceGuard, GanSpec, GanTask, GeneratorSampler, LapGANSpec, SRGANSpec,
+    CGANSpec,
+    DCGANSpec,
+    DivergenceGuard,
+    GanSpec,
+    GanTask,
+    GeneratorSampler,
+    LapGANSpec,
+    SRGANSpec,
 )
 
 torch.set_num_threads(1)  # tiny nets: threads only contend on a shared machine

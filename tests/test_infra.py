@@ -461,7 +461,7 @@ def test_no_file_holds_a_literal_secret():
     for where, text in texts.items():
         for pattern in LITERAL_SECRETS:
             assert not pattern.search(text), f"{where}: looks like a secret: {pattern.search(text).group(0)!r}"
-        for user, password in URL_CREDENTIALS.findall(text):
+        for _user, password in URL_CREDENTIALS.findall(text):
             assert re.fullmatch(r"[A-Z_]+|\$\(?\{?\w+\}?\)?", password), f"{where}: credentials in a URL"
     for where, doc in k8s_docs():
         assert doc["kind"] != "Secret", f"{where}: Secrets are created by hand (see infra/README.md), not stored"

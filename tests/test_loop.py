@@ -1,13 +1,13 @@
 """The training loop without Ray: what a GPU benchmark or a laptop run uses."""
 
 import pytest
+from conftest import write_pipeline
 
 from deepgen.config import PipelineSpec
 from deepgen.data.prepare import prepare_dataset
+from deepgen.errors import TrainingError
 from deepgen.train.env import LocalEnv
 from deepgen.train.loop import train_loop
-from deepgen.errors import TrainingError
-from conftest import write_pipeline
 
 
 def _setup(tmp_path, **overrides):

@@ -12,10 +12,10 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from conftest import bar_images, write_pipeline
 from mlflow.tracking import MlflowClient
 
 from deepgen import cli
-from conftest import bar_images, write_pipeline
 
 pytestmark = pytest.mark.ray
 MODEL = "e2e-bars"

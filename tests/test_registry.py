@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import write_pipeline
 from mlflow.tracking import MlflowClient
 
 from deepgen import orchestrate, tracking
-from deepgen.config import PipelineSpec
+from deepgen.anomaly import threshold_tags
+from deepgen.config import FprThreshold, PipelineSpec
 from deepgen.data.prepare import prepare_dataset
 from deepgen.export import AnomalyScorer
-from deepgen.anomaly import threshold_tags
-from deepgen.config import FprThreshold
 from deepgen.tasks import Evaluation, build_task
-from conftest import write_pipeline
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import write_pipeline
 from mlflow.tracking import MlflowClient
 
 from deepgen import orchestrate, tracking
@@ -22,7 +23,6 @@ from deepgen.cli import main
 from deepgen.config import FprThreshold, PipelineSpec
 from deepgen.data.prepare import prepare_dataset
 from deepgen.tasks import Evaluation, build_task
-from conftest import write_pipeline
 
 NAME = "t-model"
 
@@ -131,7 +131,8 @@ def test_rollback_restores_the_previous_champion_then_the_one_before(store):
     code, _, err = store.deepgen("models", "rollback", NAME)  # v1 was the first champion
     assert code == 2 and store.champion() == "1"
     assert err.strip() == (f"deepgen: error: {NAME}: no previous champion to roll back to (v1 is the first "
-                           f"champion on record); `deepgen models promote {NAME} VERSION` moves champion to any version")
+                           f"champion on record); `deepgen models promote {NAME} VERSION` moves champion "
+                           "to any version")
 
 
 def test_rollback_with_no_previous_champion_exits_2_with_one_line_and_moves_nothing(one_champion):

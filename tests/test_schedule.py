@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -128,13 +128,13 @@ def test_slot_keeps_the_time_zone_and_formats_in_utc():
     assert got == datetime(2026, 11, 27, 3, 0, tzinfo=cet)
     assert format_slot(got) == "2026-11-27T02:00Z"
     assert format_slot(datetime(2026, 11, 27, 3, 0)) == "2026-11-27T03:00Z"   # naive = UTC
-    assert schedule.parse_slot("2026-11-27T03:00Z") == datetime(2026, 11, 27, 3, 0, tzinfo=timezone.utc)
+    assert schedule.parse_slot("2026-11-27T03:00Z") == datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
     with pytest.raises(ScheduleError, match="YYYY-MM-DDTHH:MMZ"):
         schedule.parse_slot("2026-11-27 03:00")
 
 
 def test_retries_and_late_starts_of_one_tick_share_its_slot():
-    base = datetime(2026, 11, 27, 3, 0, tzinfo=timezone.utc)
+    base = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
     slots = {schedule.current_slot("0 3 * * *", base + timedelta(minutes=m)) for m in (0, 1, 59, 600, 1439)}
     assert slots == {"2026-11-27T03:00Z"}
     assert schedule.current_slot("0 3 * * *", base + timedelta(days=1)) == "2026-11-28T03:00Z"

@@ -5,6 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import write_pipeline
 
 from deepgen.config import DataSpec, PipelineSpec
 from deepgen.data.prepare import prepare_dataset
@@ -16,7 +17,6 @@ from deepgen.tasks import build_task
 from deepgen.tasks.segmentation import dice_iou
 from deepgen.train.env import LocalEnv
 from deepgen.train.loop import load_model_weights, train_loop
-from conftest import write_pipeline
 
 
 def test_shapes_are_reproducible_from_the_seed():

@@ -14,8 +14,17 @@ import pytest
 
 from deepgen.data import corpora
 from deepgen.data.text import (
-    LabelledTextSource, TextFilesSource, TextSpec, TextTableSource, make_nsp_pairs, parse_documents,
-    prepare_classification, prepare_pretraining, read_text_files, split_documents, split_sentences,
+    LabelledTextSource,
+    TextFilesSource,
+    TextSpec,
+    TextTableSource,
+    make_nsp_pairs,
+    parse_documents,
+    prepare_classification,
+    prepare_pretraining,
+    read_text_files,
+    split_documents,
+    split_sentences,
 )
 from deepgen.data.tokenizer import SPECIAL_TOKENS, WordPieceTokenizer
 from deepgen.errors import DataError

@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
+from conftest import bar_images, write_pipeline
 from mlflow.tracking import MlflowClient
 
 from deepgen import cli
 from deepgen.config import PipelineSpec
 from deepgen.tune import run_sweep
-from conftest import bar_images, write_pipeline
 
 pytestmark = pytest.mark.ray
 

@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import bar_images
 
 from deepgen.config import PipelineSpec
 from deepgen.errors import SpecError
 from deepgen.models import build_autoencoder
 from deepgen.models.autoencoders import AutoencoderConfig, DenoisingConfig, OvercompleteConfig, SparseConfig
 from deepgen.models.vae import VAE, VAEConfig
-from conftest import bar_images
 
 D = 32  # features of the generated table rows
 QUICKSTART = Path(__file__).parent.parent / "pipelines" / "quickstart.yaml"
@@ -298,8 +298,11 @@ def test_conv_architecture_builds_from_the_spec_and_rebuilds_from_its_exported_c
 def test_every_objective_term_is_float32_under_bf16_autocast(tmp_path, kind):
     from deepgen.tasks.autoencoder import autoencoder_config
 
-    spec = quickstart_spec(tmp_path, kind, "model.decoder=gaussian", "model.loss=null") if kind == "vae" else \
-        quickstart_spec(tmp_path, kind, *(["model.hidden=[]", "model.latent_dim=null"] if kind.startswith("over") else []))
+    if kind == "vae":
+        spec = quickstart_spec(tmp_path, kind, "model.decoder=gaussian", "model.loss=null")
+    else:
+        spec = quickstart_spec(tmp_path, kind, *(["model.hidden=[]", "model.latent_dim=null"]
+                                                 if kind.startswith("over") else []))
     model = build_autoencoder(kind, autoencoder_config(spec.model, [64])).train()
     x = torch.rand(8, 64)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -13,7 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from deepgen.config import (
-    DigitsSource, IdxSource, ImageMaskSource, NpySource, ShapesSource, Source, TableSource,
+    DigitsSource,
+    IdxSource,
+    ImageMaskSource,
+    NpySource,
+    ShapesSource,
+    Source,
+    TableSource,
 )
 from deepgen.errors import DataError
 

@@ -14,7 +14,6 @@ Images here are (N, C, H, W) in [0, 1] unless said otherwise.
 from __future__ import annotations
 
 import math
-
 import warnings
 
 import numpy as np

@@ -9,8 +9,16 @@ from __future__ import annotations
 from typing import Any
 
 from deepgen.models.autoencoders import (
-    Autoencoder, AutoencoderConfig, ConvAutoencoder, DenoisingAutoencoder, DenoisingConfig, DenseAutoencoder,
-    OvercompleteAutoencoder, OvercompleteConfig, SparseAutoencoder, SparseConfig,
+    Autoencoder,
+    AutoencoderConfig,
+    ConvAutoencoder,
+    DenoisingAutoencoder,
+    DenoisingConfig,
+    DenseAutoencoder,
+    OvercompleteAutoencoder,
+    OvercompleteConfig,
+    SparseAutoencoder,
+    SparseConfig,
 )
 from deepgen.models.vae import VAE, VAEConfig
 

@@ -25,8 +25,13 @@ from deepgen.config import BertSpec, PipelineSpec
 from deepgen.data.dataset import split_path
 from deepgen.data.tokenizer import TOKENIZER_FILE
 from deepgen.errors import DataError
-from deepgen.models.bert import (BertConfig, BertForPreTraining, BertForSequenceClassification, SpecialTokens,
-                                 mask_tokens)
+from deepgen.models.bert import (
+    BertConfig,
+    BertForPreTraining,
+    BertForSequenceClassification,
+    SpecialTokens,
+    mask_tokens,
+)
 from deepgen.tasks import Evaluation, unwrap
 
 BERT_CONFIG = "bert-config.json"  # written beside every pretraining checkpoint, so it can seed fine-tuning
@@ -315,6 +320,7 @@ def save_text_model_dir(dest: Path, family: str, spec: PipelineSpec, manifest, m
     shutil.copy(spec.data_dir / TOKENIZER_FILE, dest / TOKENIZER_FILE)
     meta = ModelMeta(family=family, kind=spec.model.kind, config=asdict(model.config), shape=[manifest.max_len],
                      scaler=Scaler(), feature_names=None,
-                     extra={**extra, "max_len": manifest.max_len, "tokenizer_fingerprint": manifest.tokenizer_fingerprint})
+                     extra={**extra, "max_len": manifest.max_len,
+                            "tokenizer_fingerprint": manifest.tokenizer_fingerprint})
     (dest / META).write_text(meta.model_dump_json(indent=2))
     return dest

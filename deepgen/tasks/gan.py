@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from deepgen.config import GAN_KINDS, AdversarialSpec, CGANSpec, DCGANSpec, GanSpec, LapGANSpec, SRGANSpec  # noqa: F401  (re-exported)
 from deepgen.data.dataset import load_split
 from deepgen.data.prepare import Manifest
 from deepgen.errors import DataError, TrainingError
@@ -28,9 +29,6 @@ from deepgen.export import load_weights, read_meta, save_model_dir
 from deepgen.metrics import images as metrics
 from deepgen.models import gans
 from deepgen.tasks import Evaluation, unwrap
-
-from deepgen.config import (GAN_KINDS, AdversarialSpec, CGANSpec, DCGANSpec, GanSpec,  # noqa: F401  (re-exported)
-                            LapGANSpec, SRGANSpec)
 
 GAN_SPECS = (GanSpec, DCGANSpec, CGANSpec, LapGANSpec, SRGANSpec)
 
