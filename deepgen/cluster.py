@@ -286,6 +286,7 @@ def submit(pipeline: str, address: str | None, overrides: Sequence[str] = (), tr
 
     out = out or sys.stdout
     spec = resolve_paths(load_spec(pipeline, overrides, storage))  # one-line SpecError before any network
+    spec = pin_pretrained(spec, tracking_uri, out)
     if slot:
         slot = format_slot(parse_slot(slot))
         run_name = scheduled_run_name(spec, slot)
@@ -325,6 +326,31 @@ def submit(pipeline: str, address: str | None, overrides: Sequence[str] = (), tr
     print(f"submitted {job_id} (run {run_name}) to {address}", file=out, flush=True)
     print(f"  watch: deepgen jobs logs {job_id} --address {address} --follow", file=out, flush=True)
     return follow(client, job_id, address, out=out) if wait else 0
+
+
+def pin_pretrained(spec, tracking_uri: str | None, out):
+    """`model.pretrained: NAME@ALIAS` -> `NAME/VERSION`, the version the alias points at now, when the
+    registry can be reached from here. The run name (and so the submission id) then names the encoder
+    version, so a resubmission after the alias moves is a new run rather than "already done"."""
+    ref = getattr(spec.model, "pretrained", None)
+    if not ref or "@" not in ref or Path(ref).expanduser().exists():
+        return spec
+    from deepgen import tracking
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    local_db = Path(spec.runs_dir) / "mlflow.db"
+    try:
+        if not uri and not local_db.is_file():
+            raise DeepgenError(f"no --tracking-uri, MLFLOW_TRACKING_URI or {local_db}")
+        tracking.configure_uri(uri or tracking.tracking_uri_for(spec.runs_dir))
+        version = tracking.resolve(ref)
+    except DeepgenError as e:
+        print(f"note: model.pretrained {ref} not resolved here ({e}); the cluster resolves it when the job "
+              "starts, and a resubmission counts as the same run until the pipeline changes", file=out)
+        return spec
+    pinned = f"{version.name}/{version.version}"
+    print(f"model.pretrained: {ref} is {pinned}; the job fine-tunes that version", file=out)
+    return spec.model_copy(update={"model": spec.model.model_copy(update={"pretrained": pinned})})
 
 
 def follow(client, job_id: str, address: str | None, out=None, poll_s: float = 2.0) -> int:
@@ -573,7 +599,9 @@ def retrain_main(argv: Sequence[str] | None = None) -> int:
         from deepgen.cli import print_summary
         from deepgen.schedule import current_slot, format_slot, parse_slot
 
-        spec = load_spec(args.pipeline, args.set or [], args.storage)
+        # a fine-tuning pipeline's `model.pretrained: NAME@ALIAS` becomes the version it points at now, as
+        # in `deepgen run`; the run name follows it, so a slot after the encoder's champion moves retrains
+        spec = orchestrate.resolve_inputs(load_spec(args.pipeline, args.set or [], args.storage))
         slot = format_slot(parse_slot(args.slot)) if args.slot else current_slot(args.cron)
         spec = with_run_name(spec, scheduled_run_name(spec, slot))
         orchestrate.say(f"retrain: {spec.name} for slot {slot} as run {spec.run_name}")

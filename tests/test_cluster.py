@@ -348,6 +348,41 @@ def test_submit_ships_the_resolved_spec_with_the_code_and_nothing_else(tmp_path,
     assert "retrying as" in capsys.readouterr().out
 
 
+def test_submit_pins_a_pretrained_alias_to_its_version_so_a_moved_alias_is_a_new_run(tmp_path, monkeypatch, capsys):
+    from mlflow import MlflowClient
+
+    from deepgen import tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    uri = tracking.configure(tmp_path / "deepgen-runs")  # the local store a user without a server has
+    registry = MlflowClient(uri, uri)
+    registry.create_registered_model("enc")
+    for _ in range(2):
+        registry.create_model_version("enc", source=str(tmp_path))
+    registry.set_registered_model_alias("enc", "champion", "1")
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({
+        "name": "ft", "data": {"source": {"kind": "labelled_text", "path": "t.csv"}},
+        "model": {"kind": "bert_classifier", "pretrained": "enc@champion"}, "registry": {"model_name": "ft"}}))
+    fake = FakeJobs({})
+    monkeypatch.setattr(dc, "connect", lambda address: fake)
+    dc.submit("p.yaml", "http://h:8265")
+    assert fake.submitted[-1]["spec"]["model"]["pretrained"] == "enc/1"
+    assert "enc@champion is enc/1" in capsys.readouterr().out
+    dc.submit("p.yaml", "http://h:8265")  # the same encoder version: the same run, nothing new
+    assert len(fake.submitted) == 1
+    registry.set_registered_model_alias("enc", "champion", "2")
+    dc.submit("p.yaml", "http://h:8265")  # the alias moved: a new run fine-tunes v2
+    assert [j["spec"]["model"]["pretrained"] for j in fake.submitted] == ["enc/1", "enc/2"]
+    assert fake.submitted[0]["id"] != fake.submitted[1]["id"]
+    # no registry reachable from here: the alias ships as it is, and the user is told
+    monkeypatch.chdir(tmp_path / "deepgen-runs")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # mlflow.set_tracking_uri exports it
+    dc.submit(str(tmp_path / "p.yaml"), "http://h:8265")
+    assert fake.submitted[-1]["spec"]["model"]["pretrained"] == "enc@champion"
+    assert "not resolved here" in capsys.readouterr().out
+
+
 def test_pip_requirements_are_pinned_by_the_constraints_and_leave_ray_alone():
     reqs = dc.pip_requirements()
     assert "torch==2.13.0" in reqs and "mlflow==3.17.2" in reqs and "pyarrow==25.0.1" in reqs
