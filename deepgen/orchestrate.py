@@ -94,7 +94,15 @@ def resolve_inputs(spec: PipelineSpec) -> PipelineSpec:
     if not (local / TOKENIZER_FILE).is_file():
         raise DeepgenError(f"model.pretrained: {local} has no {TOKENIZER_FILE}; give an exported bert_pretrain "
                            "model folder, a pretraining checkpoint, or NAME@ALIAS")
-    text = (spec.data.text or TextSpec()).model_copy(update={"tokenizer": str(local / TOKENIZER_FILE)})
+    from deepgen.tasks.bert import pretrained_config
+
+    text = spec.data.text or TextSpec()
+    update = {"tokenizer": str(local / TOKENIZER_FILE)}
+    if "max_len" not in text.model_fields_set:  # unset: rows as long as the encoder has positions for
+        update["max_len"] = pretrained_config(local)["max_len"]
+    else:  # set: checked now, a one-line error instead of a shape error in the workers
+        pretrained_config(local, text.max_len)
+    text = text.model_copy(update=update)
     return spec.model_copy(update={"model": spec.model.model_copy(update={"pretrained": str(local)}),
                                    "data": spec.data.model_copy(update={"text": text})})
 

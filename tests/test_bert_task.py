@@ -19,6 +19,7 @@ from tokenizers import Tokenizer
 
 from deepgen.config import BertClassifierSpec, PipelineSpec
 from deepgen.data.prepare import prepare_dataset
+from deepgen.errors import DataError
 from deepgen.export import TextClassifier, load_exported
 from deepgen.orchestrate import resolve_inputs
 from deepgen.tasks import build_task
@@ -134,11 +135,18 @@ def test_the_classifier_takes_the_pretrained_encoders_sizes_and_tokenizer(pretra
     s = resolve_inputs(spec(tmp_path, "c", {"source": {"kind": "labelled_text", "path": str(tmp_path / "l.csv")}},
                             {"kind": "bert_classifier", "hidden": 64, "heads": 4, "pretrained": str(ckpt)}, 1, 1e-3))
     assert s.data.text.tokenizer == str(ckpt / "tokenizer.json")
+    assert s.data.text.max_len == TEXT["max_len"]  # not set: the encoder's own length, not the default 128
     manifest, _ = prepare_dataset(s.data, s.data_dir, log=lambda m: None)
     task = build_task(s, manifest)
     assert task.config.hidden == ENCODER["hidden"]  # the checkpoint's, not the 64 asked for from scratch
     bert_config = json.loads((ckpt / "bert-config.json").read_text())
     assert task.config.vocab_size == bert_config["vocab_size"] == manifest.vocab_size
+    # rows longer than the encoder has positions for: one line naming the field, before any preparation
+    longer = {"source": {"kind": "labelled_text", "path": str(tmp_path / "l.csv")},
+              "text": {"max_len": bert_config["max_len"] * 2}}
+    with pytest.raises(DataError, match=rf"^data.text.max_len: {bert_config['max_len'] * 2} tokens, but the "
+                                        rf"pretrained encoder {ckpt.name} has positions for {bert_config['max_len']}"):
+        resolve_inputs(spec(tmp_path, "c2", longer, {"kind": "bert_classifier", "pretrained": str(ckpt)}, 1, 1e-3))
 
 
 def test_schedule_warms_up_decays_and_accumulates():

@@ -215,8 +215,7 @@ class BertClassifierTask:
         self.pretrained = Path(self.m.pretrained) if self.m.pretrained else None
         if self.pretrained is not None:
             # the encoder's sizes and vocabulary are the pretrained model's; dropout stays ours
-            config = json.loads(pretrained_config_file(self.pretrained).read_text())
-            config = config.get("config", config)
+            config = pretrained_config(self.pretrained, manifest.max_len)
             self.config = BertConfig(**{**config, "dropout": self.m.dropout,
                                         "attention_dropout": self.m.attention_dropout})
             if self.config.vocab_size != manifest.vocab_size:
@@ -299,6 +298,16 @@ def pretrained_config_file(directory: Path) -> Path:
             return directory / name
     raise DataError(f"{directory}: neither an exported bert_pretrain model nor a pretraining checkpoint "
                     f"(no {META} or {BERT_CONFIG})")
+
+
+def pretrained_config(directory: Path, max_len: int | None = None) -> dict:
+    """The pretrained encoder's BertConfig fields, checked to hold rows of `max_len` tokens if given."""
+    config = json.loads(pretrained_config_file(directory).read_text())
+    config = config.get("config", config)
+    if max_len is not None and max_len > config["max_len"]:
+        raise DataError(f"data.text.max_len: {max_len} tokens, but the pretrained encoder {directory.name} has "
+                        f"positions for {config['max_len']}; set data.text.max_len to {config['max_len']} or less")
+    return config
 
 
 def pretrained_state(directory: Path) -> dict[str, torch.Tensor]:
