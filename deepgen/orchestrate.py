@@ -17,7 +17,7 @@ from pathlib import Path
 
 from deepgen import tracking
 from deepgen.config import PipelineSpec, TextSpec
-from deepgen.data.dataset import normal_mask, split_path
+from deepgen.data.dataset import check_normal_rows, normal_mask, split_path
 from deepgen.data.prepare import Manifest, prepare_dataset
 from deepgen.errors import DeepgenError, TrainingError
 from deepgen.tasks import Evaluation, Task, build_task
@@ -146,6 +146,7 @@ def build_trainer(spec: PipelineSpec, manifest: Manifest, mlflow_run_id: str | N
 
     _quiet_ray_data()
     anomaly_spec = spec.anomaly
+    check_normal_rows(spec.data_dir, anomaly_spec)  # on the driver: a one-line error, not a worker's KeyError
 
     def keep_normal(batch):  # pyarrow batch -> normal rows only
         return batch.filter(normal_mask(batch.column("label"), anomaly_spec, batch.num_rows)) \

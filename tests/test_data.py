@@ -8,10 +8,11 @@ import pytest
 from conftest import bar_images
 
 from deepgen.config import AnomalySpec, DataSpec
-from deepgen.data.dataset import load_split, normal_mask
+from deepgen.data.dataset import check_normal_rows, load_split, normal_mask
 from deepgen.data.prepare import prepare_dataset, read_manifest
 from deepgen.data.sources import read_idx_file
 from deepgen.errors import DataError
+from deepgen.train.env import LocalEnv
 
 
 def write_idx(path, array: np.ndarray, gz: bool = False):
@@ -95,6 +96,16 @@ def test_csv_table_with_string_labels_and_minmax_scaling(tmp_path):
     assert x.min() == pytest.approx(0) and x.max() == pytest.approx(1)
     normal = normal_mask(labels, AnomalySpec(anomalous_labels=["bad"]), len(labels))
     assert normal.sum() == (labels == "ok").sum()
+    # a spec that leaves nothing to learn from is refused on the driver and by the plain loop, in one line
+    for spec, field in ((AnomalySpec(normal_labels=["fine"]), "normal_labels"),
+                        (AnomalySpec(anomalous_labels=["ok", "bad"]), "anomalous_labels")):
+        message = rf"^anomaly.{field}: no training row is normal under it \(the train split's labels are " \
+                  r"\['bad', 'ok'\]\)"
+        with pytest.raises(DataError, match=message):
+            check_normal_rows(tmp_path / "out", spec)
+        with pytest.raises(DataError, match=message):
+            LocalEnv(tmp_path / "out", spec, tmp_path / "ckpt")
+    check_normal_rows(tmp_path / "out", AnomalySpec(normal_labels=["ok"]))
 
 
 def test_nan_or_infinite_features_fail_without_any_output(tmp_path):

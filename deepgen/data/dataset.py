@@ -44,6 +44,27 @@ def normal_mask(labels: pa.Array | np.ndarray | None, anomaly: AnomalySpec, n: i
     return ~pc.is_in(labels, value_set=_typed(anomaly.anomalous_labels, labels.type)).to_numpy(zero_copy_only=False)
 
 
+def normal_train_mask(labels: pa.Array | np.ndarray | None, anomaly: AnomalySpec, n: int) -> np.ndarray:
+    """normal_mask for the train split, refusing a spec under which no training row is normal."""
+    mask = normal_mask(labels, anomaly, n)
+    if n and not mask.any():
+        field = "anomaly.normal_labels" if anomaly.normal_labels is not None else "anomaly.anomalous_labels"
+        present = sorted(pc.unique(pa.array(labels) if isinstance(labels, np.ndarray) else labels).to_pylist())
+        raise DataError(f"{field}: no training row is normal under it (the train split's labels are {present}); "
+                        "name labels the data has as normal")
+    return mask
+
+
+def check_normal_rows(data_dir: str | Path, anomaly: AnomalySpec) -> None:
+    """Raise DataError, before any training starts, if the anomaly spec leaves no normal training rows."""
+    if anomaly.normal_labels is None and anomaly.anomalous_labels is None:
+        return
+    path = split_path(data_dir, "train")
+    if "label" in pq.read_schema(path).names:
+        labels = pq.read_table(path, columns=["label"]).column("label")
+        normal_train_mask(labels, anomaly, len(labels))
+
+
 def _typed(values: list, arrow_type: pa.DataType) -> pa.Array:
     try:
         return pa.array(values).cast(arrow_type)

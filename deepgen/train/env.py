@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from deepgen.config import AnomalySpec
-from deepgen.data.dataset import normal_mask, split_path
+from deepgen.data.dataset import normal_train_mask, split_path
 from deepgen.errors import DataError
 
 SHUFFLE_BUFFER_ROWS = 4096
@@ -85,7 +85,7 @@ class LocalEnv:
             table = pq.read_table(split_path(data_dir, split))
             if split == "train":  # an autoencoder for anomaly detection learns normal rows only
                 labels = table.column("label") if "label" in table.column_names else None
-                table = table.filter(normal_mask(labels, anomaly, table.num_rows))
+                table = table.filter(normal_train_mask(labels, anomaly, table.num_rows))
             self._tables[split] = table
 
     def num_rows(self, split: str) -> int:
