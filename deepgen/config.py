@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from deepgen.errors import SpecError
 
@@ -576,6 +576,9 @@ class AshaSpec(Spec):
     reduction_factor: float = Field(default=2, gt=1)
 
 
+SEARCHABLE_SECTIONS = ("model", "train", "anomaly")
+
+
 class TuneSpec(Spec):
     search_space: dict[str, Domain] = Field(
         min_length=1, description="dotted spec field -> domain, e.g. train.lr: {type: loguniform, ...}")
@@ -587,6 +590,17 @@ class TuneSpec(Spec):
     search_alg: Literal["random", "optuna"] = Field(
         default="random", description="optuna needs `pip install optuna`")
     seed: int = 0
+
+    @field_validator("search_space")
+    @classmethod
+    def _searchable(cls, space: dict[str, Domain]) -> dict[str, Domain]:
+        # every trial trains on the one dataset prepared before the sweep, with the sweep's resources
+        for path in space:
+            if path.split(".", 1)[0] not in SEARCHABLE_SECTIONS:
+                raise ValueError(f"{path}: a sweep can search {', '.join(f'{s}.*' for s in SEARCHABLE_SECTIONS)} "
+                                 "fields only (its trials share one prepared dataset); run one pipeline per "
+                                 "data setting instead")
+        return space
 
 
 class PipelineSpec(Spec):

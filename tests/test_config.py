@@ -26,6 +26,16 @@ def test_unknown_field_is_rejected(tmp_path):
         PipelineSpec.from_yaml(path)
 
 
+def test_a_sweep_over_data_fields_is_refused(tmp_path):
+    # every trial trains on the dataset prepared once before the sweep, so a data.* value would be a lie
+    path = write_pipeline(tmp_path / "x.yaml", tune={"search_space": {
+        "train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+        "data.resize": {"type": "choice", "values": [16, 32]}}})
+    with pytest.raises(SpecError, match=r"^\S+x.yaml: tune.search_space: data.resize: a sweep can "
+                                        r"search model.\*, train.\*, anomaly.\* fields only"):
+        PipelineSpec.from_yaml(path)
+
+
 def test_unknown_model_kind_is_rejected(tmp_path):
     path = write_pipeline(tmp_path / "x.yaml", model={"kind": "transformer_ae"})
     with pytest.raises(SpecError, match=r"x.yaml: model: Input tag 'transformer_ae' found using 'kind' does not"):

@@ -64,6 +64,9 @@ def test_the_conditional_generator_draws_the_label_it_is_asked_for(tmp_path):
     assert a.shape == b.shape == (2 * 8, 8 * 8) and a.dtype == np.uint8  # 16 digits of 8x8, 8 per row
     assert not np.array_equal(a, b)
     assert np.array_equal(a, sampler.sample_grid(16, label=3))  # a seed gives the same grid
+    for label in (10, -1):
+        with pytest.raises(ValueError, match=rf"^label {label}: this generator draws labels 0..9$"):
+            sampler.sample_grid(16, label=label)
 
 
 def test_a_trained_srgan_beats_bicubic_upsampling_on_held_out_digits(tmp_path):

@@ -397,6 +397,8 @@ def sample_grid(G, n: int = 64, label: int | None = None, columns: int = 8, seed
     num_classes = getattr(G.config, "num_classes", 0)
     labels = None
     if num_classes:
+        if label is not None and not 0 <= label < num_classes:
+            raise ValueError(f"label {label}: this generator draws labels 0..{num_classes - 1}")
         labels = torch.full((n,), label) if label is not None else torch.arange(n) % num_classes
     elif label is not None:
         raise ValueError("this generator is unconditional; it takes no label")
