@@ -108,6 +108,21 @@ def test_csv_table_with_string_labels_and_minmax_scaling(tmp_path):
     check_normal_rows(tmp_path / "out", AnomalySpec(normal_labels=["ok"]))
 
 
+def test_a_table_source_may_be_a_folder_of_parquet_parts(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / "parts").mkdir()
+    for i in range(2):
+        pq.write_table(pa.table({"a": rng.normal(size=30), "b": rng.normal(size=30)}),
+                       tmp_path / "parts" / f"part-{i}.parquet")
+    spec = data_spec({"kind": "table", "path": str(tmp_path / "parts")})
+    manifest, _ = prepare_dataset(spec, tmp_path / "out", log=lambda m: None)
+    assert sum(manifest.rows.values()) == 60
+    part = pa.table({"a": rng.normal(size=30), "b": rng.normal(size=30)})
+    pq.write_table(part, tmp_path / "parts" / "part-1.parquet")
+    changed, _ = prepare_dataset(spec, tmp_path / "out", log=lambda m: None)
+    assert changed.source_fingerprint != manifest.source_fingerprint  # a changed part is new data
+
+
 def test_nan_or_infinite_features_fail_without_any_output(tmp_path):
     (tmp_path / "t.csv").write_text("a,b\n1,2\n3,nan\n" + "\n".join(f"{i},{i}" for i in range(40)))
     with pytest.raises(DataError, match=r"t.csv: column 'b' has 1 missing values"):

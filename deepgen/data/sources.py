@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -246,11 +247,17 @@ def _list_column(table, name: str, width: int, where: str) -> np.ndarray:
 
 
 def _hash_files(paths) -> str:
+    """Content hash of files; a folder (a Parquet dataset) counts as its files in sorted order, by
+    relative name and content, so renaming or adding a part file changes it."""
     h = hashlib.sha256()
-    for p in paths:
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+    for p in map(Path, paths):
+        p = p.expanduser()
+        for f in sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]:
+            if f != p:
+                h.update(str(f.relative_to(p)).encode() + b"\0")
+            with open(f, "rb") as fh:
+                for chunk in iter(partial(fh.read, 1 << 20), b""):
+                    h.update(chunk)
     return h.hexdigest()
 
 
