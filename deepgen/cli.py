@@ -45,9 +45,8 @@ def cmd_train(args) -> int:
     spec = _load_spec(args)
     uri = tracking.configure(spec.runs_dir)
     manifest = orchestrate.prepare(spec)
-    run_id = orchestrate.start_run(spec, manifest)
-    checkpoint = orchestrate.train(spec, manifest, run_id, uri)
-    tracking.end_run(run_id)
+    with tracking.finishing(orchestrate.start_run(spec, manifest)) as run_id:
+        checkpoint = orchestrate.train(spec, manifest, run_id, uri)
     print(f"trained {spec.run_name}; final checkpoint: {checkpoint}")
     return 0
 
@@ -132,13 +131,12 @@ def cmd_score(args) -> int:
     import pyarrow.parquet as pq
 
     from deepgen import tracking
-    from deepgen.export import AnomalyScorer
 
     tracking.configure(args.runs_dir)
     version = tracking.resolve(args.model)
     if "threshold" not in version.tags:
         raise DeepgenError(f"{args.model}: version {version.version} has no threshold tag; not an anomaly model")
-    scorer = AnomalyScorer.load(tracking.download_model_dir(version))
+    scorer = tracking.load_registered(version, family="anomaly")
     threshold = float(version.tags["threshold"])  # the registry is the source of truth
     x, labels = scorer.read_input(args.input)
     scores = scorer.score(x)
@@ -162,20 +160,18 @@ def cmd_score(args) -> int:
 
 def cmd_predict(args) -> int:
     from deepgen import tracking
-    from deepgen.export import load_exported, read_meta
 
     tracking.configure(args.runs_dir)
     version = tracking.resolve(args.model)
-    model_dir = tracking.download_model_dir(version)
-    family = read_meta(model_dir).family
+    predictor = tracking.load_registered(version)
+    family = predictor.meta.family
     if family == "text_classifier":
-        return _predict_texts(args, load_exported(model_dir), version)
+        return _predict_texts(args, predictor, version)
     if family != "segmentation":
         raise DeepgenError(f"{args.model}: a {family} model; `deepgen predict` runs segmentation and text "
                            "classification models (use `deepgen score` for anomaly detectors)")
     if not args.input or not args.output:
         raise DeepgenError(f"{args.model}: a segmentation model needs --input IMAGES and --output MASKS")
-    predictor = load_exported(model_dir)
     masks = predictor.predict(predictor.read_input(args.input))  # (N, H, W) uint8
     write_masks(masks, Path(args.output))
     print(f"predicted {len(masks)} masks with {version.name} v{version.version} "
@@ -209,15 +205,14 @@ def _predict_texts(args, classifier, version) -> int:
 
 def _generator(args):
     from deepgen import tracking
-    from deepgen.export import load_exported, read_meta
 
     tracking.configure(args.runs_dir)
     version = tracking.resolve(args.model)
-    model_dir = tracking.download_model_dir(version)
-    family = read_meta(model_dir).family
-    if family != "generator":
-        raise DeepgenError(f"{args.model}: a {family} model; `deepgen {args.command}` needs a registered GAN generator")
-    return load_exported(model_dir), version
+    sampler = tracking.load_registered(version)
+    if sampler.meta.family != "generator":
+        raise DeepgenError(f"{args.model}: a {sampler.meta.family} model; `deepgen {args.command}` needs a "
+                           "registered GAN generator")
+    return sampler, version
 
 
 def cmd_sample(args) -> int:

@@ -82,13 +82,16 @@ def resolve_inputs(spec: PipelineSpec) -> PipelineSpec:
         version = tracking.resolve(ref)
         local = spec.runs_dir / "pretrained" / f"{version.name}-v{version.version}"
         if not (local / TOKENIZER_FILE).is_file():
-            fetched = tracking.download_model_dir(version)
-            if tracking.read_family(fetched) != "bert_encoder":
-                raise DeepgenError(f"model.pretrained: {ref} is a {tracking.read_family(fetched)} model, "
-                                   "not a bert_pretrain one")
-            local.parent.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(local, ignore_errors=True)
-            shutil.copytree(fetched, local)
+            with tracking.fetched_model_dir(version) as fetched:
+                if tracking.read_family(fetched) != "bert_encoder":
+                    raise DeepgenError(f"model.pretrained: {ref} is a {tracking.read_family(fetched)} model, "
+                                       "not a bert_pretrain one")
+                # copied beside, then renamed into place: an interrupted fetch leaves no half folder
+                local.parent.mkdir(parents=True, exist_ok=True)
+                staging = Path(tempfile.mkdtemp(prefix=f".{local.name}.tmp-", dir=local.parent))
+                shutil.copytree(fetched, staging, dirs_exist_ok=True)
+                shutil.rmtree(local, ignore_errors=True)
+                os.replace(staging, local)
         say(f"pretrained encoder: {ref} -> {version.name} v{version.version}")
     local = local.absolute()
     if not (local / TOKENIZER_FILE).is_file():
@@ -177,6 +180,7 @@ def build_trainer(spec: PipelineSpec, manifest: Manifest, mlflow_run_id: str | N
 
 
 SMALL_SPLIT_BYTES = 64 << 20
+FINAL_PREFIX = "deepgen-final-"  # train()'s local copy of the final checkpoint
 
 
 def split_dataset(data_dir: Path, split: str, keep=None):
@@ -211,7 +215,7 @@ def train(spec: PipelineSpec, manifest: Manifest, mlflow_run_id: str | None, tra
         raise _training_error(e) from None
     if result.checkpoint is None:
         raise TrainingError(f"{spec.run_name}: training produced no checkpoint")
-    local = Path(tempfile.mkdtemp(prefix="deepgen-final-"))
+    local = Path(tempfile.mkdtemp(prefix=FINAL_PREFIX))
     return Path(result.checkpoint.to_directory(str(local)))
 
 
@@ -239,10 +243,8 @@ def evaluate(spec: PipelineSpec, manifest: Manifest, checkpoint_dir: Path) -> tu
 
 def score_champion_on(spec: PipelineSpec, version) -> dict[str, float] | None:
     """Test metrics of an existing version on *this* pipeline's test split, or None if it cannot run on it."""
-    from deepgen.export import load_exported
-
     try:
-        predictor = load_exported(tracking.download_model_dir(version))
+        predictor = tracking.load_registered(version)
     except DeepgenError:
         return None
     return predictor.evaluate(spec.data_dir, spec.anomaly)
@@ -331,16 +333,16 @@ def run_pipeline(spec: PipelineSpec, register_model: bool = True) -> Summary:
                                   existing.tags.get("gate", ""))
         return Summary(spec, uri, existing.run_id, reg, None, reused=True)
     run_id = start_run(spec, manifest)
-    try:
+    with tracking.finishing(run_id):
         checkpoint = train(spec, manifest, run_id, uri)
-        say("evaluate: scoring validation and test splits")
-        ev, models, task = evaluate(spec, manifest, checkpoint)
+        try:
+            say("evaluate: scoring validation and test splits")
+            ev, models, task = evaluate(spec, manifest, checkpoint)
+        finally:
+            if checkpoint.name.startswith(FINAL_PREFIX):  # train's local copy; the run's own stay in storage
+                shutil.rmtree(checkpoint, ignore_errors=True)
         log_evaluation(run_id, ev)
         reg = register(spec, manifest, ev, models, task, run_id) if register_model else None
-    except BaseException:
-        tracking.end_run(run_id, "FAILED")
-        raise
-    tracking.end_run(run_id)
     return Summary(spec, uri, run_id, reg, ev)
 
 

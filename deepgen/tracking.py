@@ -6,6 +6,7 @@ Default store: SQLite under the pipeline's runs folder; `MLFLOW_TRACKING_URI` ov
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -90,6 +91,18 @@ def start_or_resume_run(experiment: str, run_name: str, artifact_root: Path, par
 
 def end_run(run_id: str, status: str = "FINISHED") -> None:
     client().set_terminated(run_id, status=status)
+
+
+@contextlib.contextmanager
+def finishing(run_id: str):
+    """Ends the run FINISHED when the block completes, FAILED when it raises (Ctrl-C included), so no run
+    is left RUNNING in the UI."""
+    try:
+        yield run_id
+    except BaseException:
+        end_run(run_id, "FAILED")
+        raise
+    end_run(run_id)
 
 
 class EpochLogger:
@@ -331,15 +344,29 @@ def resolve(ref: str):
     return max(versions, key=lambda v: int(v.version))
 
 
-def download_model_dir(version) -> Path:
-    """The exported model folder of a registered version, fetched through the registry."""
-    dest = Path(tempfile.mkdtemp(prefix="deepgen-model-"))
-    local = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{version.name}/{version.version}", dst_path=str(dest))
-    found = list(Path(local).rglob("deepgen-model.json"))
-    if not found:
-        raise RegistryError(f"{version.name}/{version.version}: not a deepgen model (no deepgen-model.json)")
-    return found[0].parent
+@contextlib.contextmanager
+def fetched_model_dir(version):
+    """The exported model folder of a registered version, fetched through the registry into a temporary
+    folder that is deleted when the block ends."""
+    with tempfile.TemporaryDirectory(prefix="deepgen-model-") as dest:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{version.name}/{version.version}", dst_path=dest)
+        found = list(Path(local).rglob("deepgen-model.json"))
+        if not found:
+            raise RegistryError(f"{version.name}/{version.version}: not a deepgen model (no deepgen-model.json)")
+        yield found[0].parent
+
+
+def load_registered(version, family: str | None = None):
+    """A registered version's predictor (deepgen.export.load_exported), loaded into memory; the download is
+    deleted. With `family`, a model of another family is refused in one line."""
+    from deepgen.export import load_exported, read_meta
+
+    with fetched_model_dir(version) as model_dir:
+        found = read_meta(model_dir).family
+        if family is not None and found != family:
+            raise RegistryError(f"{version.name}/{version.version}: a {found} model, not {family}")
+        return load_exported(model_dir)
 
 
 def read_family(model_dir: Path) -> str:

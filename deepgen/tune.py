@@ -95,49 +95,48 @@ def run_sweep(spec: PipelineSpec) -> SweepResult:
         spec.experiment, sweep, spec.runs_dir / "mlartifacts",
         params=spec.model_dump(mode="json", exclude={"tracking"}),
         tags={"data_fingerprint": manifest.fingerprint, "spec_hash": spec.spec_hash(), "deepgen.sweep": "1"})
-    param_space = {
-        **search_space(t), "__paths": list(t.search_space), "__base": _with_absolute_paths(spec),
-        "__manifest": manifest.model_dump(mode="json"), "__tracking_uri": uri, "__parent_run_id": parent,
-        "__artifacts": str(spec.runs_dir / "mlartifacts"), "__sweep": sweep, "__metric": t.metric, "__mode": t.mode,
-    }
-    tuner = tune.Tuner(
-        # The trial function only waits on its TorchTrainer, which reserves the workers' CPUs itself.
-        tune.with_resources(run_trial, {"CPU": 0.01}),
-        param_space=param_space,
-        tune_config=tune.TuneConfig(
-            metric=t.metric, mode=t.mode, num_samples=t.num_samples, max_concurrent_trials=t.max_concurrent_trials,
-            scheduler=_scheduler(t, spec.train.epochs), search_alg=_search_alg(t),
-        ),
-        run_config=tune.RunConfig(name=sweep, storage_path=spec.storage_path, verbose=1),
-    )
-    orchestrate.say(f"tune: {t.num_samples} samples, {t.max_concurrent_trials} at a time, "
-                    f"{t.metric} ({t.mode}), scheduler {'ASHA' if t.scheduler else 'none'}")
-    grid = tuner.fit()
-    trials = _trial_rows(grid, t, list(t.search_space))
-    for row in trials:
-        orchestrate.say(f"trial {row['trial']}: {row['status']} after {row['epochs']} epochs, "
-                        f"{t.metric}={row['metric']}, {row['values']}")
-    finished = [r for r in grid if r.error is None and r.metrics and t.metric in r.metrics]
-    if not finished:
-        tracking.end_run(parent, "FAILED")
-        raise TrainingError(f"{sweep}: all {len(trials)} trials failed; nothing registered "
-                            f"(first error: {_first_error(grid)})")
-    # scope="all": the trial whose best epoch is best, not the one whose last epoch is.
-    best = grid.get_best_result(metric=t.metric, mode=t.mode, scope="all", filter_nan_and_inf=True)
-    values = {k: best.config[k] for k in t.search_space}
-    best_name = best.metrics["trial_id"]
-    best_spec = trial_spec(_with_absolute_paths(spec), values, f"{sweep}-{best_name}")
-    epoch, best_value, path = _best_epoch(best.metrics_dataframe, t.metric, t.mode)
-    orchestrate.say(f"tune: best trial {best_name} {values}: {t.metric}={best_value:.5g} at epoch {epoch}")
-    checkpoint = Path(tempfile.mkdtemp(prefix="deepgen-best-"))
-    _copy_checkpoint(path, checkpoint)
-    ev, models, task = orchestrate.evaluate(best_spec, manifest, checkpoint)
-    orchestrate.log_evaluation(parent, ev)
-    tracking.set_tags(parent, {"best_trial": best_name, "best_values": json.dumps(values),
-                               f"best_{t.metric}": best_value, "best_epoch": epoch})
-    _log_search_plot(parent, trials, t)
-    registered = orchestrate.register(best_spec, manifest, ev, models, task, parent)
-    tracking.end_run(parent)
+    with tracking.finishing(parent):  # FAILED if anything below raises, FINISHED at the end
+        param_space = {
+            **search_space(t), "__paths": list(t.search_space), "__base": _with_absolute_paths(spec),
+            "__manifest": manifest.model_dump(mode="json"), "__tracking_uri": uri, "__parent_run_id": parent,
+            "__artifacts": str(spec.runs_dir / "mlartifacts"), "__sweep": sweep, "__metric": t.metric, "__mode": t.mode,
+        }
+        tuner = tune.Tuner(
+            # The trial function only waits on its TorchTrainer, which reserves the workers' CPUs itself.
+            tune.with_resources(run_trial, {"CPU": 0.01}),
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                metric=t.metric, mode=t.mode, num_samples=t.num_samples, max_concurrent_trials=t.max_concurrent_trials,
+                scheduler=_scheduler(t, spec.train.epochs), search_alg=_search_alg(t),
+            ),
+            run_config=tune.RunConfig(name=sweep, storage_path=spec.storage_path, verbose=1),
+        )
+        orchestrate.say(f"tune: {t.num_samples} samples, {t.max_concurrent_trials} at a time, "
+                        f"{t.metric} ({t.mode}), scheduler {'ASHA' if t.scheduler else 'none'}")
+        grid = tuner.fit()
+        trials = _trial_rows(grid, t, list(t.search_space))
+        for row in trials:
+            orchestrate.say(f"trial {row['trial']}: {row['status']} after {row['epochs']} epochs, "
+                            f"{t.metric}={row['metric']}, {row['values']}")
+        finished = [r for r in grid if r.error is None and r.metrics and t.metric in r.metrics]
+        if not finished:
+            raise TrainingError(f"{sweep}: all {len(trials)} trials failed; nothing registered "
+                                f"(first error: {_first_error(grid)})")
+        # scope="all": the trial whose best epoch is best, not the one whose last epoch is.
+        best = grid.get_best_result(metric=t.metric, mode=t.mode, scope="all", filter_nan_and_inf=True)
+        values = {k: best.config[k] for k in t.search_space}
+        best_name = best.metrics["trial_id"]
+        best_spec = trial_spec(_with_absolute_paths(spec), values, f"{sweep}-{best_name}")
+        epoch, best_value, path = _best_epoch(best.metrics_dataframe, t.metric, t.mode)
+        orchestrate.say(f"tune: best trial {best_name} {values}: {t.metric}={best_value:.5g} at epoch {epoch}")
+        with tempfile.TemporaryDirectory(prefix="deepgen-best-") as checkpoint:
+            _copy_checkpoint(path, Path(checkpoint))
+            ev, models, task = orchestrate.evaluate(best_spec, manifest, Path(checkpoint))
+        orchestrate.log_evaluation(parent, ev)
+        tracking.set_tags(parent, {"best_trial": best_name, "best_values": json.dumps(values),
+                                   f"best_{t.metric}": best_value, "best_epoch": epoch})
+        _log_search_plot(parent, trials, t)
+        registered = orchestrate.register(best_spec, manifest, ev, models, task, parent)
     return SweepResult(best_name, values, best_value, trials, registered, ev, parent, epoch)
 
 

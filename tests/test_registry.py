@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import write_pipeline
@@ -48,7 +51,10 @@ def test_registered_model_loads_without_unpickling_and_keeps_its_threshold(regis
     spec, manifest, run_id, c = registry
     reg = _register(spec, manifest, run_id, roc_auc=0.8, threshold=0.123)
     version = tracking.resolve(f"t-model/{reg.version}")
-    scorer = AnomalyScorer.load(tracking.download_model_dir(version))
+    before = set(Path(tempfile.gettempdir()).glob("deepgen-model-*"))
+    scorer = tracking.load_registered(version, family="anomaly")
+    assert isinstance(scorer, AnomalyScorer)
+    assert set(Path(tempfile.gettempdir()).glob("deepgen-model-*")) == before  # the download is not left behind
     assert scorer.threshold == pytest.approx(0.123) and float(version.tags["threshold"]) == pytest.approx(0.123)
     x = np.random.default_rng(0).random((5, 64)).astype(np.float32)
     assert scorer.score(x).shape == (5,)
