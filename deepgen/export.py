@@ -90,13 +90,19 @@ class AnomalyScorer:
         return reconstruction_scores(model, x)
 
     def evaluate(self, data_dir: Path, anomaly_spec) -> dict[str, float] | None:
-        """Detection metrics on another dataset's test split at this model's own threshold (for the gate)."""
+        """Detection metrics on another dataset's test split at this model's own threshold (for the gate).
+        The split was scaled for the new model; its rows are mapped back to raw values and scaled as this
+        model was trained (a table's min-max range moves when the data gains rows)."""
         from deepgen import anomaly
         from deepgen.data.dataset import load_split, normal_mask
+        from deepgen.data.prepare import read_manifest
 
         x_test, y_test = load_split(data_dir, "test")
         if x_test.shape[1] != self.meta.num_features:
             return None
+        data_scaler = read_manifest(data_dir).scaler
+        if data_scaler != self.meta.scaler:
+            x_test = self.meta.scaler.apply(data_scaler.invert(x_test))
         truth = ~normal_mask(y_test, anomaly_spec, len(x_test))
         return anomaly.evaluate_scores(self.score(x_test), truth, self.threshold)
 

@@ -253,11 +253,22 @@ def score_champion_on(spec: PipelineSpec, version) -> dict[str, float] | None:
 # --- register --------------------------------------------------------------------------------------
 
 
+ANOMALY_LABELS_TAG = "anomaly_labels"
+
+
+def anomaly_labels(spec: PipelineSpec) -> str:
+    """Which labels the test metrics counted as normal / anomalous: with the data fingerprint, what makes
+    two versions' stored test metrics comparable."""
+    a = spec.anomaly
+    return json.dumps({"normal": a.normal_labels, "anomalous": a.anomalous_labels}, sort_keys=True)
+
+
 def gate(spec: PipelineSpec, manifest: Manifest, metrics: dict[str, float]) -> tuple[bool, str, str | None]:
     """Does the new model beat the champion on the gate metric, on the same test data?
 
-    A champion evaluated on another dataset is scored again on this pipeline's test split, so the two
-    numbers compared always come from the same rows. Returns (promote, reason, champion version).
+    A champion evaluated on another dataset, or with other anomaly labels, is scored again on this
+    pipeline's test split, so the two numbers compared always come from the same rows and the same truth.
+    Returns (promote, reason, champion version).
     """
     name, metric = spec.registry.model_name, spec.registry.gate_metric
     new = metrics.get(metric)
@@ -266,7 +277,9 @@ def gate(spec: PipelineSpec, manifest: Manifest, metrics: dict[str, float]) -> t
     current = tracking.champion(name)
     if current is None:
         return True, "no champion yet", None
-    if current.tags.get("data_fingerprint") == manifest.fingerprint and f"test_{metric}" in current.tags:
+    same_rows = current.tags.get("data_fingerprint") == manifest.fingerprint
+    same_truth = current.tags.get(ANOMALY_LABELS_TAG) == anomaly_labels(spec)  # which rows count as anomalies
+    if same_rows and same_truth and f"test_{metric}" in current.tags:
         old = float(current.tags[f"test_{metric}"])
     else:
         rescored = score_champion_on(spec, current)
@@ -287,6 +300,7 @@ def register(spec: PipelineSpec, manifest: Manifest, ev: Evaluation, models, tas
         **ev.registry_tags,
         **{f"test_{k}": v for k, v in ev.metrics.items()},
         "data_fingerprint": manifest.fingerprint,
+        ANOMALY_LABELS_TAG: anomaly_labels(spec),
         "spec_hash": spec.spec_hash(),
         "git_commit": tracking.git_commit(),
         "ray_run_name": spec.run_name,

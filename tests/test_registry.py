@@ -74,6 +74,51 @@ def test_a_champion_from_other_data_is_rescored_on_this_test_split(registry, tmp
     new = rescored + 0.01  # better than the champion on *these* rows, far below its stored 0.99
     promote, reason, previous = orchestrate.gate(spec, other, {"roc_auc": new})
     assert promote and previous == "1" and f"beats champion v1 ({rescored:.4f})" in reason
+    # the same rows but other anomaly labels: the stored 0.99 counted other rows as anomalies
+    relabelled = spec.model_copy(update={"anomaly": spec.anomaly.model_copy(update={"anomalous_labels": [3]})})
+    rescored = orchestrate.score_champion_on(relabelled, tracking.champion("t-model"))["roc_auc"]
+    promote, reason, _ = orchestrate.gate(relabelled, manifest, {"roc_auc": 0.98})
+    assert f"champion v1 ({rescored:.4f})" in reason and promote == (0.98 > rescored)
+    assert orchestrate.gate(spec, manifest, {"roc_auc": 0.98})[1].endswith("does not beat champion v1 (0.9900)")
+
+
+def test_a_rescored_champion_sees_the_test_rows_scaled_as_it_was_trained(tmp_path):
+    """A table's min-max range is fit on train, so new rows move it; the champion must be given the raw
+    test rows under its own scaler, not rows scaled for the new model."""
+    from deepgen.anomaly import evaluate_scores
+    from deepgen.data.dataset import load_split, normal_mask
+    from deepgen.data.prepare import read_manifest
+
+    rng = np.random.default_rng(0)
+
+    def write_csv(path, n, top):
+        a, b = rng.uniform(0, top, n), rng.uniform(0, 10, n)
+        kind = np.where(rng.random(n) < 0.2, "bad", "ok")
+        np.savetxt(path, np.c_[a, b, kind], fmt="%s", delimiter=",", header="a,b,kind", comments="")
+
+    specs = {}
+    for name, top in (("old", 10.0), ("new", 30.0)):  # the new data's feature a reaches 3x further
+        write_csv(tmp_path / f"{name}.csv", 300, top)
+        specs[name] = PipelineSpec.validate_dict({
+            "name": name, "data": {"source": {"kind": "table", "path": str(tmp_path / f"{name}.csv"),
+                                              "label_column": "kind"}},
+            "model": {"kind": "dense_autoencoder", "hidden": [4], "latent_dim": 2},
+            "anomaly": {"anomalous_labels": ["bad"]}, "registry": {"model_name": "m"},
+            "tracking": {"runs_dir": str(tmp_path / name)}})
+        prepare_dataset(specs[name].data, specs[name].data_dir, log=lambda m: None)
+    old_manifest = read_manifest(specs["old"].data_dir)
+    task = build_task(specs["old"], old_manifest)
+    champion = AnomalyScorer.load(task.export(tmp_path / "champion", task.build_models(),
+                                              Evaluation({}, registry_tags=threshold_tags(0.01, FprThreshold()))))
+    new_dir = specs["new"].data_dir
+    x_new, y_new = load_split(new_dir, "test")
+    raw = read_manifest(new_dir).scaler.invert(x_new)
+    assert raw[:, 0].max() > 12  # the raw values came back, beyond the old range
+    truth = ~normal_mask(y_new, specs["new"].anomaly, len(x_new))
+    expected = evaluate_scores(champion.score(old_manifest.scaler.apply(raw)), truth, champion.threshold)
+    naive = evaluate_scores(champion.score(x_new), truth, champion.threshold)
+    got = champion.evaluate(new_dir, specs["new"].anomaly)
+    assert got == pytest.approx(expected, rel=1e-5) and got != pytest.approx(naive, rel=1e-5)
 
 
 def test_lookup_of_unknown_models_says_what_to_do(registry):

@@ -50,9 +50,21 @@ class Scaler(BaseModel):
         x = x.astype(np.float32, copy=False)
         if self.divisor:
             return x / np.float32(self.divisor)
+        lo, span = self._range()
+        return (x - lo) / span
+
+    def invert(self, x: np.ndarray) -> np.ndarray:
+        """(N, D) scaled -> (N, D) raw float32: what `apply` was given."""
+        x = x.astype(np.float32, copy=False)
+        if self.divisor:
+            return x * np.float32(self.divisor)
+        lo, span = self._range()
+        return x * span + lo
+
+    def _range(self) -> tuple[np.ndarray, np.ndarray]:
         lo = np.asarray(self.minimum, np.float32)
         span = np.asarray(self.maximum, np.float32) - lo
-        return (x - lo) / np.where(span > 0, span, 1).astype(np.float32)
+        return lo, np.where(span > 0, span, 1).astype(np.float32)
 
 
 class Manifest(BaseModel):
