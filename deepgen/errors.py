@@ -19,3 +19,15 @@ class RegistryError(DeepgenError):
 
 class TrainingError(DeepgenError):
     """Training failed in a way the user should hear about (diverged, no rows, ...)."""
+
+
+def as_report(error: DeepgenError) -> str:
+    """`ClassName: message`, for carrying an error across a process boundary as a string."""
+    return f"{type(error).__name__}: {error}"
+
+
+def from_report(text: str) -> DeepgenError:
+    """The error `as_report` wrote (a TrainingError if the class is not one of ours)."""
+    name, _, message = text.partition(": ")
+    cls = {c.__name__: c for c in (SpecError, DataError, RegistryError, TrainingError)}.get(name)
+    return cls(message) if cls else TrainingError(text)

@@ -209,14 +209,27 @@ def train(spec: PipelineSpec, manifest: Manifest, mlflow_run_id: str | None, tra
     s = spec.scaling
     say(f"train: Ray Train run {spec.run_name} ({s.num_workers} workers, {spec.train.epochs} epochs) "
         f"in {spec.storage_path}")
-    try:
-        result = trainer.fit()
-    except Exception as e:  # Ray wraps worker errors; surface ours as one line
-        raise _training_error(e) from None
+    result = fit(trainer, spec)
     if result.checkpoint is None:
         raise TrainingError(f"{spec.run_name}: training produced no checkpoint")
     local = Path(tempfile.mkdtemp(prefix=FINAL_PREFIX))
     return Path(result.checkpoint.to_directory(str(local)))
+
+
+def fit(trainer, spec: PipelineSpec):
+    """trainer.fit(), with a worker's error as one line: a DeepgenError the workers recorded instead of
+    raising (see deepgen.train.loop.train_loop_per_worker), or Ray's own."""
+    from deepgen.train.loop import take_recorded_error
+
+    take_recorded_error(spec)  # a stale one from an earlier attempt is not this run's
+    try:
+        result = trainer.fit()
+    except Exception as e:  # Ray wraps worker errors; surface ours as one line
+        raise _training_error(e) from None
+    error = take_recorded_error(spec)
+    if error is not None:
+        raise error
+    return result
 
 
 def _training_error(e: Exception) -> Exception:

@@ -60,12 +60,8 @@ def run_trial(config: dict[str, Any]) -> None:
     trainer = orchestrate.build_trainer(spec, manifest, run_id, config["__tracking_uri"],
                                         callbacks=(TuneReportCallback(),),
                                         keep_best=(config["__metric"], config["__mode"]))
-    try:
-        trainer.fit()
-    except Exception as e:
-        tracking.end_run(run_id, "FAILED")
-        raise orchestrate._training_error(e) from None
-    tracking.end_run(run_id)
+    with tracking.finishing(run_id):
+        orchestrate.fit(trainer, spec)
 
 
 @dataclass

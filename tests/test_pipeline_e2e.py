@@ -151,3 +151,25 @@ def test_scoring_input_of_the_wrong_width_is_refused(pipeline, tmp_path):
     assert out.stderr.strip().splitlines() == [
         f"deepgen: error: {tmp_path / 'wide.npy'}: rows have 100 features, the model expects 64"]
     assert not (tmp_path / "s.parquet").exists()
+
+
+def test_a_diverging_run_stops_at_once_instead_of_being_restarted(pipeline, monkeypatch):
+    """Ray Train retries any worker error up to max_failures times; a divergence would recur on every
+    restart, so the workers record it and finish, and the driver raises it: Ray sees no failure to retry."""
+    from deepgen import orchestrate
+    from deepgen.config import PipelineSpec
+    from deepgen.errors import TrainingError
+    from deepgen.train.loop import take_recorded_error
+
+    monkeypatch.chdir(pipeline["root"])
+    spec = PipelineSpec.from_yaml(pipeline["spec"], overrides=[
+        "train.lr=1e30", "train.max_failures=2", "train.run_name=bars-diverges"])
+    manifest = orchestrate.prepare(spec)
+    result = orchestrate.build_trainer(spec, manifest, None, None).fit()
+    assert result.error is None  # both workers finished: nothing for the failure policy to restart
+    with pytest.raises(TrainingError, match=r"^bars-diverges: training diverged at epoch 1 \(loss nan\)"):
+        raise take_recorded_error(spec)
+    assert take_recorded_error(spec) is None  # taken: a rerun starts clean
+    code = cli.main(["run", str(pipeline["spec"]), "--set", "train.lr=1e30", "--set", "train.max_failures=-1",
+                     "--set", "train.run_name=bars-diverges-cli"])
+    assert code == 2  # even "restart forever" ends, with the one-line error (the CLI's exit code for them)

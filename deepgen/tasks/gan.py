@@ -65,6 +65,7 @@ class DivergenceGuard:
         self.name, self.threshold, self.patience = name, collapse_d_loss, patience
         self.step, self.low_steps = 0, 0
         self._pending: tuple[int, torch.Tensor | None, torch.Tensor] | None = None
+        self.all_reduce, self.world_size = None, 1  # set by GanTask.share_losses under DDP
 
     def observe(self, d_loss: torch.Tensor | None, g_loss: torch.Tensor) -> None:
         """d_loss: the watched discriminator loss(es) of this step (None when D did not train), g_loss: G's."""
@@ -81,6 +82,8 @@ class DivergenceGuard:
 
     def check(self, step: int, d_loss: torch.Tensor | None, g_loss: torch.Tensor) -> None:
         values = torch.cat([g_loss.float().reshape(1), *([] if d_loss is None else [d_loss.float()])])
+        if self.all_reduce is not None and self.world_size > 1:  # the mean over ranks: all ranks decide alike
+            values = self.all_reduce(values) / self.world_size
         g, *d = values.cpu().tolist()  # one host read per step
         if not all(np.isfinite([*d, g])):
             raise TrainingError(f"{self.name}: GAN training diverged at step {step} (d_loss {d}, g_loss {g}); "
@@ -126,6 +129,10 @@ class GanTask:
         self._sr_steps: int | None = None  # SRGAN's step count, mirrored from the content network's buffer
 
     # -- the Task protocol -- #
+
+    def share_losses(self, all_reduce, world_size: int) -> None:
+        """Under DDP the divergence guard judges the mean loss over ranks, so every rank stops together."""
+        self.guard.all_reduce, self.guard.world_size = all_reduce, world_size
 
     def build_models(self):
         c, k = self.config, self.kind

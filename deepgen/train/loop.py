@@ -20,14 +20,24 @@ import torch
 
 from deepgen.config import PipelineSpec
 from deepgen.data.prepare import Manifest, manifest_from_dict
-from deepgen.errors import TrainingError
+from deepgen.errors import DeepgenError, TrainingError, as_report, from_report
 from deepgen.tasks import Task, build_task, unwrap
 
 STATE_FILE = "state.pt"
 
 
+ERROR_FILE = "deepgen-error.txt"  # in the run's storage folder: the error that stopped its workers
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point. `config` holds the spec and manifest as JSON-able dicts."""
+    """Ray Train entry point. `config` holds the spec and manifest as JSON-able dicts.
+
+    A DeepgenError (divergence, a collapsed discriminator, unusable data) would happen again on every
+    restart, so it is not raised to Ray Train, whose failure policy retries any worker error up to
+    `train.max_failures` times: rank 0 writes it to ERROR_FILE and every rank returns; the driver raises it
+    (`take_recorded_error`). These errors are decided on values every rank shares (all-reduced losses,
+    the same data), so all ranks stop at the same point.
+    """
     from deepgen.train.env import RayTrainEnv
 
     spec = PipelineSpec.model_validate(config["spec"])
@@ -38,12 +48,45 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         from deepgen import tracking
 
         on_epoch = tracking.EpochLogger(config["mlflow_run_id"], config["tracking_uri"])
-    train_loop(spec, manifest, env, on_epoch=on_epoch)
+    try:
+        train_loop(spec, manifest, env, on_epoch=on_epoch)
+    except DeepgenError as e:
+        if env.world_rank == 0:
+            fs, path = _error_location(spec)
+            fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+            with fs.open_output_stream(path) as f:
+                f.write(as_report(e).encode())
+
+
+def take_recorded_error(spec: PipelineSpec) -> DeepgenError | None:
+    """The error the run's workers stopped on (removed, so a rerun starts clean), or None."""
+    import pyarrow.fs
+
+    fs, path = _error_location(spec)
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        text = f.read().decode()
+    fs.delete_file(path)
+    return from_report(text)
+
+
+def _error_location(spec: PipelineSpec):
+    """(pyarrow filesystem, path) of the run's ERROR_FILE under `storage_path` (a folder or a URI)."""
+    import pyarrow.fs
+
+    if "://" in spec.storage_path:
+        fs, root = pyarrow.fs.FileSystem.from_uri(spec.storage_path)
+    else:
+        fs, root = pyarrow.fs.LocalFileSystem(), str(Path(spec.storage_path).absolute())
+    return fs, f"{root.rstrip('/')}/{spec.run_name}/{ERROR_FILE}"
 
 
 def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> list[dict]:
     """Train `spec` in `env` (a `LocalEnv` or `RayTrainEnv`); returns the metric history."""
     task: Task = build_task(spec, manifest)
+    if hasattr(task, "share_losses"):  # its failure checks then see every rank's losses (see ERROR_KEY)
+        task.share_losses(env.all_reduce, env.world_size)
     seed_everything(spec.train.seed + env.world_rank)
     models = {name: env.prepare_model(m) for name, m in task.build_models().items()}
     optimizers = task.build_optimizers(models)
