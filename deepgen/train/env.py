@@ -7,10 +7,10 @@ Train), for the checkpoint to resume from, and to report an epoch. Ray touch poi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -105,6 +105,10 @@ class LocalEnv:
         found = sorted(self.root.glob("checkpoint_*")) if self.root.exists() else []
         return found[-1] if found else None
 
+    @contextlib.contextmanager
+    def checkpoint_to_resume(self) -> Iterator[Path | None]:
+        yield self.latest_checkpoint()
+
     def report(self, metrics: dict, checkpoint_dir: Path | None) -> None:
         if checkpoint_dir is not None:
             dest = self.root / f"checkpoint_{metrics['epoch']:06d}"
@@ -163,12 +167,16 @@ class RayTrainEnv:
         # DDP across workers (gloo on CPU, NCCL on GPU); a single worker is not wrapped.
         return self._train_torch.prepare_model(model)
 
-    def latest_checkpoint(self) -> Path | None:
-        ckpt = self._train.get_checkpoint()  # the last *registered* checkpoint of this run name
+    @contextlib.contextmanager
+    def checkpoint_to_resume(self) -> Iterator[Path | None]:
+        """The last *registered* checkpoint of this run name as a local folder while the block runs (a
+        download from remote storage is deleted after), or None on a fresh run."""
+        ckpt = self._train.get_checkpoint()
         if ckpt is None:
-            return None
-        local = Path(tempfile.mkdtemp(prefix="deepgen-resume-"))
-        return Path(ckpt.to_directory(str(local)))
+            yield None
+            return
+        with ckpt.as_directory() as local:
+            yield Path(local)
 
     def report(self, metrics: dict, checkpoint_dir: Path | None) -> None:
         from ray.train import Checkpoint

@@ -91,10 +91,10 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
     models = {name: env.prepare_model(m) for name, m in task.build_models().items()}
     optimizers = task.build_optimizers(models)
     start_epoch, history = 0, []
-    resume = env.latest_checkpoint()
-    if resume is not None:
-        start_epoch, history = load_checkpoint(resume, models, optimizers, restore_rng=env.world_rank == 0)
-        env.say(f"resuming {spec.run_name} after epoch {start_epoch} from {resume}")
+    with env.checkpoint_to_resume() as resume:
+        if resume is not None:
+            start_epoch, history = load_checkpoint(resume, models, optimizers, restore_rng=env.world_rank == 0)
+            env.say(f"resuming {spec.run_name} after epoch {start_epoch}")
 
     autocast = autocast_context(spec, env.device)
     columns = batch_columns(task)
