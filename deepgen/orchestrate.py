@@ -327,12 +327,29 @@ def register(spec: PipelineSpec, manifest: Manifest, ev: Evaluation, models, tas
     with tempfile.TemporaryDirectory(prefix="deepgen-export-") as tmp:
         model_dir = task.export(Path(tmp) / "model", models, ev)
         version = tracking.log_and_register(run_id, model_dir, name, tags)
-    alias = tracking.CHAMPION if promote else tracking.CHALLENGER
+    return settle_alias(spec, manifest, version, ev.metrics, (promote, reason, previous))
+
+
+def settle_alias(spec: PipelineSpec, manifest: Manifest, version, metrics: dict[str, float],
+                 verdict: tuple[bool, str, str | None] | None = None) -> tracking.Registered:
+    """Point `champion` (through the gate) or `challenger` at a registered version.
+
+    `verdict` is the gate's answer from before the upload; if the champion changed meanwhile (another run
+    registered), the gate is asked again, so a slower run cannot replace a better model it never saw.
+    MLflow has no compare-and-set on aliases, so two runs finishing in the same instant can still race.
+    """
+    name = spec.registry.model_name
+    current = tracking.champion(name)
+    if verdict is None or (str(current.version) if current else None) != verdict[2]:
+        verdict = gate(spec, manifest, metrics)
+        tracking.set_version_tag(name, str(version.version), "gate", verdict[1])
+    promote, reason, previous = verdict
     if promote:  # through the one function that records champion moves
         tracking.move_champion(name, str(version.version), by="gate", reason=reason, action="gate")
     else:
-        tracking.set_alias(name, alias, version.version)
-    return tracking.Registered(name, str(version.version), alias, previous, reason)
+        tracking.set_alias(name, tracking.CHALLENGER, version.version)
+    return tracking.Registered(name, str(version.version), tracking.CHAMPION if promote else tracking.CHALLENGER,
+                               previous, reason)
 
 
 # --- the whole pipeline ----------------------------------------------------------------------------
@@ -353,6 +370,13 @@ def run_pipeline(spec: PipelineSpec, register_model: bool = True) -> Summary:
     manifest = prepare(spec)
     # Before start_run, which would mark the finished MLflow run RUNNING again and leave it so.
     existing = tracking.find_version_for_run(spec.registry.model_name, spec.run_name)
+    if existing is not None and not existing.aliases:  # registered, then stopped before its alias moved
+        say(f"register: {spec.run_name} registered {existing.name} v{existing.version} but no alias moved; "
+            "finishing that")
+        metrics = {k.removeprefix("test_"): float(v) for k, v in existing.tags.items()
+                   if k.startswith("test_") and _is_number(v)}
+        reg = settle_alias(spec, manifest, existing, metrics)
+        return Summary(spec, uri, existing.run_id, reg, None, reused=True)
     if existing is not None:
         say(f"register: {spec.run_name} already registered {existing.name} v{existing.version}; nothing to do")
         aliases = list(existing.aliases or [])
@@ -371,6 +395,14 @@ def run_pipeline(spec: PipelineSpec, register_model: bool = True) -> Summary:
         log_evaluation(run_id, ev)
         reg = register(spec, manifest, ev, models, task, run_id) if register_model else None
     return Summary(spec, uri, run_id, reg, ev)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def start_run(spec: PipelineSpec, manifest: Manifest) -> str:

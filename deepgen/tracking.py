@@ -210,6 +210,10 @@ def set_alias(name: str, alias: str, version: str) -> None:
     client().set_registered_model_alias(name, alias, version)
 
 
+def set_version_tag(name: str, version: str, key: str, value: str) -> None:
+    client().set_model_version_tag(name, version, key, value)
+
+
 # --- champion history ------------------------------------------------------------------------------
 # MLflow keeps no history of aliases, so every move of `champion` goes through `move_champion`, which
 # appends a ChampionMove to a JSON list in one registered-model tag. MLflow accepts such tag values up

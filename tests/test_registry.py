@@ -121,6 +121,37 @@ def test_a_rescored_champion_sees_the_test_rows_scaled_as_it_was_trained(tmp_pat
     assert got == pytest.approx(expected, rel=1e-5) and got != pytest.approx(naive, rel=1e-5)
 
 
+def test_a_champion_that_moved_during_the_upload_is_gated_against_again(registry):
+    spec, manifest, run_id, c = registry
+    _register(spec, manifest, run_id, roc_auc=0.80)  # v1, champion
+    task = build_task(spec, manifest)
+    verdict = orchestrate.gate(spec, manifest, {"roc_auc": 0.85})  # run A: beats v1 ...
+    assert verdict[0] and verdict[2] == "1"
+    _register(spec, manifest, run_id, roc_auc=0.95)  # ... but run B registers v2 (0.95) meanwhile
+    ev = Evaluation({"roc_auc": 0.85}, registry_tags=threshold_tags(0.5, FprThreshold()))
+    with tempfile.TemporaryDirectory() as tmp:
+        version = tracking.log_and_register(run_id, task.export(Path(tmp) / "m", task.build_models(), ev),
+                                            "t-model", {"test_roc_auc": 0.85, "gate": verdict[1]})
+    reg = orchestrate.settle_alias(spec, manifest, version, ev.metrics, verdict)
+    assert (reg.alias, reg.previous_champion) == ("challenger", "2") and "does not beat champion v2" in reg.reason
+    assert str(c.get_model_version_by_alias("t-model", "champion").version) == "2"
+    assert c.get_model_version("t-model", version.version).tags["gate"] == reg.reason
+
+
+def test_a_run_that_stopped_between_registering_and_moving_the_alias_finishes_on_rerun(registry, ray_local):
+    spec, manifest, run_id, c = registry
+    task = build_task(spec, manifest)
+    ev = Evaluation({"roc_auc": 0.9}, registry_tags=threshold_tags(0.5, FprThreshold()))
+    with tempfile.TemporaryDirectory() as tmp:  # what register() had done when the process died
+        version = tracking.log_and_register(run_id, task.export(Path(tmp) / "m", task.build_models(), ev), "t-model",
+                                            {"test_roc_auc": 0.9, tracking.RUN_NAME_TAG: spec.run_name})
+    assert not c.get_model_version("t-model", version.version).aliases
+    summary = orchestrate.run_pipeline(spec)  # the same run again: no training, the alias is settled
+    assert summary.reused and (summary.registered.version, summary.registered.alias) == ("1", "champion")
+    assert str(c.get_model_version_by_alias("t-model", "champion").version) == "1"
+    assert len(c.search_model_versions("name = 't-model'")) == 1
+
+
 def test_lookup_of_unknown_models_says_what_to_do(registry):
     from deepgen.errors import RegistryError
 
