@@ -636,9 +636,13 @@ class PipelineSpec(Spec):
 
     @property
     def data_dir(self) -> Path:
+        """`data.output`, else RUNS_DIR/data/NAME-HASH, HASH from the data section: variants of a pipeline
+        with other data settings (`--set data.seed=1`) prepare into their own folders, so neither
+        overwrites the splits (or tokenizer) that the other's runs and resumes read."""
         if self.data.output:
             return Path(self.data.output).expanduser().resolve()
-        return self.runs_dir / "data" / self.name
+        data = json.dumps(self.data.model_dump(mode="json", exclude={"output"}), sort_keys=True)
+        return self.runs_dir / "data" / f"{self.name}-{hashlib.sha256(data.encode()).hexdigest()[:8]}"
 
     @property
     def storage_path(self) -> str:

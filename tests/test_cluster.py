@@ -468,7 +468,8 @@ def test_submitted_pipeline_ran_as_a_job_and_logged_to_the_server(cluster, submi
     assert sorted(m.step for m in c.get_metric_history(mlrun.info.run_id, "train_loss")) == [1, 2]
     # checkpoints and prepared data went to --storage, not into the job's temporary working folder
     assert (cluster["storage"] / submitted["run_name"]).is_dir()
-    assert (cluster["storage"] / "data" / "quickstart" / "manifest.json").is_file()
+    assert [p.parent.name.startswith("quickstart-") for p in (cluster["storage"] / "data").glob("*/manifest.json")] \
+        == [True]
 
 
 def test_champion_lookup_and_scoring_from_a_fresh_process(cluster, submitted, tmp_path):

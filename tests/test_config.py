@@ -10,7 +10,11 @@ def test_valid_spec_has_typed_sections_and_derived_names(tmp_path):
     assert spec.model.kind == "dense_autoencoder"
     assert spec.train.epochs == 2
     assert spec.run_name.startswith("t-") and len(spec.run_name) == 12
-    assert spec.data_dir == (tmp_path / "runs" / "data" / "t")
+    assert spec.data_dir.parent == tmp_path / "runs" / "data" and spec.data_dir.name.startswith("t-")
+    other = PipelineSpec.from_yaml(write_pipeline(tmp_path / "p.yaml"), overrides=["data.seed=5"])
+    assert other.data_dir != spec.data_dir  # a data variant prepares into its own folder ...
+    same = PipelineSpec.from_yaml(write_pipeline(tmp_path / "p.yaml"), overrides=["train.lr=0.5"])
+    assert same.data_dir == spec.data_dir  # ... a training variant reuses the prepared data
 
 
 def test_error_names_file_and_field_path(tmp_path):

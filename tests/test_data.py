@@ -123,6 +123,18 @@ def test_a_table_source_may_be_a_folder_of_parquet_parts(tmp_path):
     assert changed.source_fingerprint != manifest.source_fingerprint  # a changed part is new data
 
 
+def test_preparing_leaves_a_live_prepares_folder_alone_and_removes_a_dead_ones(tmp_path):
+    import os
+    import time
+
+    live, dead = tmp_path / ".out.tmp-live", tmp_path / ".out.tmp-dead"
+    live.mkdir(), dead.mkdir()
+    os.utime(dead, (time.time() - 2 * 86400,) * 2)  # a killed prepare's, two days old
+    prepare_dataset(data_spec({"kind": "digits"}), tmp_path / "out", log=lambda m: None)
+    assert live.is_dir() and not dead.exists()
+    assert read_manifest(tmp_path / "out") is not None
+
+
 def test_nan_or_infinite_features_fail_without_any_output(tmp_path):
     (tmp_path / "t.csv").write_text("a,b\n1,2\n3,nan\n" + "\n".join(f"{i},{i}" for i in range(40)))
     with pytest.raises(DataError, match=r"t.csv: column 'b' has 1 missing values"):

@@ -11,9 +11,11 @@ leaves either the previous dataset or nothing, never a half-written one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -218,12 +220,17 @@ def _fixed_size_list(x: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float32).ravel(), pa.float32()), x.shape[1])
 
 
+STALE_TMP_S = 24 * 3600  # a temporary folder this old was left by a killed prepare
+
+
 def write_atomically(out_dir: Path, tables: dict[str, pa.Table], manifest, extra=None) -> None:
     """Write into a hidden sibling folder, then swap it into place; the manifest is written last.
     `extra(folder)` writes any further files of the dataset (e.g. a text dataset's tokenizer)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # left by a killed process
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # left by a killed process, not a live one
+        with contextlib.suppress(OSError):
+            if time.time() - stale.stat().st_mtime > STALE_TMP_S:
+                shutil.rmtree(stale, ignore_errors=True)
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -236,7 +243,14 @@ def write_atomically(out_dir: Path, tables: dict[str, pa.Table], manifest, extra
         if out_dir.exists():
             old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
             out_dir.rename(old)
-        tmp.rename(out_dir)
+        try:
+            tmp.rename(out_dir)
+        except OSError:  # another process preparing the same folder swapped its copy in first
+            done = read_manifest(out_dir)
+            if done is None or done.fingerprint != manifest.fingerprint:
+                raise DataError(f"{out_dir}: another process wrote this dataset at the same time; "
+                                "run again once it is done") from None
+            shutil.rmtree(tmp, ignore_errors=True)  # theirs holds the same data
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
