@@ -56,3 +56,22 @@ def test_divergence_stops_with_a_clear_message(tmp_path):
     spec, manifest = _setup(tmp_path, **{"train.lr": 1e30, "model.loss": "mse"})
     with pytest.raises(TrainingError, match="training diverged at epoch 1"):
         train_loop(spec, manifest, _env(spec, tmp_path / "c"))
+
+
+def test_each_rank_resumes_with_its_own_random_state(tmp_path):
+    import torch
+
+    from deepgen.train.loop import RANK_RNG_FILE, load_checkpoint, rng_state, save_checkpoint
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path, {"m": model}, {"m": opt}, epoch=3, history=[])  # rank 0's state
+    rank0_next = torch.rand(4)
+    torch.manual_seed(1)
+    torch.save(rng_state(), tmp_path / RANK_RNG_FILE.format(rank=1))  # rank 1's own
+    rank1_next = torch.rand(4)
+    for rank, expected in ((0, rank0_next), (1, rank1_next)):
+        torch.manual_seed(99)
+        assert load_checkpoint(tmp_path, {"m": model}, {"m": opt}, rank=rank)[0] == 3
+        assert torch.equal(torch.rand(4), expected), rank  # the draws it would have made next

@@ -64,6 +64,11 @@ def test_rerun_with_the_same_run_name_resumed_without_duplicating_history(pipeli
             "plots/reconstructions.png"} <= artifacts
 
 
+def test_a_checkpoint_holds_every_workers_random_state(pipeline):
+    checkpoints = [p for p in (pipeline["root"] / "runs" / "ray" / "bars-e2e").glob("checkpoint_*") if p.is_dir()]
+    assert checkpoints and all({"state.pt", "rng-rank1.pt"} <= {p.name for p in c.iterdir()} for c in checkpoints)
+
+
 def test_the_model_is_registered_as_champion_with_threshold_metrics_and_lineage(pipeline):
     v = _client(pipeline).get_model_version_by_alias(MODEL, "champion")
     assert str(v.version) == "1"
@@ -153,23 +158,17 @@ def test_scoring_input_of_the_wrong_width_is_refused(pipeline, tmp_path):
     assert not (tmp_path / "s.parquet").exists()
 
 
-def test_a_diverging_run_stops_at_once_instead_of_being_restarted(pipeline, monkeypatch):
-    """Ray Train retries any worker error up to max_failures times; a divergence would recur on every
-    restart, so the workers record it and finish, and the driver raises it: Ray sees no failure to retry."""
-    from deepgen import orchestrate
+def test_a_diverging_run_stops_at_once_instead_of_being_restarted(pipeline, monkeypatch, capsys):
+    """Ray Train retries any worker error up to max_failures times (-1: forever); a divergence would recur
+    on every restart, so the workers record it and finish, and the driver raises it."""
     from deepgen.config import PipelineSpec
-    from deepgen.errors import TrainingError
     from deepgen.train.loop import take_recorded_error
 
     monkeypatch.chdir(pipeline["root"])
-    spec = PipelineSpec.from_yaml(pipeline["spec"], overrides=[
-        "train.lr=1e30", "train.max_failures=2", "train.run_name=bars-diverges"])
-    manifest = orchestrate.prepare(spec)
-    result = orchestrate.build_trainer(spec, manifest, None, None).fit()
-    assert result.error is None  # both workers finished: nothing for the failure policy to restart
-    with pytest.raises(TrainingError, match=r"^bars-diverges: training diverged at epoch 1 \(loss nan\)"):
-        raise take_recorded_error(spec)
-    assert take_recorded_error(spec) is None  # taken: a rerun starts clean
-    code = cli.main(["run", str(pipeline["spec"]), "--set", "train.lr=1e30", "--set", "train.max_failures=-1",
-                     "--set", "train.run_name=bars-diverges-cli"])
-    assert code == 2  # even "restart forever" ends, with the one-line error (the CLI's exit code for them)
+    overrides = ["train.lr=1e30", "train.max_failures=-1", "train.run_name=bars-diverges"]
+    code = cli.main(["run", str(pipeline["spec"]), *[a for o in overrides for a in ("--set", o)]])
+    # it ends (under "restart forever"), with the one-line error and the CLI's exit code for it
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        "deepgen: error: bars-diverges: training diverged at epoch 1 (loss nan)")
+    assert take_recorded_error(PipelineSpec.from_yaml(pipeline["spec"], overrides=overrides)) is None  # taken

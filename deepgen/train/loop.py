@@ -24,6 +24,7 @@ from deepgen.errors import DeepgenError, TrainingError, as_report, from_report
 from deepgen.tasks import Task, build_task, unwrap
 
 STATE_FILE = "state.pt"
+RANK_RNG_FILE = "rng-rank{rank}.pt"  # the random state of rank > 0 (rank 0's is in STATE_FILE)
 
 
 ERROR_FILE = "deepgen-error.txt"  # in the run's storage folder: the error that stopped its workers
@@ -93,7 +94,7 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
     start_epoch, history = 0, []
     with env.checkpoint_to_resume() as resume:
         if resume is not None:
-            start_epoch, history = load_checkpoint(resume, models, optimizers, restore_rng=env.world_rank == 0)
+            start_epoch, history = load_checkpoint(resume, models, optimizers, rank=env.world_rank)
             env.say(f"resuming {spec.run_name} after epoch {start_epoch}")
 
     autocast = autocast_context(spec, env.device)
@@ -131,18 +132,19 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
         if "tokens" in sums:
             metrics["tokens_per_s"] = totals[keys.index("tokens")].item() / max(train_time, 1e-9)
         history.append({**metrics, "ended_at": time.time()})  # wall clock, for start-up cost benchmarks
-        if env.world_rank == 0:
-            with tempfile.TemporaryDirectory(prefix="deepgen-ckpt-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="deepgen-ckpt-") as tmp:
+            if env.world_rank == 0:
                 save_checkpoint(Path(tmp), models, optimizers, epoch, history)
                 if hasattr(task, "checkpoint_files"):  # what makes a checkpoint usable on its own
                     task.checkpoint_files(Path(tmp))
-                env.report(metrics, Path(tmp))
+            else:  # each rank's random state joins rank 0's files in the same checkpoint folder
+                torch.save(rng_state(), Path(tmp) / RANK_RNG_FILE.format(rank=env.world_rank))
+            env.report(metrics, Path(tmp))
+        if env.world_rank == 0:
             if on_epoch is not None:
                 on_epoch(metrics)
             env.say(f"epoch {epoch}/{t.epochs} " + " ".join(
                 f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"))
-        else:
-            env.report(metrics, None)
     return history
 
 
@@ -188,30 +190,44 @@ def save_checkpoint(directory: Path, models, optimizers, epoch: int, history: li
         "models": {k: unwrap(m).state_dict() for k, m in models.items()},
         "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
         "epoch": epoch,
-        "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate()[1]},
+        "rng": rng_state(),
     }
-    if torch.cuda.is_available():
-        state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
     torch.save(state, directory / STATE_FILE)
     (directory / "history.json").write_text(json.dumps(history))
 
 
-def load_checkpoint(directory: Path, models, optimizers, restore_rng: bool = True) -> tuple[int, list[dict]]:
+def load_checkpoint(directory: Path, models, optimizers, rank: int = 0) -> tuple[int, list[dict]]:
+    """Weights, optimizer state and this rank's random state (rank 0's in STATE_FILE, the others' in
+    RANK_RNG_FILE), so a resumed run draws the same noise, masks and dropout as an uninterrupted one."""
     # weights_only: a checkpoint is data, never code to unpickle.
     state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
     for k, m in models.items():
         unwrap(m).load_state_dict(state["models"][k])
     for k, o in optimizers.items():
         o.load_state_dict(state["optimizers"][k])
-    if restore_rng:
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(("MT19937", np.asarray(state["rng"]["numpy"]["key"], np.uint32),
-                             state["rng"]["numpy"]["pos"], 0, 0.0))
-        random.setstate((3, tuple(state["rng"]["python"]), None))
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    rank_file = Path(directory) / RANK_RNG_FILE.format(rank=rank)
+    if rank == 0:
+        set_rng_state(state["rng"])
+    elif rank_file.is_file():  # absent if the run now has more workers than when it was saved
+        set_rng_state(torch.load(rank_file, weights_only=True))
     history = json.loads((Path(directory) / "history.json").read_text())
     return int(state["epoch"]), history
+
+
+def rng_state() -> dict:
+    """This process's torch, CUDA, numpy and Python random states."""
+    state = {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate()[1]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", np.asarray(state["numpy"]["key"], np.uint32), state["numpy"]["pos"], 0, 0.0))
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def load_model_weights(directory: Path, task: Task) -> dict[str, torch.nn.Module]:
