@@ -259,5 +259,7 @@ def test_classifier_from_pretraining_carries_the_encoder_weights():
         pre.bert.embeddings.word.weight)
     fresh = BertForSequenceClassification(tiny(), 3)
     assert not fresh.load_encoder_state(wrapped).missing_keys
+    ddp_of_compiled = {"module._orig_mod." + k: v for k, v in pre.state_dict().items()}  # DDP(compile(m))
+    assert not BertForSequenceClassification(tiny(), 3).load_encoder_state(ddp_of_compiled).missing_keys
     with pytest.raises(RuntimeError, match="size mismatch"):
         BertForSequenceClassification(tiny(hidden=64), 3).load_encoder_state(pre.state_dict())

@@ -54,11 +54,16 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def free_range(size: int) -> int:
-    """The first port of `size` consecutive free ports (for Ray's worker ports)."""
+def free_range(size: int, avoid: list[int]) -> int:
+    """The first port of `size` consecutive free ports (for Ray's worker ports), below the kernel's
+    ephemeral range when it can (free_ports draws from that range) and never covering `avoid`: Ray
+    refuses to start when a component's port falls inside the worker range."""
+    low = _ephemeral_low()
     rng = np.random.default_rng()
     for _ in range(50):
-        base = int(rng.integers(20000, 40000 - size))
+        base = int(rng.integers(10000, max(low, 10000 + 2 * size) - size))
+        if any(base <= p < base + size for p in avoid):
+            continue
         try:
             for port in range(base, base + size):
                 with socket.socket() as s:
@@ -67,6 +72,13 @@ def free_range(size: int) -> int:
         except OSError:
             continue
     raise RuntimeError("no free port range for Ray workers")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def our_pids(marker: str) -> list[int]:
@@ -133,8 +145,9 @@ def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("cluster")
     marker = secrets.token_hex(8)
     token = secrets.token_hex(32)
-    gcs, dash, client, node_mgr, obj_mgr, agent, agent_grpc, metrics, renv_agent, mlflow_port = free_ports(10)
-    workers = free_range(200)
+    ports = free_ports(10)
+    gcs, dash, client, node_mgr, obj_mgr, agent, agent_grpc, metrics, renv_agent, mlflow_port = ports
+    workers = free_range(200, avoid=ports)
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("RAY_", "MLFLOW_")) and k not in ("PYTEST_CURRENT_TEST",)}
     env.update({

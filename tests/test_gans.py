@@ -128,6 +128,18 @@ def test_divergence_raises_training_error():
             task.train_step(models, opts, batch)
 
 
+def test_a_nan_on_the_epochs_last_step_is_caught_at_the_epochs_end():
+    task = make_task(TINY["dcgan"]())
+    models = task.build_models()
+    opts = task.build_optimizers(models)
+    task.train_step(models, opts, batch_of())
+    bad = batch_of()
+    bad["features"][0, 0] = float("nan")
+    task.train_step(models, opts, bad)  # the last step: no later step to read its losses after ...
+    with pytest.raises(TrainingError, match="diverged at step 2"):
+        task.end_epoch()  # ... so the loop's end-of-epoch hook checks it before the checkpoint
+
+
 def test_a_discriminator_that_wins_completely_stops_training_after_the_patience():
     guard = DivergenceGuard("t", collapse_d_loss=1e-4, patience=3)
     g = torch.tensor(5.0)

@@ -41,6 +41,16 @@ def test_dice_and_iou():
     assert dice_iou(np.zeros((1, 4)), np.zeros((1, 4))) == (1.0, 1.0)
 
 
+def test_a_unet_deeper_than_its_images_allow_is_refused_in_one_line(tmp_path):
+    spec = PipelineSpec.from_yaml(write_pipeline(
+        tmp_path / "seg.yaml", name="seg", data={"source": {"kind": "shapes", "num_images": 40, "size": 24}},
+        model={"kind": "unet", "depth": 4}, anomaly={}, registry={"model_name": "seg"}))
+    manifest, _ = prepare_dataset(spec.data, spec.data_dir, log=lambda m: None)
+    with pytest.raises(DataError, match=r"^model.depth: 4 halvings of 24-pixel images leave 1 pixel\(s\) at the "
+                                        r"bottom; use depth 3 or less"):
+        build_task(spec, manifest)
+
+
 def test_unet_beats_a_fixed_intensity_threshold_on_held_out_shapes(tmp_path):
     spec = PipelineSpec.from_yaml(write_pipeline(
         tmp_path / "seg.yaml", name="seg", data={"source": {"kind": "shapes", "num_images": 360, "size": 24}},

@@ -329,10 +329,10 @@ class SequenceClassifierOutput(NamedTuple):
 
 
 def strip_wrappers(key: str) -> str:
-    """State-dict key without the prefixes torch.compile ("_orig_mod.") and DDP ("module.") add."""
-    for prefix in ("_orig_mod.", "module."):
-        while key.startswith(prefix):
-            key = key[len(prefix):]
+    """State-dict key without the prefixes torch.compile ("_orig_mod.") and DDP ("module.") add, in
+    whichever order they were nested (DDP(compile(m)) gives "module._orig_mod.")."""
+    while key.startswith(("_orig_mod.", "module.")):
+        key = key.split(".", 1)[1]
     return key
 
 

@@ -130,6 +130,10 @@ class GanTask:
 
     # -- the Task protocol -- #
 
+    def end_epoch(self) -> None:
+        """The guard reads losses one step late; the epoch's last step is checked before its checkpoint."""
+        self.guard.flush()
+
     def share_losses(self, all_reduce, world_size: int) -> None:
         """Under DDP the divergence guard judges the mean loss over ranks, so every rank stops together."""
         self.guard.all_reduce, self.guard.world_size = all_reduce, world_size

@@ -54,6 +54,11 @@ class SegmentationTask:
         if manifest.target_shape is None or len(manifest.shape) != 3:
             raise DataError(f"{spec.name}: model.kind unet needs images with masks "
                             "(data.source.kind shapes or image_masks)")
+        side = min(manifest.shape[1:])
+        if side >> spec.model.depth < 2:  # batch norm needs more than one value per channel at the bottom
+            raise DataError(f"model.depth: {spec.model.depth} halvings of {side}-pixel images leave "
+                            f"{side >> spec.model.depth} pixel(s) at the bottom; use depth "
+                            f"{max(1, (side // 2).bit_length() - 1)} or less, or larger images (data.resize)")
         self.spec = spec
         self.manifest = manifest
         self.config = UNetConfig(input_shape=tuple(manifest.shape), base_channels=spec.model.base_channels,

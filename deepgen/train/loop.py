@@ -114,6 +114,8 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
                 sums[k] = sums.get(k, 0) + (v.float() if k == "tokens" else v.float() * n)
             rows += n
             steps += 1
+        if hasattr(task, "end_epoch"):  # e.g. the GAN guard's check of the epoch's last step
+            task.end_epoch()
         train_time = time.perf_counter() - start
         keys = sorted(sums)
         totals = env.all_reduce(torch.stack([*(torch.as_tensor(sums[k], device=env.device).float() for k in keys),
