@@ -273,6 +273,17 @@ def test_psnr_and_ssim():
     assert (metrics.ssim(x, (x + 0.05 * torch.randn_like(x)).clamp(0, 1)) > s).all()
 
 
+def test_self_supervised_targets_keep_a_non_square_images_shape():
+    x = torch.arange(2 * 8 * 12, dtype=torch.float32).view(2, 1, 8, 12).repeat(20, 1, 1, 1)
+    out, k = metrics.rotation_batch(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and set(k.tolist()) == {0, 1, 2, 3}
+    for i, r in enumerate(k.tolist()):  # each target names a distinct transform
+        assert torch.equal(out[i], [x[i], x[i].flip(2), x[i].flip(1, 2), x[i].flip(1)][r])
+    square = torch.rand(8, 1, 6, 6)
+    turned, k = metrics.rotation_batch(square, torch.Generator().manual_seed(1))
+    assert all(torch.equal(turned[i], torch.rot90(square[i], r, dims=(1, 2))) for i, r in enumerate(k.tolist()))
+
+
 def test_feature_classifier_learns_blob_positions():
     rows, labels = blob_images(256, seed=0)
     x = torch.tensor(rows).view(-1, 1, 16, 16)

@@ -124,12 +124,18 @@ class FeatureClassifier(nn.Module):
 
 def rotation_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Self-supervised targets for unlabelled images (Gidaris et al. 2018, RotNet): each square image
-    turned by k * 90 degrees, k drawn uniformly from {0, 1, 2, 3}; the target is k."""
+    turned by k * 90 degrees, k drawn uniformly from {0, 1, 2, 3}; the target is k. A quarter turn would
+    change a non-square image's shape, so those get the four shape-keeping transforms instead: as is,
+    mirrored left-right, turned 180 degrees, mirrored top-bottom."""
     k = torch.randint(0, 4, (len(x),), generator=generator).to(x.device)
+    square = x.shape[2] == x.shape[3]
     out = x.clone()
     for r in range(1, 4):
         idx = k == r
-        out[idx] = torch.rot90(x[idx], r, dims=(2, 3))
+        if square:
+            out[idx] = torch.rot90(x[idx], r, dims=(2, 3))
+        else:
+            out[idx] = torch.flip(x[idx], dims={1: (3,), 2: (2, 3), 3: (2,)}[r])
     return out, k
 
 
