@@ -305,8 +305,18 @@ def read_rows(path: Path, meta: ModelMeta) -> tuple[np.ndarray, np.ndarray | Non
         table = pq.read_table(path)
         x = features_to_numpy(table.column("features"))
         labels = table.column("label").to_numpy(zero_copy_only=False) if "label" in table.column_names else None
-        prepared = (table.schema.metadata or {}).get(b"deepgen.prepared") == b"1"
-        return (x if prepared else meta.scaler.apply(x)), labels
+        if (table.schema.metadata or {}).get(b"deepgen.prepared") != b"1":
+            return meta.scaler.apply(x), labels
+        # a prepared split: scaled for its own dataset, whose range may not be the model's
+        from deepgen.data.prepare import read_manifest
+
+        manifest = read_manifest(path.parent)
+        if manifest is None:
+            raise DataError(f"{path}: a prepared split without its manifest.json beside it, so its scaling is "
+                            "unknown; score the raw rows instead (.npy, CSV/Parquet columns, IDX)")
+        if manifest.scaler != meta.scaler:
+            x = meta.scaler.apply(manifest.scaler.invert(x))
+        return x, labels
     table = load_table(str(path))
     if not meta.feature_names:
         raise DataError(f"{path}: this model scores image rows; give a .npy, an IDX images file, "

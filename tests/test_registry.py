@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from deepgen import orchestrate, tracking
 from deepgen.anomaly import threshold_tags
 from deepgen.config import FprThreshold, PipelineSpec
 from deepgen.data.prepare import prepare_dataset
+from deepgen.errors import DataError
 from deepgen.export import AnomalyScorer
 from deepgen.tasks import Evaluation, build_task
 
@@ -119,6 +121,13 @@ def test_a_rescored_champion_sees_the_test_rows_scaled_as_it_was_trained(tmp_pat
     naive = evaluate_scores(champion.score(x_new), truth, champion.threshold)
     got = champion.evaluate(new_dir, specs["new"].anomaly)
     assert got == pytest.approx(expected, rel=1e-5) and got != pytest.approx(naive, rel=1e-5)
+    # `deepgen score` on that prepared split reads it the same way; without its manifest it is refused
+    x_read, _ = champion.read_input(new_dir / "test.parquet")
+    np.testing.assert_allclose(x_read, old_manifest.scaler.apply(raw), rtol=1e-5, atol=1e-6)
+    (tmp_path / "alone").mkdir()
+    shutil.copy(new_dir / "test.parquet", tmp_path / "alone" / "test.parquet")
+    with pytest.raises(DataError, match=r"test.parquet: a prepared split without its manifest.json beside it"):
+        champion.read_input(tmp_path / "alone" / "test.parquet")
 
 
 def test_a_champion_that_moved_during_the_upload_is_gated_against_again(registry):
