@@ -75,3 +75,32 @@ def test_each_rank_resumes_with_its_own_random_state(tmp_path):
         torch.manual_seed(99)
         assert load_checkpoint(tmp_path, {"m": model}, {"m": opt}, rank=rank)[0] == 3
         assert torch.equal(torch.rand(4), expected), rank  # the draws it would have made next
+
+
+def test_validation_means_are_per_row_except_a_tasks_ratio_metrics():
+    import contextlib
+
+    import torch
+
+    from deepgen.train.env import LocalEnv
+    from deepgen.train.loop import evaluate
+
+    class Counting:  # two val batches: 2 rows with 1 masked token (right), 1 row with 3 (all wrong)
+        eval_ratios = {"accuracy": ("correct", "count")}
+
+        def eval_step(self, models, batch):
+            n = len(batch["x"])
+            assert n
+            return {"loss": batch["x"].sum(), "correct": batch["correct"].sum(), "count": batch["count"].sum()}
+
+    class TwoBatches(LocalEnv):
+        def __init__(self):
+            self.device = torch.device("cpu")
+
+        def batches(self, split, batch_size, epoch, columns):
+            ones = torch.tensor([1.0, 1.0])
+            yield {"x": ones, "correct": ones, "count": ones}
+            yield {"x": torch.tensor([4.0]), "correct": torch.tensor([0.0]), "count": torch.tensor([3.0])}
+
+    out = evaluate(Counting(), {}, TwoBatches(), 2, contextlib.nullcontext(), ("x",))
+    assert out == {"val_loss": 2.0, "val_accuracy": 0.4}  # rows: 6 / 3; tokens: 2 right of 5, not (1 + 0) / 2

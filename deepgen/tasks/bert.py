@@ -139,11 +139,12 @@ def pretraining_metrics(model, data_dir: Path, special: SpecialTokens, mask_rate
     for batch in batches_of(read_split(data_dir, "test", BertPretrainTask.batch_columns)):
         out = pretraining_forward(model, batch, special, mask_rate, generator)
         n = len(batch["input_ids"])
-        for k, v in {"mlm_loss": out.mlm_loss * n, "nsp_loss": out.nsp_loss * n, "mlm_correct": out.mlm_correct,
-                     "mlm_count": out.mlm_count, "nsp_correct": out.nsp_correct}.items():
+        for k, v in {"mlm_loss": out.mlm_loss * out.mlm_count, "nsp_loss": out.nsp_loss * n, "mlm_count": out.mlm_count,
+                     "mlm_correct": out.mlm_correct, "nsp_correct": out.nsp_correct}.items():
             sums[k] = sums.get(k, 0.0) + float(v)
         rows += n
-    metrics = {"mlm_loss": sums["mlm_loss"] / rows, "nsp_loss": sums["nsp_loss"] / rows,
+    # MLM over masked tokens (batches mask different numbers), NSP over rows
+    metrics = {"mlm_loss": sums["mlm_loss"] / max(sums["mlm_count"], 1), "nsp_loss": sums["nsp_loss"] / rows,
                "mlm_accuracy": sums["mlm_correct"] / max(sums["mlm_count"], 1),
                "nsp_accuracy": sums["nsp_correct"] / rows}
     metrics["perplexity"] = math.exp(min(metrics["mlm_loss"], 50))
@@ -153,6 +154,8 @@ def pretraining_metrics(model, data_dir: Path, special: SpecialTokens, mask_rate
 
 class BertPretrainTask:
     batch_columns = ("input_ids", "segment_ids", "length", "is_next")
+    # validation metrics that are means over masked tokens, not rows: (numerator, denominator) sums
+    eval_ratios = {"mlm_loss": ("mlm_loss_sum", "mlm_count"), "mlm_accuracy": ("mlm_correct", "mlm_count")}
 
     def __init__(self, spec: PipelineSpec, manifest):
         self.spec, self.manifest, self.m = spec, manifest, spec.model
@@ -182,8 +185,9 @@ class BertPretrainTask:
         generator = torch.Generator(device=batch["input_ids"].device).manual_seed(EVAL_MASK_SEED)
         out = pretraining_forward(models["model"], batch, self.special, self.m.mask_rate, generator)
         n = len(batch["input_ids"])
-        return {"loss": out.loss * n, "mlm_loss": out.mlm_loss * n, "nsp_loss": out.nsp_loss * n,
-                "mlm_accuracy": out.mlm_correct / out.mlm_count.clamp(min=1) * n, "nsp_accuracy": out.nsp_correct}
+        return {"loss": out.loss * n, "nsp_loss": out.nsp_loss * n, "nsp_accuracy": out.nsp_correct,
+                "mlm_loss_sum": out.mlm_loss * out.mlm_count, "mlm_correct": out.mlm_correct,
+                "mlm_count": out.mlm_count}
 
     def evaluate(self, models, data_dir: Path) -> Evaluation:
         model = unwrap(models["model"]).eval()

@@ -163,7 +163,13 @@ def evaluate(task: Task, models, env, batch_size: int, autocast, columns) -> dic
         rows += len(batch[columns[0]])
     keys = sorted(sums)
     totals = env.all_reduce(torch.stack([*(sums[k] for k in keys), torch.tensor(float(rows), device=env.device)]))
-    return {f"val_{k}": (totals[i] / totals[-1].clamp(min=1)).item() for i, k in enumerate(keys)}
+    total = dict(zip(keys, totals.tolist()))
+    # per-row means, except a task's ratio metrics (e.g. BERT's MLM: means over masked tokens)
+    ratios = getattr(task, "eval_ratios", {})
+    parts = {p for pair in ratios.values() for p in pair}
+    out = {f"val_{k}": v / max(totals[-1].item(), 1) for k, v in total.items() if k not in parts}
+    out.update({f"val_{name}": total[num] / max(total[den], 1) for name, (num, den) in ratios.items()})
+    return out
 
 
 def batch_columns(task: Task) -> tuple[str, ...]:
