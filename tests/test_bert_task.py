@@ -162,3 +162,23 @@ def test_schedule_warms_up_decays_and_accumulates():
     assert optimizer_steps(opt) == 3  # 6 batches, 2 per update
     cosine = Schedule(BertClassifierSpec(warmup_fraction=0.0, lr_decay="cosine"), 1.0, 100, 10, 1, 1)
     assert cosine.lr_at(5) == pytest.approx(0.5)
+
+
+def test_accumulation_windows_stay_inside_an_epoch_so_the_schedule_ends_on_the_last_update():
+    m = BertClassifierSpec(warmup_fraction=0.0, lr_decay="linear", grad_accum_steps=3)
+    s = Schedule(m, lr=1.0, rows=70, batch_size=10, workers=1, epochs=3)  # 7 batches: 2 updates, 1 dropped
+    assert s.total == 6
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.AdamW(model.parameters())
+    lrs = []
+    for _ in range(3):
+        for _ in range(7):
+            if s.backward(model, model(torch.ones(1, 2)).sum()):
+                s.step(model, opt)
+                lrs.append(opt.param_groups[0]["lr"])
+        assert model.weight.grad is not None  # the 7th batch's half-window ...
+        s.end_epoch(opt)
+        assert model.weight.grad is None  # ... is dropped, not carried into the next epoch
+    assert optimizer_steps(opt) == 6 and lrs[-1] == pytest.approx(1 / 6) and min(lrs) > 0
+    with pytest.raises(DataError, match=r"^model.grad_accum_steps: 8 batches per update, but an epoch has 7"):
+        Schedule(BertClassifierSpec(grad_accum_steps=8), 1.0, 70, 10, 1, 3)

@@ -137,7 +137,7 @@ def test_a_nan_on_the_epochs_last_step_is_caught_at_the_epochs_end():
     bad["features"][0, 0] = float("nan")
     task.train_step(models, opts, bad)  # the last step: no later step to read its losses after ...
     with pytest.raises(TrainingError, match="diverged at step 2"):
-        task.end_epoch()  # ... so the loop's end-of-epoch hook checks it before the checkpoint
+        task.end_epoch(models, opts)  # ... so the loop's end-of-epoch hook checks it before the checkpoint
 
 
 def test_a_discriminator_that_wins_completely_stops_training_after_the_patience():

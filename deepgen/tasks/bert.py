@@ -58,11 +58,19 @@ def attention_mask(batch) -> torch.Tensor | None:
 
 
 class Schedule:
-    """AdamW steps with gradient accumulation, clipping, and warmup then linear/cosine/constant decay."""
+    """AdamW steps with gradient accumulation, clipping, and warmup then linear/cosine/constant decay.
+
+    An accumulation window never spans two epochs: an epoch's last (batches mod grad_accum_steps) batches
+    are dropped (`end_epoch`), so every epoch makes the same number of updates, the learning rate reaches
+    its end exactly at the last one, and a run resumed at an epoch boundary repeats an uninterrupted one.
+    """
 
     def __init__(self, m: BertSpec, lr: float, rows: int, batch_size: int, workers: int, epochs: int):
-        steps_per_epoch = math.ceil(rows / (batch_size * workers)) // m.grad_accum_steps
-        self.total = max(1, steps_per_epoch * epochs)
+        batches = math.ceil(rows / (batch_size * workers))  # per worker and epoch
+        if batches < m.grad_accum_steps:
+            raise DataError(f"model.grad_accum_steps: {m.grad_accum_steps} batches per update, but an epoch has "
+                            f"{batches} per worker; lower it or train.batch_size")
+        self.total = max(1, batches // m.grad_accum_steps * epochs)
         self.warmup = int(m.warmup_fraction * self.total)
         self.m, self.lr = m, lr
         self.micro = 0
@@ -82,6 +90,12 @@ class Schedule:
         with context:
             (loss / self.m.grad_accum_steps).backward()
         return syncing
+
+    def end_epoch(self, optimizer) -> None:
+        """Drop a window the epoch's last batches left unfinished (their gradients were never synced)."""
+        if self.micro % self.m.grad_accum_steps:
+            optimizer.zero_grad(set_to_none=True)
+        self.micro = 0
 
     def step(self, model, optimizer) -> None:
         if self.m.clip_grad_norm:
@@ -181,6 +195,9 @@ class BertPretrainTask:
                 "nsp_accuracy": (out.nsp_correct / out.nsp_count.clamp(min=1)).detach(),
                 "tokens": batch["length"].sum()}
 
+    def end_epoch(self, models, optimizers) -> None:
+        self.schedule.end_epoch(optimizers["model"])
+
     def eval_step(self, models, batch):
         generator = torch.Generator(device=batch["input_ids"].device).manual_seed(EVAL_MASK_SEED)
         out = pretraining_forward(models["model"], batch, self.special, self.m.mask_rate, generator)
@@ -253,6 +270,9 @@ class BertClassifierTask:
             self.schedule.step(model, optimizers["model"])
         return {"loss": out.loss.detach(), "accuracy": (out.correct / out.count).detach(),
                 "tokens": batch["length"].sum()}
+
+    def end_epoch(self, models, optimizers) -> None:
+        self.schedule.end_epoch(optimizers["model"])
 
     def eval_step(self, models, batch):
         out = self.forward(models["model"], batch)

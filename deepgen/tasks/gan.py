@@ -130,7 +130,7 @@ class GanTask:
 
     # -- the Task protocol -- #
 
-    def end_epoch(self) -> None:
+    def end_epoch(self, models, optimizers) -> None:
         """The guard reads losses one step late; the epoch's last step is checked before its checkpoint."""
         self.guard.flush()
 
