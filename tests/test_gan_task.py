@@ -87,3 +87,16 @@ def test_a_trained_srgan_beats_bicubic_upsampling_on_held_out_digits(tmp_path):
     m = task.evaluate(models, spec.data_dir).metrics
     # the test split, 8x8 -> 16x16: bicubic gives about 29 dB; trained runs gave 36-37 dB on 4 seeds
     assert m["psnr"] > m["bicubic_psnr"] + 3 and m["ssim"] > m["bicubic_ssim"], m
+
+
+def test_a_last_batch_of_one_row_does_not_stop_a_model_with_batch_norm(tmp_path):
+    spec = PipelineSpec.validate_dict({
+        "name": "gan", "data": {"source": {"kind": "digits"}},
+        "model": {"kind": "gan", "nz": 8, "hidden": [16]},  # BatchNorm1d in the generator
+        "train": {"epochs": 1, "batch_size": 64}, "scaling": {"num_workers": 1},
+        "registry": {"model_name": "gan"}, "tracking": {"runs_dir": str(tmp_path / "runs")}})
+    manifest, _ = prepare_dataset(spec.data, spec.data_dir, log=lambda m: None)
+    rows = manifest.rows["train"]
+    spec = spec.model_copy(update={"train": spec.train.model_copy(update={"batch_size": rows - 1})})
+    history, _, _ = run(spec, tmp_path, "ckpt")  # batches of rows - 1 and 1
+    assert len(history) == 1 and np.isfinite(history[0]["train_loss"])

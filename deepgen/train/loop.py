@@ -108,6 +108,8 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
         rows, steps = 0, 0
         for batch in env.batches("train", t.batch_size, epoch, columns):
             n = len(batch[columns[0]])
+            if n == 1 and steps:  # a last batch of one row: batch norm cannot train on it (Ray Train gives
+                continue  # every rank an equal shard, so all ranks skip it together)
             with autocast:
                 out = task.train_step(models, optimizers, batch)
             for k, v in out.items():
