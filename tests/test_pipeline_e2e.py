@@ -157,18 +157,3 @@ def test_scoring_input_of_the_wrong_width_is_refused(pipeline, tmp_path):
         f"deepgen: error: {tmp_path / 'wide.npy'}: rows have 100 features, the model expects 64"]
     assert not (tmp_path / "s.parquet").exists()
 
-
-def test_a_diverging_run_stops_at_once_instead_of_being_restarted(pipeline, monkeypatch, capsys):
-    """Ray Train retries any worker error up to max_failures times (-1: forever); a divergence would recur
-    on every restart, so the workers record it and finish, and the driver raises it."""
-    from deepgen.config import PipelineSpec
-    from deepgen.train.loop import take_recorded_error
-
-    monkeypatch.chdir(pipeline["root"])
-    overrides = ["train.lr=1e30", "train.max_failures=-1", "train.run_name=bars-diverges"]
-    code = cli.main(["run", str(pipeline["spec"]), *[a for o in overrides for a in ("--set", o)]])
-    # it ends (under "restart forever"), with the one-line error and the CLI's exit code for it
-    assert code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
-        "deepgen: error: bars-diverges: training diverged at epoch 1 (loss nan)")
-    assert take_recorded_error(PipelineSpec.from_yaml(pipeline["spec"], overrides=overrides)) is None  # taken

@@ -20,7 +20,9 @@ def _spec(tmp_path, lrs, epochs=3, name="sweep", space=None):
         tmp_path / f"{name}.yaml", name=name,
         data={"source": {"kind": "npy", "path": str(tmp_path / "x.npy"), "labels": str(tmp_path / "y.npy")}},
         model={"kind": "dense_autoencoder", "hidden": [16], "latent_dim": 4, "loss": "mse"},
-        train={"epochs": epochs, "batch_size": 32}, scaling={"num_workers": 1},
+        # max_failures -1 ("restart forever"): a trial whose loss diverges must still end, since a restart
+        # would diverge again (deepgen.train.loop.train_loop_per_worker)
+        train={"epochs": epochs, "batch_size": 32, "max_failures": -1}, scaling={"num_workers": 1},
         anomaly={"normal_labels": [0]}, registry={"model_name": f"{name}-model"},
         tune={"search_space": space or {"train.lr": {"type": "grid", "values": lrs}}, "num_samples": 1,
               "max_concurrent_trials": 2, "metric": "val_loss", "mode": "min",
