@@ -100,9 +100,7 @@ class AnomalyScorer:
         x_test, y_test = load_split(data_dir, "test")
         if x_test.shape[1] != self.meta.num_features:
             return None
-        data_scaler = read_manifest(data_dir).scaler
-        if data_scaler != self.meta.scaler:
-            x_test = self.meta.scaler.apply(data_scaler.invert(x_test))
+        x_test = self.meta.scaler.rescale(x_test, scaled_by=read_manifest(data_dir).scaler)
         truth = ~normal_mask(y_test, anomaly_spec, len(x_test))
         return anomaly.evaluate_scores(self.score(x_test), truth, self.threshold)
 
@@ -314,9 +312,7 @@ def read_rows(path: Path, meta: ModelMeta) -> tuple[np.ndarray, np.ndarray | Non
         if manifest is None:
             raise DataError(f"{path}: a prepared split without its manifest.json beside it, so its scaling is "
                             "unknown; score the raw rows instead (.npy, CSV/Parquet columns, IDX)")
-        if manifest.scaler != meta.scaler:
-            x = meta.scaler.apply(manifest.scaler.invert(x))
-        return x, labels
+        return meta.scaler.rescale(x, scaled_by=manifest.scaler), labels
     table = load_table(str(path))
     if not meta.feature_names:
         raise DataError(f"{path}: this model scores image rows; give a .npy, an IDX images file, "

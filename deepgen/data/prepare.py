@@ -55,6 +55,11 @@ class Scaler(BaseModel):
         lo, span = self._range()
         return (x - lo) / span
 
+    def rescale(self, x: np.ndarray, scaled_by: Scaler) -> np.ndarray:
+        """Rows that `scaled_by` scaled (another dataset's prepared split) -> rows as this scaler scales
+        them: a table's min-max range moves when its data gains rows."""
+        return x if scaled_by == self else self.apply(scaled_by.invert(x))
+
     def invert(self, x: np.ndarray) -> np.ndarray:
         """(N, D) scaled -> (N, D) raw float32: what `apply` was given."""
         x = x.astype(np.float32, copy=False)

@@ -86,7 +86,7 @@ def _error_location(spec: PipelineSpec):
 def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> list[dict]:
     """Train `spec` in `env` (a `LocalEnv` or `RayTrainEnv`); returns the metric history."""
     task: Task = build_task(spec, manifest)
-    if hasattr(task, "share_losses"):  # its failure checks then see every rank's losses (see ERROR_KEY)
+    if hasattr(task, "share_losses"):  # its failure checks then see every rank's losses (see ERROR_FILE)
         task.share_losses(env.all_reduce, env.world_size)
     seed_everything(spec.train.seed + env.world_rank)
     models = {name: env.prepare_model(m) for name, m in task.build_models().items()}
