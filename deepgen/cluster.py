@@ -577,6 +577,18 @@ def add_cluster_commands(sub: argparse._SubParsersAction) -> None:
 # --- jobs/retrain.py --------------------------------------------------------------------------------
 
 
+def scheduled_spec(pipeline, slot: str, overrides: Sequence[str] = (), storage: str | None = None):
+    """The spec a retrain of `slot` runs: registry inputs resolved, then run NAME-SPECHASH-SLOT.
+
+    A fine-tuning pipeline's `model.pretrained: NAME@ALIAS` becomes the version it points at now, as in
+    `deepgen run`; the spec hash (so the run name) follows it, so the first slot after the encoder's
+    champion moves fine-tunes the new encoder instead of finding the slot's old run done."""
+    from deepgen import orchestrate
+
+    spec = orchestrate.resolve_inputs(load_spec(pipeline, list(overrides), storage))
+    return with_run_name(spec, scheduled_run_name(spec, slot))
+
+
 def retrain_main(argv: Sequence[str] | None = None) -> int:
     """`python jobs/retrain.py PIPELINE (--slot SLOT | --cron CRON) [--storage S] [--set F=V ...]`."""
     import warnings
@@ -599,11 +611,8 @@ def retrain_main(argv: Sequence[str] | None = None) -> int:
         from deepgen.cli import print_summary
         from deepgen.schedule import current_slot, format_slot, parse_slot
 
-        # a fine-tuning pipeline's `model.pretrained: NAME@ALIAS` becomes the version it points at now, as
-        # in `deepgen run`; the run name follows it, so a slot after the encoder's champion moves retrains
-        spec = orchestrate.resolve_inputs(load_spec(args.pipeline, args.set or [], args.storage))
         slot = format_slot(parse_slot(args.slot)) if args.slot else current_slot(args.cron)
-        spec = with_run_name(spec, scheduled_run_name(spec, slot))
+        spec = scheduled_spec(args.pipeline, slot, args.set or [], args.storage)
         orchestrate.say(f"retrain: {spec.name} for slot {slot} as run {spec.run_name}")
         summary = orchestrate.run_pipeline(spec)
         if not summary.reused:

@@ -396,6 +396,46 @@ def test_submit_pins_a_pretrained_alias_to_its_version_so_a_moved_alias_is_a_new
     assert "not resolved here" in capsys.readouterr().out
 
 
+def test_a_retrain_fine_tunes_the_encoder_the_alias_names_at_its_slot(tmp_path, monkeypatch):
+    """jobs/retrain.py resolves `model.pretrained: NAME@ALIAS` when the slot starts: the encoder version is
+    fetched and named in the run name, so the slot after the alias moves is a new run on the new encoder."""
+    import json
+
+    from mlflow import MlflowClient
+
+    from deepgen import tracking
+    from deepgen.data.tokenizer import TOKENIZER_FILE
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    uri = tracking.configure(tmp_path / "deepgen-runs")
+    registry = MlflowClient(uri, uri)
+    registry.create_registered_model("enc")
+    for v in (1, 2):  # two stand-in exported encoders: the family marker and the tokenizer are what is read
+        folder = tmp_path / f"export-{v}"
+        folder.mkdir()
+        meta = {"family": "bert_encoder", "config": {"max_len": 32 * v}}
+        (folder / "deepgen-model.json").write_text(json.dumps(meta))
+        (folder / TOKENIZER_FILE).write_text(f"tokenizer of v{v}")
+        registry.create_model_version("enc", source=str(folder))
+    registry.set_registered_model_alias("enc", "champion", "1")
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({
+        "name": "ft", "data": {"source": {"kind": "labelled_text", "path": "t.csv"}},
+        "model": {"kind": "bert_classifier", "pretrained": "enc@champion"}, "registry": {"model_name": "ft"}}))
+
+    first = dc.scheduled_spec("p.yaml", "2026-11-26T00:00Z")
+    assert Path(first.model.pretrained).name == "enc-v1"
+    assert (Path(first.model.pretrained) / TOKENIZER_FILE).read_text() == "tokenizer of v1"
+    assert first.data.text.max_len == 32  # rows as long as the encoder has positions for
+    assert first.run_name.endswith("-20261126T0000Z")
+    assert dc.scheduled_spec("p.yaml", "2026-11-26T00:00Z").run_name == first.run_name  # a rerun resumes
+    registry.set_registered_model_alias("enc", "champion", "2")
+    moved = dc.scheduled_spec("p.yaml", "2026-11-26T00:00Z")
+    assert (Path(moved.model.pretrained) / TOKENIZER_FILE).read_text() == "tokenizer of v2"
+    assert moved.data.text.max_len == 64
+    assert moved.run_name != first.run_name
+
+
 def test_pip_requirements_are_pinned_by_the_constraints_and_leave_ray_alone():
     reqs = dc.pip_requirements()
     assert "torch==2.13.0" in reqs and "mlflow==3.17.2" in reqs and "pyarrow==25.0.1" in reqs
