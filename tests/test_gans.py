@@ -1,6 +1,7 @@
 """GANs on tiny generated images: what each variant's networks, losses, task step and metrics guarantee."""
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -153,6 +154,49 @@ def test_a_discriminator_that_wins_completely_stops_training_after_the_patience(
     lap.observe(torch.tensor([0.7, 1e-6, 0.9]), g)
     with pytest.raises(TrainingError):
         lap.flush()
+
+
+# each rank's (d_loss, g_loss) per step: rank 0's discriminator alone collapses at step 2 and its
+# generator alone diverges at step 3; rank 1 stays healthy throughout
+RANK_LOSSES = [[(0.7, 1.0), (1e-6, 1.0), (0.7, float("nan"))],
+               [(0.7, 1.0), (0.6, 1.0), (0.7, 1.0)]]
+
+
+def _guard_on_rank(rank: int, folder: str) -> None:
+    import json
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2)
+    guard = DivergenceGuard("t", collapse_d_loss=1e-4, patience=1)
+    guard.all_reduce = lambda t: (dist.all_reduce(t), t)[1]  # what GanTask.share_losses installs
+    guard.world_size = 2
+    stopped = None
+    try:
+        for d, g in RANK_LOSSES[rank]:
+            guard.observe(torch.tensor(d), torch.tensor(g))
+        guard.flush()
+    except TrainingError as e:
+        stopped = str(e)
+    Path(folder, f"rank{rank}.json").write_text(json.dumps(stopped))
+    dist.destroy_process_group()
+
+
+def test_under_ddp_the_guard_judges_the_mean_over_ranks_so_every_rank_stops_together(tmp_path):
+    """Two real gloo ranks: one rank's lone collapse does not stop the run, one rank's NaN stops every rank
+    at the same step (a rank stopping alone would leave the others blocked in their next all-reduce)."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    alone = DivergenceGuard("t", collapse_d_loss=1e-4, patience=1)  # rank 0's losses judged by rank 0 only
+    alone.observe(*map(torch.tensor, RANK_LOSSES[0][0]))
+    with pytest.raises(TrainingError, match="won completely at step 2"):
+        for d, g in RANK_LOSSES[0][1:]:
+            alone.observe(torch.tensor(d), torch.tensor(g))
+    mp.start_processes(_guard_on_rank, args=(str(tmp_path),), nprocs=2, start_method="spawn")
+    stopped = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert all(s is not None and "diverged at step 3" in s for s in stopped), stopped
 
 
 def test_cgan_without_labels_in_the_data_is_refused():
