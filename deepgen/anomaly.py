@@ -130,6 +130,12 @@ def pot_threshold(normal: np.ndarray, risk: float, initial_quantile: float) -> f
     return float(z)
 
 
+def flag(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """`score > threshold`, compared in float64 as the threshold was calibrated: in float32 a threshold just
+    below a score (the F1 "flag every row" cut) rounds up onto it and that row goes unflagged."""
+    return np.asarray(scores, np.float64) > threshold
+
+
 def threshold_tags(threshold: float, spec: ThresholdSpec) -> dict[str, object]:
     """What the registry records of a calibrated threshold: its value, method and parameters."""
     return {"threshold": threshold, "threshold_method": spec.method, "threshold_params": spec.model_dump_json()}
@@ -141,7 +147,7 @@ def evaluate_scores(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float
 
     scores = np.asarray(scores, np.float64)
     truth = np.asarray(is_anomaly, bool)
-    flagged = scores > threshold
+    flagged = flag(scores, threshold)
     tp = int((flagged & truth).sum())
     fp = int((flagged & ~truth).sum())
     fn = int((~flagged & truth).sum())

@@ -130,7 +130,7 @@ def cmd_score(args) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from deepgen import tracking
+    from deepgen import anomaly, tracking
 
     tracking.configure(args.runs_dir)
     version = tracking.resolve(args.model)
@@ -140,8 +140,9 @@ def cmd_score(args) -> int:
     threshold = float(version.tags["threshold"])  # the registry is the source of truth
     x, labels = scorer.read_input(args.input)
     scores = scorer.score(x)
+    flagged = anomaly.flag(scores, threshold)
     columns = {"row": pa.array(np.arange(len(scores))), "score": pa.array(scores),
-               "is_anomaly": pa.array(scores > threshold)}
+               "is_anomaly": pa.array(flagged)}
     if labels is not None:
         columns["label"] = pa.array(labels)
     out = Path(args.output)
@@ -152,9 +153,8 @@ def cmd_score(args) -> int:
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    flagged = int((scores > threshold).sum())
     print(f"scored {len(scores)} rows with {version.name} v{version.version} (threshold {threshold:.6g}): "
-          f"{flagged} flagged as anomalies -> {out}")
+          f"{int(flagged.sum())} flagged as anomalies -> {out}")
     return 0
 
 

@@ -285,8 +285,8 @@ def reconstruction_scores(model: Autoencoder, x: np.ndarray, batch_size: int = 1
     out = []
     for i in range(0, len(x), batch_size):
         xb = torch.tensor(x[i:i + batch_size], dtype=torch.float32)
-        out.append(model.anomaly_score(xb).float().numpy())
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
+        out.append(model.anomaly_score(xb).double().numpy())
+    return np.concatenate(out) if out else np.zeros(0, np.float64)  # float64: thresholds are compared in it
 
 
 def read_rows(path: Path, meta: ModelMeta) -> tuple[np.ndarray, np.ndarray | None]:
@@ -313,11 +313,16 @@ def read_rows(path: Path, meta: ModelMeta) -> tuple[np.ndarray, np.ndarray | Non
             raise DataError(f"{path}: a prepared split without its manifest.json beside it, so its scaling is "
                             "unknown; score the raw rows instead (.npy, CSV/Parquet columns, IDX)")
         return meta.scaler.rescale(x, scaled_by=manifest.scaler), labels
-    table = load_table(str(path))
+    return table_rows(load_table(str(path)), meta, str(path)), None
+
+
+def table_rows(table, meta: ModelMeta, where: str) -> np.ndarray:
+    """A table's raw feature columns, picked by the names the model was trained on (any order, extra
+    columns ignored), scaled as in training."""
     if not meta.feature_names:
-        raise DataError(f"{path}: this model scores image rows; give a .npy, an IDX images file, "
+        raise DataError(f"{where}: this model scores image rows; give a .npy, an IDX images file, "
                         "or a Parquet file with a `features` column")
     missing = [c for c in meta.feature_names if c not in table.column_names]
     if missing:
-        raise DataError(f"{path}: missing feature column {missing[0]!r} that the model was trained on")
-    return meta.scaler.apply(table_features(table, meta.feature_names, str(path))), None
+        raise DataError(f"{where}: missing feature column {missing[0]!r} that the model was trained on")
+    return meta.scaler.apply(table_features(table, meta.feature_names, where))

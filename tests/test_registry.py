@@ -130,6 +130,41 @@ def test_a_rescored_champion_sees_the_test_rows_scaled_as_it_was_trained(tmp_pat
         champion.read_input(tmp_path / "alone" / "test.parquet")
 
 
+def test_the_mlflow_model_reads_a_tables_columns_by_name_and_flags_as_deepgen_score_does(tmp_path):
+    """pyfunc predict on a DataFrame whose columns come in another order, with an extra one, scores what
+    `deepgen score` scores for the same file; a threshold just below the lowest score flags every row
+    (compared in float64 as calibrated, not rounded onto that score in float32)."""
+    import pandas as pd
+
+    from deepgen.mlflow_model import DeepgenModel
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.uniform(0, 10, 200), "b": rng.uniform(100, 200, 200)})
+    frame.assign(kind="ok").to_csv(tmp_path / "t.csv", index=False)
+    spec = PipelineSpec.validate_dict({
+        "name": "t", "data": {"source": {"kind": "table", "path": str(tmp_path / "t.csv"), "label_column": "kind"}},
+        "model": {"kind": "dense_autoencoder", "hidden": [4], "latent_dim": 2}, "registry": {"model_name": "m"},
+        "tracking": {"runs_dir": str(tmp_path / "runs")}})
+    manifest, _ = prepare_dataset(spec.data, spec.data_dir, log=lambda m: None)
+    task = build_task(spec, manifest)
+    models = task.build_models()
+    lowest = float(AnomalyScorer.scores_of(models["model"], manifest.scaler.apply(frame.to_numpy())).min())
+    threshold = float(np.nextafter(lowest, -np.inf))
+    assert np.float32(threshold) == np.float32(lowest)  # the cut that float32 would erase
+    ev = Evaluation({}, registry_tags=threshold_tags(threshold, FprThreshold()))
+    folder = task.export(tmp_path / "m", models, ev)
+    scorer = AnomalyScorer.load(folder)
+    expected = scorer.score(scorer.read_input(tmp_path / "t.csv")[0])
+
+    model = DeepgenModel()
+    model.load_context(type("Context", (), {"artifacts": {"model_dir": str(folder)}})())
+    out = model.predict(None, frame[["b", "a"]].assign(id=np.arange(len(frame))))
+    np.testing.assert_allclose(out["score"].to_numpy(), expected, rtol=1e-6)
+    assert out["is_anomaly"].all()
+    with pytest.raises(DataError, match="model input: missing feature column 'b'"):
+        model.predict(None, frame[["a"]])
+
+
 def test_a_champion_that_moved_during_the_upload_is_gated_against_again(registry):
     spec, manifest, run_id, c = registry
     _register(spec, manifest, run_id, roc_auc=0.80)  # v1, champion
