@@ -191,8 +191,15 @@ def parse_cron(expr: str) -> Cron:
 
 
 def validate_cron(expr: str) -> str:
-    """The expression, stripped, if it is valid; else a `ScheduleError` with one line naming the field."""
-    return parse_cron(expr).expr
+    """The expression, stripped, if it is valid (else a `ScheduleError` with one line naming the field), in
+    the grammar every target reads. Kubernetes and KubeRay parse schedules with robfig/cron, whose
+    day-of-week runs 0-6: a 7 (Sunday, as cron allows) is refused there, and an `N/step` day-of-week stops
+    at 6 instead of 7, so such a field is written as the list of days it means here."""
+    c = parse_cron(expr)
+    fields = MACROS.get(c.expr.lower(), c.expr).split()
+    if c.dow_restricted and ("7" in fields[4] or "/" in fields[4]):
+        return " ".join([*fields[:4], ",".join(map(str, sorted(c.weekdays)))])
+    return c.expr
 
 
 def _as_cron(cron: str | Cron) -> Cron:

@@ -71,6 +71,7 @@ def test_lists_ranges_steps_names_and_macros():
     assert c.weekdays == {1, 2, 3, 4, 5}
     assert parse_cron("5/20 * * * *").minutes == {5, 25, 45}       # N/step runs to the top of the range
     assert parse_cron("0 0 * * 7").weekdays == {0}                  # 7 is Sunday too
+    assert parse_cron("0 0 * * 3/4").weekdays == {3, 0}             # 3 and 7
     daily = parse_cron("@daily")
     assert (daily.minutes, daily.hours, daily.expr) == ({0}, {0}, "@daily")
     assert parse_cron("@hourly").minutes == {0} and len(parse_cron("@hourly").hours) == 24
@@ -155,6 +156,16 @@ def test_slot_command_line(capsys):
 
 
 # --- what each target gets -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cron, written", [
+    ("0 3 * * 7", "0 3 * * 0"), ("0 3 * * 5-7", "0 3 * * 0,5,6"), ("0 3 * * 3/4", "0 3 * * 0,3"),
+    ("0 3 * * mon-fri", "0 3 * * mon-fri"), ("@weekly", "@weekly"), ("*/5 * * * *", "*/5 * * * *"),
+])
+def test_schedules_are_written_in_the_day_of_week_range_kubernetes_accepts(cron, written):
+    """robfig/cron (Kubernetes CronJob, KubeRay RayCronJob) refuses a day-of-week of 7 and ends N/step at 6."""
+    assert schedule.render_raycronjob(PIPELINE, "quickstart", cron)["spec"]["schedule"] == written
+    assert parse_cron(written).weekdays == parse_cron(cron).weekdays
 
 
 def test_raycronjob_holds_the_cron_the_entrypoint_and_the_pipeline():
