@@ -6,7 +6,9 @@ split, by one of four methods (`anomaly.threshold.method`):
 - `fpr`, `percentile`: a quantile of the scores of *normal* rows only, so it does not depend on which
   anomalies happen to be in the validation split: at a target false-positive rate, the (1 - fpr) quantile.
 - `pot`: peaks over threshold (Siffer et al. 2017): a generalised Pareto tail fitted to the largest normal
-  scores, so a small risk (1e-3, 1e-4) can be set beyond the largest score observed.
+  scores, so a small risk (1e-3, 1e-4) can be set beyond the largest score observed. With too few scores
+  above the initial quantile, or a fit that does not describe them (tied or bounded top scores), it falls
+  back to `fpr` at the same risk, with a warning.
 - `f1`: the threshold that maximises F1 on the labelled validation split, normal and anomalous rows; it
   needs anomalies there, and falls back to `fpr` with a warning when there are none.
 """
@@ -38,13 +40,19 @@ def calibrate_threshold(val_scores: np.ndarray, val_is_anomaly: np.ndarray | Non
     if isinstance(applied, PotThreshold):
         return pot_threshold(normal, applied.risk, applied.initial_quantile)
     if isinstance(applied, FprThreshold):
-        q = 100.0 * (1.0 - applied.target_fpr)
-    elif isinstance(applied, PercentileThreshold):
-        q = applied.percentile
-    else:  # pragma: no cover - the spec union is closed
-        raise ValueError(f"unknown threshold method {applied.method}")
-    # "higher": the threshold is an observed score, so at most `fpr` of normal rows lie above it.
-    return float(np.percentile(normal, q, method="higher"))
+        return fpr_threshold(normal, applied.target_fpr)
+    if isinstance(applied, PercentileThreshold):
+        # "higher": an observed score, so at most (100 - percentile)% of normal rows lie above it
+        return float(np.percentile(normal, applied.percentile, method="higher"))
+    raise ValueError(f"unknown threshold method {applied.method}")  # pragma: no cover - the union is closed
+
+
+def fpr_threshold(normal: np.ndarray, target_fpr: float) -> float:
+    """The lowest observed score that leaves at most floor(n * fpr) normal rows above it: the target rate
+    exactly where n * fpr is whole and scores are untied (a percentile would leave a row fewer above)."""
+    ordered = np.sort(normal)
+    allowed = int(np.floor(round(len(ordered) * target_fpr, 9)))  # round: 100 * 0.29 is 28.999999999999996
+    return float(ordered[max(len(ordered) - 1 - allowed, 0)])
 
 
 def applied_spec(val_scores: np.ndarray, val_is_anomaly: np.ndarray | None, spec: ThresholdSpec) -> ThresholdSpec:
@@ -56,15 +64,11 @@ def applied_spec(val_scores: np.ndarray, val_is_anomaly: np.ndarray | None, spec
 def _applied(scores: np.ndarray, is_anomaly: np.ndarray, spec: ThresholdSpec) -> tuple[ThresholdSpec, str | None]:
     if isinstance(spec, F1Threshold) and not is_anomaly.any():
         return FprThreshold(), "the validation split has no anomalous rows, so the F1-optimal threshold is undefined"
-    if isinstance(spec, PotThreshold):
-        normal = scores[~is_anomaly]
-        excesses = int((normal > _initial_threshold(normal, spec.initial_quantile)).sum()) if len(normal) else 0
-        if len(normal) and excesses < MIN_POT_EXCESSES:
-            # The same risk, read off the empirical distribution: with this few rows, the largest score.
-            return FprThreshold(target_fpr=spec.risk), (
-                f"only {excesses} normal validation scores lie above the initial quantile "
-                f"{spec.initial_quantile} (POT needs {MIN_POT_EXCESSES} to fit a tail; lower "
-                "initial_quantile or give more validation rows)")
+    if isinstance(spec, PotThreshold) and (~is_anomaly).any():
+        # The fallback: the same risk read off the empirical distribution (with few rows, the largest score).
+        _, problem = _pot(scores[~is_anomaly], spec.risk, spec.initial_quantile)
+        if problem:
+            return FprThreshold(target_fpr=spec.risk), problem
     return spec, None
 
 
@@ -99,6 +103,44 @@ def _initial_threshold(normal: np.ndarray, initial_quantile: float) -> float:
     return float(np.quantile(normal, initial_quantile))
 
 
+def _pot(normal: np.ndarray, risk: float, initial_quantile: float) -> tuple[float, str | None]:
+    """(the POT threshold, None), or (nan, why it cannot be trusted on these normal scores)."""
+    excesses = int((normal > _initial_threshold(normal, initial_quantile)).sum())
+    if excesses < MIN_POT_EXCESSES:
+        return np.nan, (f"only {excesses} normal validation scores lie above the initial quantile "
+                        f"{initial_quantile} (POT needs {MIN_POT_EXCESSES} to fit a tail; lower initial_quantile "
+                        "or give more validation rows)")
+    z, xi, sigma = _pot_fit(normal, risk, initial_quantile)
+    if not np.isfinite(z) or z <= _initial_threshold(normal, initial_quantile):
+        return np.nan, f"the POT tail fit failed (xi={xi:.3g}, sigma={sigma:.3g})"
+    # A fitted tail puts about risk * n rows above z. Many more (beyond a Poisson 3-sigma margin) means the
+    # fit has no tail to describe: tied or bounded top scores pin its endpoint at the largest score.
+    above, expected = int((normal > z).sum()), risk * len(normal)
+    if above > expected + 3 * np.sqrt(expected) + 1:
+        return np.nan, (f"the POT tail fit (xi={xi:.3g}) puts the threshold below {above} of {len(normal)} "
+                        f"normal validation scores where risk {risk:g} expects {expected:.1f}; the largest "
+                        "scores are tied or bounded, so no tail fits")
+    return z, None
+
+
+def _pot_fit(normal: np.ndarray, risk: float, initial_quantile: float) -> tuple[float, float, float]:
+    """(z, xi, sigma): the POT threshold of `pot_threshold` and its generalised Pareto fit."""
+    from scipy.stats import genpareto
+
+    n = len(normal)
+    t = _initial_threshold(normal, initial_quantile)
+    excesses = normal[normal > t] - t  # (N_t,), all > 0
+    xi, _, sigma = genpareto.fit(excesses, floc=0)  # maximum likelihood, location fixed at 0
+    ratio = risk * n / len(excesses)  # q n / N_t < 1: the threshold lies beyond t
+    with np.errstate(all="ignore"):
+        if abs(xi) < 1e-9:
+            z = t - sigma * np.log(ratio)
+        else:
+            # expm1(-xi ln r) = r^(-xi) - 1 without cancellation when xi is small
+            z = t + (sigma / xi) * np.expm1(-xi * np.log(ratio))
+    return float(z), float(xi), float(sigma)
+
+
 def pot_threshold(normal: np.ndarray, risk: float, initial_quantile: float) -> float:
     """Peaks over threshold: the score exceeded by a normal row with probability `risk`.
 
@@ -110,24 +152,10 @@ def pot_threshold(normal: np.ndarray, risk: float, initial_quantile: float) -> f
 
     and, as xi -> 0 (exponential tail), z_q = t - sigma * ln(q n / N_t).
     """
-    from scipy.stats import genpareto
-
-    n = len(normal)
-    t = _initial_threshold(normal, initial_quantile)
-    excesses = normal[normal > t] - t  # (N_t,), all > 0
-    if len(excesses) < MIN_POT_EXCESSES:
-        raise DataError(f"anomaly: POT needs at least {MIN_POT_EXCESSES} scores above t, got {len(excesses)}")
-    xi, _, sigma = genpareto.fit(excesses, floc=0)  # maximum likelihood, location fixed at 0
-    ratio = risk * n / len(excesses)  # q n / N_t < 1: the threshold lies beyond t
-    if abs(xi) < 1e-9:
-        z = t - sigma * np.log(ratio)
-    else:
-        # expm1(-xi ln r) = r^(-xi) - 1 without cancellation when xi is small
-        z = t + (sigma / xi) * np.expm1(-xi * np.log(ratio))
-    if not np.isfinite(z) or z <= t:
-        raise DataError(f"anomaly: the POT tail fit failed (xi={xi:.3g}, sigma={sigma:.3g}); "
-                        "use the fpr or percentile method for these scores")
-    return float(z)
+    z, problem = _pot(normal, risk, initial_quantile)
+    if problem:
+        raise DataError(f"anomaly: {problem}; use the fpr or percentile method for these scores")
+    return z
 
 
 def flag(scores: np.ndarray, threshold: float) -> np.ndarray:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from deepgen.anomaly import applied_spec, calibrate_threshold, evaluate_scores, threshold_tags
+from deepgen.anomaly import applied_spec, calibrate_threshold, evaluate_scores, pot_threshold, threshold_tags
 from deepgen.config import F1Threshold, FprThreshold, PercentileThreshold, PipelineSpec, PotThreshold
 from deepgen.errors import DataError, SpecError
 
@@ -12,6 +12,15 @@ def test_threshold_at_target_fpr_flags_that_share_of_normal_rows():
     t = calibrate_threshold(normal, None, FprThreshold(target_fpr=0.05))
     assert (normal > t).mean() == pytest.approx(0.05, abs=0.002)
     assert (normal > t).mean() <= 0.05  # never above the target on the calibration rows
+
+
+@pytest.mark.parametrize("n", [20, 100, 101, 1000])
+def test_the_fpr_threshold_leaves_the_target_share_above_it_on_a_small_validation_split(n):
+    normal = np.random.default_rng(n).random(n)
+    for fpr in (0.05, 0.29):
+        above = int((normal > calibrate_threshold(normal, None, FprThreshold(target_fpr=fpr))).sum())
+        assert above == int(np.floor(round(n * fpr, 9)))  # 1 of 20 at 5%, not 0: the target, not below it
+    assert calibrate_threshold(np.ones(50), None, FprThreshold(target_fpr=0.1)) == 1.0  # all tied: none above
 
 
 def test_percentile_threshold():
@@ -108,6 +117,19 @@ def test_pot_with_too_few_excesses_warns_and_uses_the_empirical_quantile():
     with pytest.warns(UserWarning, match="only 5 normal validation scores lie above"):
         t = calibrate_threshold(scores, None, PotThreshold(risk=1e-3))
     assert t == 49.0
+
+
+def test_pot_on_tied_top_scores_warns_and_uses_the_empirical_quantile():
+    """Tied largest scores (duplicate rows, saturated errors) give a degenerate tail fit (xi far below -1)
+    whose endpoint sits at the tied value: a threshold just below it would flag all of them."""
+    normal = np.concatenate([np.random.default_rng(0).random(900), np.ones(100)])
+    spec = PotThreshold(risk=1e-3, initial_quantile=0.9)
+    with pytest.warns(UserWarning, match=r"puts the threshold below 100 of 1000 .* tied or bounded.*using fpr"):
+        t = calibrate_threshold(normal, None, spec)
+    assert (normal > t).mean() <= 1e-3
+    assert applied_spec(normal, None, spec) == FprThreshold(target_fpr=1e-3)  # what the registry records
+    with pytest.raises(DataError, match="tied or bounded"):
+        pot_threshold(normal, 1e-3, 0.9)
 
 
 @pytest.mark.parametrize("threshold", [
