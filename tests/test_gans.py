@@ -305,9 +305,27 @@ def test_frechet_distance_is_zero_for_identical_sets_and_grows_with_a_mean_shift
     assert metrics.frechet_distance(a, b) > 1
 
 
+def test_frechet_distance_is_exact_for_singular_covariances():
+    """Dead features and a generator collapsed onto one image give singular covariances; the distance
+    must still be the closed form, not a value biased by an offset."""
+    rng = np.random.default_rng(0)
+    a = np.c_[rng.normal(size=(300, 6)), np.zeros((300, 2))]  # two dead features
+    assert metrics.frechet_distance(a, a) == pytest.approx(0, abs=1e-9)
+    s_a = np.cov(a, rowvar=False)
+    collapsed = np.tile(rng.normal(size=(1, 8)), (300, 1))  # S_b = 0: d = ||mu_a - mu_b||^2 + Tr S_a
+    expected = np.sum((a.mean(0) - collapsed[0]) ** 2) + np.trace(s_a)
+    assert metrics.frechet_distance(a, collapsed) == pytest.approx(expected, rel=1e-9)
+    # S_b = c^2 S_a (b a scaled copy): Tr (S_a S_b)^(1/2) = c Tr S_a, so d = (1 - c)^2 Tr S_a + the means' term
+    b = 3 * a
+    expected = np.sum((a.mean(0) - b.mean(0)) ** 2) + (1 - 3) ** 2 * np.trace(s_a)
+    assert metrics.frechet_distance(a, b) == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        metrics.frechet_distance(a[:1], a)
+
+
 def test_psnr_and_ssim():
     x = torch.rand(3, 3, 16, 16)
-    assert torch.isinf(metrics.psnr(x, x)).all()
+    assert (metrics.psnr(x, x) == metrics.PSNR_CAP_DB).all()  # identical: capped, so means stay finite
     assert torch.allclose(metrics.ssim(x, x), torch.ones(3, dtype=torch.float64))
     shifted = (x + 0.1).clamp(max=10)  # MSE 0.01 -> 20 dB
     assert metrics.psnr(x, shifted) == pytest.approx(torch.full((3,), 20.0, dtype=torch.float64), abs=1e-4)

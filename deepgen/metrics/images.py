@@ -14,7 +14,6 @@ Images here are (N, C, H, W) in [0, 1] unless said otherwise.
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import torch
@@ -24,39 +23,38 @@ from torch import nn
 # --- Frechet distance ------------------------------------------------------------------------------
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray, eps: float = 1e-6) -> float:
-    """Frechet distance between Gaussians fitted to feature sets a (N, F) and b (M, F)."""
-    from scipy import linalg
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to feature sets a (N, F) and b (M, F), N, M >= 2.
 
+    Tr (S_a S_b)^(1/2) = Tr (R S_b R)^(1/2) with R = S_a^(1/2), and R S_b R is symmetric positive
+    semi-definite, so both roots come from symmetric eigendecompositions (eigenvalues clipped at 0):
+    exact for the singular covariances that dead features, a collapsed generator or N <= F give, where a
+    general matrix square root of S_a S_b warns or needs an offset that biases the distance.
+    """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"frechet_distance: needs at least 2 samples per set, got {len(a)} and {len(b)}")
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", linalg.LinAlgWarning)
-        try:
-            covmean = linalg.sqrtm(s_a @ s_b)
-        except linalg.LinAlgWarning:
-            covmean = np.full_like(s_a, np.nan)
-    if not np.isfinite(covmean).all():
-        # S_a S_b singular (fewer samples than features, or dead features): nudge both off singularity
-        offset = eps * np.eye(len(s_a))
-        covmean = linalg.sqrtm((s_a + offset) @ (s_b + offset))
-    if np.iscomplexobj(covmean):
-        # the product of two PSD matrices has a real square root; a small imaginary part is round-off
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(f"frechet_distance: sqrtm has imaginary part {np.abs(covmean.imag).max():.3g}")
-        covmean = covmean.real
+    w, v = np.linalg.eigh(s_a)
+    root_a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = root_a @ s_b @ root_a
+    trace_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0, None)).sum()
     diff = mu_a - mu_b
-    return float(diff @ diff + np.trace(s_a) + np.trace(s_b) - 2 * np.trace(covmean))
+    # >= 0 in exact arithmetic; round-off can leave -1e-13 for identical sets
+    return max(float(diff @ diff + np.trace(s_a) + np.trace(s_b) - 2 * trace_covmean), 0.0)
 
 
 # --- reconstruction quality ------------------------------------------------------------------------
 
 
+PSNR_CAP_DB = 100.0  # identical images (a blank one upsamples exactly): capped, so a mean over images stays finite
+
+
 def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Peak signal-to-noise ratio per image (N,) in dB: 10 log10(range^2 / MSE); inf for identical images."""
+    """Peak signal-to-noise ratio per image (N,) in dB: 10 log10(range^2 / MSE), at most PSNR_CAP_DB."""
     mse = (x.double() - y.double()).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(data_range**2 / mse)
+    return (10 * torch.log10(data_range**2 / mse)).clamp(max=PSNR_CAP_DB)
 
 
 def _gaussian_window(size: int, sigma: float) -> torch.Tensor:

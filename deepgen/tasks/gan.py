@@ -198,7 +198,8 @@ class GanTask:
             hr = self._images(batch)
             sr = models["generator"](gans.degrade(hr, self.config.scale))
             mse = (gans.to_unit(sr) - gans.to_unit(hr)).pow(2).flatten(1).mean(1)  # (B,) on [0, 1] images
-            return {"loss": F.mse_loss(sr.float(), hr.float()) * n, "psnr": (-10 * torch.log10(mse)).sum()}
+            psnr = (-10 * torch.log10(mse)).clamp(max=metrics.PSNR_CAP_DB)
+            return {"loss": F.mse_loss(sr.float(), hr.float()) * n, "psnr": psnr.sum()}
         G, D = models["generator"], models["discriminator"]
         real, cond = self._real_and_condition(batch)
         fake = G(self._noise(batch), cond)
