@@ -93,11 +93,13 @@ def resolve_paths(spec):
     """The spec with every local path absolute (against the current folder): data source files and
     tokenizer (`DataSpec.with_absolute_paths`), `data.output`, a pretrained model folder, `tracking.runs_dir`
     and a local `tracking.storage_path`. A job starts in an uploaded, temporary working folder, so a
-    relative path would point there (or at nothing)."""
+    relative path would point there (or at nothing). The run name is pinned first: it is the one `deepgen
+    run` gives the same pipeline, whichever folder or checkout it is submitted from."""
     from deepgen.config import PipelineSpec
 
     base = Path.cwd()
     raw = spec.model_dump(mode="json")
+    raw["train"]["run_name"] = spec.run_name
     raw["data"] = spec.data.with_absolute_paths().model_dump(mode="json")
     if raw["data"].get("output"):
         raw["data"]["output"] = _local(raw["data"]["output"], base)
@@ -285,8 +287,8 @@ def submit(pipeline: str, address: str | None, overrides: Sequence[str] = (), tr
     from deepgen.schedule import format_slot, parse_slot
 
     out = out or sys.stdout
-    spec = resolve_paths(load_spec(pipeline, overrides, storage))  # one-line SpecError before any network
-    spec = pin_pretrained(spec, tracking_uri, out)
+    spec = load_spec(pipeline, overrides, storage)  # one-line SpecError before any network
+    spec = resolve_paths(pin_pretrained(spec, tracking_uri, out))  # the pinned encoder is in the run name
     if slot:
         slot = format_slot(parse_slot(slot))
         run_name = scheduled_run_name(spec, slot)

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -351,6 +352,10 @@ def test_submit_ships_the_resolved_spec_with_the_code_and_nothing_else(tmp_path,
     shipped = PipelineSpec.validate_dict(spec)  # what the cluster loads has the run name computed here
     assert job["id"] == dc.submission_id(dc.scheduled_run_name(shipped, "2026-11-27T03:00Z"))
     assert job["metadata"]["deepgen.spec_hash"] == shipped.spec_hash()
+    # the run `deepgen run p.yaml` would be: the name does not depend on where the data path resolves
+    local_name = dc.load_spec("p.yaml", ["train.epochs=3"]).run_name
+    assert job["id"] == dc.submission_id(dc.scheduled_run_name(shipped, "2026-11-27T03:00Z")) \
+        == dc.submission_id(f"{local_name}-20261127T0300Z")
     # the same slot again: recognised, nothing submitted; after a failure: a retry with a suffix
     assert dc.submit("p.yaml", "http://h:8265", ["train.epochs=3"], storage="shared/ckpt",
                      slot="2026-11-27T03:00Z") == 0
@@ -359,6 +364,14 @@ def test_submit_ships_the_resolved_spec_with_the_code_and_nothing_else(tmp_path,
     dc.submit("p.yaml", "http://h:8265", ["train.epochs=3"], storage="shared/ckpt", slot="2026-11-27T03:00Z")
     assert [j["id"] for j in fake.submitted] == [job["id"], job["id"] + "-retry1"]
     assert "retrying as" in capsys.readouterr().out
+    # the same pipeline from another checkout (its own copy of the data): the same run, nothing new
+    other = tmp_path / "other-checkout"
+    other.mkdir()
+    for name in ("p.yaml", "x.npy"):
+        shutil.copy(tmp_path / name, other / name)
+    monkeypatch.chdir(other)
+    dc.submit("p.yaml", "http://h:8265", ["train.epochs=3"], storage="shared/ckpt", slot="2026-11-27T03:00Z")
+    assert len(fake.submitted) == 2 and "already PENDING" in capsys.readouterr().out
 
 
 def test_submit_pins_a_pretrained_alias_to_its_version_so_a_moved_alias_is_a_new_run(tmp_path, monkeypatch, capsys):
