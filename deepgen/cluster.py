@@ -153,6 +153,9 @@ def connect(address: str | None):
     if not address:
         raise ClusterError("no Ray address: pass --address http://HOST:8265 (the dashboard / job API port) "
                            "or set RAY_API_SERVER_ADDRESS")
+    if not re.match(r"^https?://", address):  # else the client dials it as a GCS address and hangs
+        raise ClusterError(f"Ray address {address!r}: the job API is an http:// URL, e.g. http://HOST:8265 "
+                           "(the dashboard port), not the cluster's HOST:6379")
     import logging
 
     logging.getLogger("ray.dashboard.modules.dashboard_sdk").setLevel(logging.WARNING)

@@ -455,6 +455,12 @@ def test_pip_requirements_are_pinned_by_the_constraints_and_leave_ray_alone():
     assert not any(r.lower().startswith("ray") for r in reqs)
 
 
+@pytest.mark.parametrize("address", ["127.0.0.1:6379", "ray://head:10001", "head:8265"])
+def test_an_address_that_is_not_the_job_apis_url_is_refused_at_once(address):
+    with pytest.raises(dc.ClusterError, match=r"the job API is an http:// URL, e.g. http://HOST:8265"):
+        dc.connect(address)
+
+
 def test_a_bad_spec_fails_before_the_cluster_is_contacted(capsys):
     from deepgen import cli
 
