@@ -348,7 +348,8 @@ def pin_pretrained(spec, tracking_uri: str | None, out):
         if not uri and not local_db.is_file():
             raise DeepgenError(f"no --tracking-uri, MLFLOW_TRACKING_URI or {local_db}")
         tracking.configure_uri(uri or tracking.tracking_uri_for(spec.runs_dir))
-        version = tracking.resolve(ref)
+        with tracking.quick_requests():  # an in-cluster server name does not resolve here: say so, go on
+            version = tracking.resolve(ref)
     except DeepgenError as e:
         print(f"note: model.pretrained {ref} not resolved here ({e}); the cluster resolves it when the job "
               "starts, and a resubmission counts as the same run until the pipeline changes", file=out)

@@ -281,8 +281,8 @@ def _recorded_moves(name: str) -> tuple[list[ChampionMove], str | None]:
     the version `champion` points at now."""
     try:
         raw = client().get_registered_model(name).tags.get(HISTORY_TAG)
-    except MlflowException:
-        raise RegistryError(f"{name}: no such registered model; `deepgen models list` shows what is there") from None
+    except MlflowException as e:
+        raise _registry_error(name, e) from None
     try:
         moves = [ChampionMove(**m) for m in json.loads(raw)] if raw else []
     except (ValueError, TypeError):
@@ -341,8 +341,7 @@ def resolve(ref: str):
             return c.get_model_version(name, version)
         versions = c.search_model_versions(f"name = '{ref}'")
     except MlflowException as e:
-        raise RegistryError(f"{ref}: not found in the registry at {mlflow.get_tracking_uri()} "
-                            f"({_first_line(e)}); `deepgen models list` shows what is there") from None
+        raise _registry_error(ref, e) from None
     if not versions:
         raise RegistryError(f"{ref}: no such registered model; `deepgen models list` shows what is there")
     return max(versions, key=lambda v: int(v.version))
@@ -377,9 +376,39 @@ def read_family(model_dir: Path) -> str:
     return json.loads((Path(model_dir) / "deepgen-model.json").read_text())["family"]
 
 
+def _registry_error(ref: str, e: MlflowException) -> RegistryError:
+    """Not found (say what is there) told apart from a registry that did not answer (say where to look)."""
+    uri = mlflow.get_registry_uri()
+    if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+        return RegistryError(f"{ref}: not found in the registry at {uri} ({_first_line(e)}); "
+                             "`deepgen models list` shows what is there")
+    return RegistryError(f"the registry at {uri} did not answer ({_first_line(e)[:200]}); check that the "
+                         "tracking server is up and MLFLOW_TRACKING_URI / --tracking-uri names it")
+
+
+@contextlib.contextmanager
+def quick_requests(timeout_s: int = 10):
+    """MLflow HTTP calls in the block fail at once instead of retrying with backoff for minutes: for a
+    lookup that can go without its answer (a server this machine cannot reach)."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(timeout_s))
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def list_models() -> list[dict[str, Any]]:
     rows = []
-    for m in client().search_registered_models():
+    try:
+        models = client().search_registered_models()
+    except MlflowException as e:
+        raise _registry_error("models", e) from None
+    for m in models:
         pairs = m.aliases.items() if isinstance(m.aliases, dict) else ((a.alias, a.version) for a in m.aliases)
         aliases = {a: str(v) for a, v in pairs}  # the SQL store hands versions back as ints
         latest = max((int(v.version) for v in m.latest_versions), default=0)

@@ -407,6 +407,10 @@ def test_submit_pins_a_pretrained_alias_to_its_version_so_a_moved_alias_is_a_new
     dc.submit(str(tmp_path / "p.yaml"), "http://h:8265")
     assert fake.submitted[-1]["spec"]["model"]["pretrained"] == "enc@champion"
     assert "not resolved here" in capsys.readouterr().out
+    # a tracking server this machine cannot reach (an in-cluster name): said at once, not retried for minutes
+    dc.submit(str(tmp_path / "p.yaml"), "http://h:8265", tracking_uri="http://127.0.0.1:9")
+    assert "not resolved here (the registry at http://127.0.0.1:9 did not answer" in capsys.readouterr().out
+    assert os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES") is None  # the quick lookup left nothing behind
 
 
 def test_a_retrain_fine_tunes_the_encoder_the_alias_names_at_its_slot(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -201,3 +202,25 @@ def test_lookup_of_unknown_models_says_what_to_do(registry):
 
     with pytest.raises(RegistryError, match="deepgen models list"):
         tracking.resolve("nope@champion")
+    with pytest.raises(RegistryError, match="nope: not found in the registry"):
+        tracking.champion_history("nope")
+
+
+def test_a_registry_that_does_not_answer_is_not_reported_as_a_missing_model(registry):
+    """A tracking server that is down: one line naming it and what to check, for every registry read."""
+    import mlflow
+
+    from deepgen.errors import RegistryError
+
+    spec = registry[0]
+    try:
+        tracking.configure_uri("http://127.0.0.1:9")  # nothing listens on the discard port
+        with tracking.quick_requests():
+            for read in (tracking.list_models, lambda: tracking.resolve("t-model@champion"),
+                         lambda: tracking.champion_history("t-model")):
+                with pytest.raises(RegistryError, match=r"registry at http://127.0.0.1:9 did not answer"):
+                    read()
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)  # set_tracking_uri exports it; configure would keep it
+        tracking.configure(spec.runs_dir)
+    assert mlflow.get_registry_uri().startswith("sqlite:")
