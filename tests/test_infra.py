@@ -391,6 +391,12 @@ def test_dockerfile_builds_from_python_311_slim_with_the_constraints_as_a_non_ro
             assert not [n for n in names if SECRETISH_ENV.search(n)], f"{op} {rest}: no secrets in the image"
     copied = {w for op, rest in ins if op == "COPY" for w in rest.split()}
     assert {"jobs", "pipelines", "deepgen", "constraints.txt"} <= copied
+    # `deepgen submit` in the image (the scheduled CronJob) stages jobs/ from beside the package: an
+    # editable install of /app, with jobs/ copied in before it
+    [install] = [i for i, (op, rest) in enumerate(ins) if op == "RUN" and re.search(r"pip install .* \.( |$)", rest)]
+    assert re.search(r"pip install -c constraints.txt -e \. ", ins[install][1]), ins[install][1]
+    jobs_copy = next(i for i, (op, rest) in enumerate(ins) if op == "COPY" and " jobs " in f" {rest} ")
+    assert jobs_copy < install
     assert "wget" in " ".join(rest for op, rest in ins if op == "RUN"), "KubeRay's probes call wget"
 
 
