@@ -421,13 +421,19 @@ def describe_version(v) -> dict[str, Any]:
             "status": v.status, "created": v.creation_timestamp, "tags": dict(v.tags)}
 
 
+GIT_COMMIT_ENV = "DEEPGEN_GIT_COMMIT"  # set where there is no checkout: by `deepgen submit`, or the image build
+
+
 def git_commit() -> str:
+    """The deepgen commit that runs: the checkout's HEAD, else $DEEPGEN_GIT_COMMIT, else "unknown"."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                              cwd=Path(__file__).parent)
-        return out.stdout.strip() or "unknown"
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        pass
+    return os.environ.get(GIT_COMMIT_ENV) or "unknown"
 
 
 def _remote_store() -> bool:

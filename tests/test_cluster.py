@@ -344,6 +344,8 @@ def test_submit_ships_the_resolved_spec_with_the_code_and_nothing_else(tmp_path,
     assert spec["tracking"]["storage_path"] == spec["tracking"]["runs_dir"] == str(tmp_path / "shared/ckpt")
     assert job["entrypoint"] == "python jobs/retrain.py deepgen-submit/rel.yaml --slot 2026-11-27T03:00Z"
     assert job["env"]["env_vars"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000" and "pip" not in job["env"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert job["env"]["env_vars"]["DEEPGEN_GIT_COMMIT"] == head  # the staged copy has no .git to read it from
     assert {"deepgen/cli.py", "jobs/run_pipeline.py", "jobs/retrain.py", "deepgen-submit/rel.yaml"} <= job["files"]
     assert not any(f.startswith((".venv", ".git", "deepgen-runs", "tests")) or "__pycache__" in f
                    for f in job["files"])
