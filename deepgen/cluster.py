@@ -489,7 +489,10 @@ def cmd_schedule(args) -> int:
         args.out, str(pipeline), cron, name=args.name or spec.name, address=args.address, image=args.image,
         gpu_image=args.gpu_image, tracking_uri=args.tracking_uri or None, storage=args.storage,
         namespace=args.namespace, local_address=args.crontab_address,
-        local_tracking_uri=args.crontab_tracking_uri, extra_args=extra)
+        local_tracking_uri=args.crontab_tracking_uri, local_storage=args.crontab_storage,
+        # the crontab runs here (the pipeline's relative paths), with this interpreter and this checkout's jobs/
+        project_dir=Path.cwd(), venv=str(Path(sys.executable).parent.parent), entry_root=PROJECT_ROOT,
+        extra_args=extra)
     nxt = schedule.next_after(cron, datetime.now(UTC))
     print(f"Scheduled retraining of {pipeline} at '{cron}' (next tick {schedule.format_slot(nxt)} in UTC); "
           "each tick is one slot, trained and registered at most once:")
@@ -581,6 +584,8 @@ def add_cluster_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crontab-address", help="Ray job API the crontab line submits to (default: it runs "
                                              "jobs/retrain.py on the machine itself)")
     p.add_argument("--crontab-tracking-uri", help="MLflow server for the crontab line's local runs")
+    p.add_argument("--crontab-storage", help="checkpoints for the crontab line's runs (default: the pipeline's; "
+                                             "--storage is the cluster's)")
     p.set_defaults(func=cmd_schedule)
 
 

@@ -327,9 +327,10 @@ def _label_value(text: str) -> str:
 
 
 def retrain_command(pipeline: str, cron: str | None = None, *, slot: str | None = None,
-                    storage: str | None = None, extra_args: Sequence[str] = (), python: str = "python") -> list[str]:
+                    storage: str | None = None, extra_args: Sequence[str] = (), python: str = "python",
+                    entry: str = RETRAIN_ENTRY) -> list[str]:
     """`python jobs/retrain.py PIPELINE [--slot SLOT | --cron CRON] [--storage S] [EXTRA...]`."""
-    cmd = [python, RETRAIN_ENTRY, pipeline]
+    cmd = [python, entry, pipeline]
     if slot:
         cmd += ["--slot", slot]
     elif cron:
@@ -574,8 +575,9 @@ def render_cronjob(pipeline: str, name: str, cron: str, *, address: str = RAY_AD
 def render_crontab_line(pipeline: str, name: str, cron: str, *, project_dir: str | Path = ".",
                         address: str | None = None, tracking_uri: str | None = None, storage: str | None = None,
                         venv: str = ".venv", log: str | None = None, token_auth: bool = True,
-                        extra_args: Sequence[str] = ()) -> str:
-    """One crontab line for a single machine, run in `project_dir` with the project's venv.
+                        extra_args: Sequence[str] = (), entry_root: str | Path | None = None) -> str:
+    """One crontab line for a single machine, run in `project_dir` (where the pipeline's relative paths
+    point) with the venv `venv` and the job entry under `entry_root` (default: both in `project_dir`).
 
     With an `address`, the tick submits to that Ray cluster (`deepgen submit`); without one it runs
     `python jobs/retrain.py` on this machine with a local Ray. Either way the slot is computed in the
@@ -594,7 +596,9 @@ def render_crontab_line(pipeline: str, name: str, cron: str, *, project_dir: str
         if token_auth:
             body = f"RAY_AUTH_MODE=token {body}"
     else:
-        body = _with_slot(retrain_command(pipeline, storage=storage, extra_args=extra_args, python=python), slot_cmd)
+        entry = str(Path(entry_root) / RETRAIN_ENTRY) if entry_root else RETRAIN_ENTRY
+        body = _with_slot(retrain_command(pipeline, storage=storage, extra_args=extra_args, python=python,
+                                          entry=entry), slot_cmd)
         if tracking_uri:
             body = f"MLFLOW_TRACKING_URI={shlex.quote(tracking_uri)} {body}"
     line = (f"{cron} cd {shlex.quote(project)} && mkdir -p {shlex.quote(str(Path(log).parent))} && "
@@ -661,11 +665,13 @@ def write_schedule(out_dir: str | Path, pipeline: str, cron: str, *, name: str |
                    address: str = RAY_ADDRESS, image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE,
                    tracking_uri: str | None = TRACKING_URI, storage: str | None = None,
                    namespace: str = NAMESPACE, project_dir: str | Path = ".", local_address: str | None = None,
-                   local_tracking_uri: str | None = None, extra_args: Sequence[str] = ()) -> SchedulePaths:
+                   local_tracking_uri: str | None = None, local_storage: str | None = None, venv: str = ".venv",
+                   entry_root: str | Path | None = None, extra_args: Sequence[str] = ()) -> SchedulePaths:
     """Write NAME.raycronjob.yaml, NAME.cronjob.yaml and NAME.crontab into `out_dir`; return their paths.
 
-    `address` is the in-cluster Ray address the CronJob submits to; `local_address` the one the crontab
-    line submits to (none: the crontab line runs jobs/retrain.py on the machine itself).
+    `address`, `tracking_uri` and `storage` are the cluster's (the CronJob and RayCronJob); `local_address`,
+    `local_tracking_uri` and `local_storage` the crontab line's (no address: it runs jobs/retrain.py on the
+    machine itself), which runs in `project_dir` with `venv` (see `render_crontab_line`).
     """
     cron = validate_cron(cron)
     name = name or pipeline_name(pipeline)
@@ -678,7 +684,8 @@ def write_schedule(out_dir: str | Path, pipeline: str, cron: str, *, name: str |
     cj = render_cronjob(pipeline, name, cron, address=address, image=image, tracking_uri=tracking_uri,
                         storage=storage, namespace=namespace, extra_args=extra_args)
     line = render_crontab_line(pipeline, name, cron, project_dir=project_dir, address=local_address,
-                               tracking_uri=local_tracking_uri, storage=storage, extra_args=extra_args)
+                               tracking_uri=local_tracking_uri, storage=local_storage, venv=venv,
+                               entry_root=entry_root, extra_args=extra_args)
     paths.raycronjob.write_text(to_yaml(rcj, header=_header("KubeRay RayCronJob", pipeline, cron) + "\n"
                                         + RAYCRONJOB_NOTES))
     paths.cronjob.write_text(to_yaml(cj, header=_header("Kubernetes CronJob", pipeline, cron) + "\n" + CRONJOB_NOTES))

@@ -498,6 +498,28 @@ def test_schedule_writes_the_three_files_and_says_how_to_install_them(tmp_path, 
     assert "hour field" in capsys.readouterr().err
 
 
+def test_the_crontab_line_runs_from_any_folder_with_its_own_storage(tmp_path, monkeypatch, capsys):
+    """Written from outside the checkout: the line runs where it was written (the pipeline's relative
+    paths), with this interpreter and the checkout's jobs/retrain.py; --storage stays the cluster's."""
+    import shlex
+
+    from deepgen import cli
+
+    here = tmp_path / "elsewhere"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert cli.main(["schedule", str(ROOT / "pipelines/quickstart.yaml"), "--cron", "0 3 * * *", "--out", "s",
+                     "--storage", "/app/deepgen-runs/ray", "--crontab-storage", "ckpt"]) == 0
+    [line] = [ln for ln in (here / "s/quickstart.crontab").read_text().splitlines() if not ln.startswith("#")]
+    words = shlex.split(line.split(" ", 5)[5])  # cd HERE && mkdir -p LOGS && PYTHON ENTRY PIPELINE ...
+    assert words[:3] == ["cd", str(here), "&&"]
+    python, entry = words[words.index("mkdir") + 4:][:2]
+    assert Path(python).is_file() and Path(entry) == ROOT / "jobs/retrain.py"
+    assert words[words.index("--storage") + 1] == "ckpt" and "/app/deepgen-runs/ray" not in line
+    rcj = yaml.safe_load((here / "s/quickstart.raycronjob.yaml").read_text())
+    assert "--storage /app/deepgen-runs/ray" in rcj["spec"]["jobTemplate"]["entrypoint"]
+
+
 def test_the_retrain_entry_needs_a_slot_or_a_cron(capsys):
     with pytest.raises(SystemExit):
         dc.retrain_main(["pipelines/quickstart.yaml"])
