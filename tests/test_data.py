@@ -1,5 +1,7 @@
 import gzip
+import shutil
 import struct
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -51,6 +53,20 @@ def test_idx_file_round_trip_plain_and_gzipped(tmp_path):
         read_idx_file(tmp_path / "junk")
 
 
+def test_damaged_idx_headers_are_one_line_data_errors(tmp_path):
+    header = bytes([0, 0, 0x08, 3])
+    cases = {"short": header + struct.pack(">2i", 2, 3),  # three sizes announced, two given
+             "negative": header + struct.pack(">3i", -2, -3, 4) + bytes(24),
+             "long": header + struct.pack(">3i", 2, 3, 4) + bytes(25)}
+    messages = {"short": r"short: truncated IDX file \(12 bytes, the header alone needs 16\)",
+                "negative": r"negative: IDX header has a negative size \(-2, -3, 4\)",
+                "long": r"long: IDX header says \(2, 3, 4\) but the file holds 25 data bytes"}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DataError, match=messages[name]):
+            read_idx_file(tmp_path / name)
+
+
 def test_idx_directory_keeps_the_official_test_split(tmp_path):
     directory, (x, y, xt, yt) = make_idx_dir(tmp_path / "mnist", gz=True)
     manifest, wrote = prepare_dataset(data_spec({"kind": "idx", "path": str(directory)}, val_fraction=0.25),
@@ -82,6 +98,41 @@ def test_npy_and_labels(tmp_path, bars_npy):
     manifest, _ = prepare_dataset(data_spec({"kind": "npy", "path": str(x_path), "labels": str(y_path)}),
                                   tmp_path / "out", log=lambda m: None)
     assert manifest.shape == [1, 8, 8] and manifest.label_type == "int" and manifest.scaler.divisor == 255
+
+
+def test_label_type_is_recorded_truly_and_whole_valued_floats_are_class_ids(tmp_path):
+    """A conditional GAN takes only labels recorded as "int"; a CSV's 0.0 / 1.0 are still class ids."""
+    rng = np.random.default_rng(0)
+    for name, labels, label_type, arrow_type in (("whole", np.arange(60) % 2 * 1.0, "int", "int64"),
+                                                 ("half", np.arange(60) % 2 + 0.5, "float", "double"),
+                                                 ("flag", np.arange(60) % 2 == 1, "bool", "bool")):
+        pq.write_table(pa.table({"a": rng.normal(size=60), "label": labels}), tmp_path / f"{name}.parquet")
+        spec = data_spec({"kind": "table", "path": str(tmp_path / f"{name}.parquet"), "label_column": "label"})
+        manifest, _ = prepare_dataset(spec, tmp_path / name, log=lambda m: None)
+        assert (manifest.label_type, manifest.arrow_schema["label"]) == (label_type, arrow_type)
+        _, y = load_split(tmp_path / name, "train")
+        assert (normal_mask(y, AnomalySpec(anomalous_labels=[1]), len(y)) == (y != 1)).all()
+    # a copy prepared when bool labels were recorded as "int" is stale, though its fingerprint matches
+    old = manifest.model_copy(update={"label_type": "int"})
+    (tmp_path / "flag" / "manifest.json").write_text(old.model_dump_json())
+    _, wrote = prepare_dataset(spec, tmp_path / "flag", log=lambda m: None)
+    assert wrote and read_manifest(tmp_path / "flag").label_type == "bool"
+
+
+def test_nan_or_infinite_labels_are_refused_with_their_count(tmp_path):
+    y = np.arange(50) % 2 * 1.0
+    y[[3, 9]] = np.nan, np.inf
+    pq.write_table(pa.table({"a": np.ones(50), "kind": y}), tmp_path / "t.parquet")
+    np.save(tmp_path / "x.npy", np.ones((50, 4), np.float32))
+    np.save(tmp_path / "y.npy", y)
+    for source, message in (
+            ({"kind": "table", "path": str(tmp_path / "t.parquet"), "label_column": "kind"},
+             r"t.parquet: column 'kind' has 2 NaN or infinite labels; fix or drop those rows"),
+            ({"kind": "npy", "path": str(tmp_path / "x.npy"), "labels": str(tmp_path / "y.npy")},
+             r"y.npy has 2 NaN or infinite labels")):
+        with pytest.raises(DataError, match=message):
+            prepare_dataset(data_spec(source), tmp_path / "out", log=lambda m: None)
+    assert not (tmp_path / "out").exists()
 
 
 def test_csv_table_with_string_labels_and_minmax_scaling(tmp_path):
@@ -135,6 +186,18 @@ def test_preparing_leaves_a_live_prepares_folder_alone_and_removes_a_dead_ones(t
     assert read_manifest(tmp_path / "out") is not None
 
 
+def test_missing_or_nan_mask_values_are_refused_not_read_as_foreground(tmp_path):
+    for name, bad, message in (("null", None, r"null.parquet: column 'mask' has 1 missing values inside its lists"),
+                               ("nan", float("nan"), r"nan.parquet: column 'mask' has 1 NaN or infinite values")):
+        masks = [[0.0] * 16 for _ in range(30)]
+        masks[4][5] = bad
+        pq.write_table(pa.table({"image": [list(range(16))] * 30, "mask": masks}), tmp_path / f"{name}.parquet")
+        spec = data_spec({"kind": "image_masks", "path": str(tmp_path / f"{name}.parquet"), "image_shape": [1, 4, 4]})
+        with pytest.raises(DataError, match=message):
+            prepare_dataset(spec, tmp_path / "out", log=lambda m: None)
+    assert not (tmp_path / "out").exists()
+
+
 def test_nan_or_infinite_features_fail_without_any_output(tmp_path):
     (tmp_path / "t.csv").write_text("a,b\n1,2\n3,nan\n" + "\n".join(f"{i},{i}" for i in range(40)))
     with pytest.raises(DataError, match=r"t.csv: column 'b' has 1 missing values"):
@@ -166,6 +229,34 @@ def test_failed_rewrite_keeps_the_previous_dataset(tmp_path, monkeypatch):
         prepare_dataset(data_spec({"kind": "digits"}, seed=5), tmp_path / "d", log=lambda m: None)
     assert {p.name: p.read_bytes() for p in (tmp_path / "d").iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def race(monkeypatch, out: Path, other_prepare) -> None:
+    """Make `other_prepare()` (another process preparing `out`) swap its copy in just before this one does."""
+    real_rename, pending = Path.rename, [other_prepare]
+
+    def rename(self, target):
+        if pending and Path(target) == out:
+            pending.pop()()  # its own rename into `out` finds `pending` empty and goes through
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+
+
+def test_a_concurrent_prepare_of_the_same_data_is_accepted_and_of_other_data_refused(tmp_path, monkeypatch):
+    spec, quiet = data_spec({"kind": "digits"}), lambda m: None
+    race(monkeypatch, tmp_path / "d", lambda: prepare_dataset(spec, tmp_path / "d", log=quiet))
+    manifest, wrote = prepare_dataset(spec, tmp_path / "d", log=quiet)
+    assert wrote and read_manifest(tmp_path / "d").fingerprint == manifest.fingerprint
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]  # this copy dropped: theirs holds the same data
+
+    shutil.rmtree(tmp_path / "d")
+    race(monkeypatch, tmp_path / "d", lambda: prepare_dataset(data_spec({"kind": "digits"}, seed=1), tmp_path / "d",
+                                                              log=quiet))
+    with pytest.raises(DataError, match=r"d: another process wrote this dataset at the same time; run again"):
+        prepare_dataset(spec, tmp_path / "d", log=quiet)
+    assert read_manifest(tmp_path / "d").fingerprint != manifest.fingerprint  # theirs is kept whole
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]
 
 
 def test_empty_split_is_an_error(tmp_path):

@@ -80,7 +80,7 @@ class Manifest(BaseModel):
     source_fingerprint: str
     shape: list[int]
     rows: dict[str, int]
-    label_type: str | None  # "int", "str" or None for unlabelled data
+    label_type: str | None  # "int", "str", "float", "bool" or None for unlabelled data
     feature_names: list[str] | None
     target_shape: list[int] | None = None  # per-row target, e.g. a (1, H, W) segmentation mask
     scaler: Scaler
@@ -126,8 +126,10 @@ def prepare_dataset(data: DataSpec, out_dir: str | Path, log=print) -> tuple[Man
     out_dir = Path(out_dir)
     raw = read_source(data.source)
     fingerprint = dataset_fingerprint(data, raw.fingerprint)
+    raw.y, label_type = label_kind(raw.y)
     current = read_manifest(out_dir)
-    if current is not None and current.fingerprint == fingerprint:
+    # an older prepare recorded float and bool labels as "int": such a copy is stale, whatever its fingerprint
+    if current is not None and current.fingerprint == fingerprint and current.label_type == label_type:
         log(f"prepare: {out_dir} is up to date (fingerprint {fingerprint[:12]}), nothing to do")
         return current, False
 
@@ -139,7 +141,6 @@ def prepare_dataset(data: DataSpec, out_dir: str | Path, log=print) -> tuple[Man
     splits = split_rows(raw, data)
     scaler = Scaler.fit(raw, splits["train"][0])
     tables = {name: to_arrow(scaler.apply(x.reshape(len(x), -1)), y, t) for name, (x, y, t) in splits.items()}
-    label_type = None if raw.y is None else ("str" if raw.y.dtype.kind in "OUS" else "int")
     manifest = Manifest(
         fingerprint=fingerprint, source_fingerprint=raw.fingerprint, shape=list(raw.shape),
         rows={k: t.num_rows for k, t in tables.items()}, label_type=label_type,
@@ -150,6 +151,19 @@ def prepare_dataset(data: DataSpec, out_dir: str | Path, log=print) -> tuple[Man
     write_atomically(out_dir, tables, manifest)
     log(f"prepare: wrote {out_dir} ({', '.join(f'{k} {v}' for k, v in manifest.rows.items())} rows)")
     return manifest, True
+
+
+def label_kind(y: np.ndarray | None) -> tuple[np.ndarray | None, str | None]:
+    """(labels, manifest label_type). Only integer labels are "int", the class ids a conditional GAN needs;
+    whole-valued floats (a CSV column of 0.0, 1.0) become int64 so they count as class ids too."""
+    if y is None:
+        return None, None
+    kind = y.dtype.kind
+    if kind in "iu":
+        return y, "int"
+    if kind == "f" and np.all(y == np.round(y)) and np.abs(y).max(initial=0) <= 2**53:
+        return y.astype(np.int64), "int"
+    return y, {"f": "float", "b": "bool", "O": "str", "U": "str", "S": "str"}.get(kind, y.dtype.name)
 
 
 def resize_images(raw: RawData, side: int) -> RawData:
@@ -251,8 +265,7 @@ def write_atomically(out_dir: Path, tables: dict[str, pa.Table], manifest, extra
         try:
             tmp.rename(out_dir)
         except OSError:  # another process preparing the same folder swapped its copy in first
-            done = read_manifest(out_dir)
-            if done is None or done.fingerprint != manifest.fingerprint:
+            if _written_fingerprint(out_dir) != manifest.fingerprint:
                 raise DataError(f"{out_dir}: another process wrote this dataset at the same time; "
                                 "run again once it is done") from None
             shutil.rmtree(tmp, ignore_errors=True)  # theirs holds the same data
@@ -261,6 +274,14 @@ def write_atomically(out_dir: Path, tables: dict[str, pa.Table], manifest, extra
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _written_fingerprint(directory: Path) -> str | None:
+    """The fingerprint in a dataset's manifest, read from the JSON so image and text manifests both count."""
+    try:
+        return json.loads((directory / MANIFEST).read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _describe(data: DataSpec) -> str:

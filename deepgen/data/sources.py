@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -75,12 +76,16 @@ def read_idx_file(path: str | Path) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise DataError(f"{path}: not an IDX file (bad magic number)")
     ndim = raw[3]
-    dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4).astype(np.int64)
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
     offset = 4 + 4 * ndim
-    expected = int(np.prod(dims)) * dtype.itemsize
+    if len(raw) < offset:
+        raise DataError(f"{path}: truncated IDX file ({len(raw)} bytes, the header alone needs {offset})")
+    dims = tuple(np.frombuffer(raw, dtype=">i4", count=ndim, offset=4).tolist())  # Python ints: no overflow below
+    if any(d < 0 for d in dims):
+        raise DataError(f"{path}: IDX header has a negative size {dims}; the file is damaged")
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = math.prod(dims) * dtype.itemsize
     if len(raw) - offset != expected:
-        raise DataError(f"{path}: IDX header says {tuple(dims)} but the file holds {len(raw) - offset} data bytes")
+        raise DataError(f"{path}: IDX header says {dims} but the file holds {len(raw) - offset} data bytes")
     return np.frombuffer(raw, dtype=dtype, offset=offset).reshape(dims)
 
 
@@ -129,6 +134,7 @@ def read_npy(source: NpySource) -> RawData:
         files.append(source.labels)
         if y.shape != (len(x),):
             raise DataError(f"{source.labels}: expected {len(x)} labels, got shape {y.shape}")
+        check_labels(y, source.labels)
     divisor = 255.0 if x.dtype == np.uint8 else None
     return RawData(x=x, y=y, shape=x.shape[1:], divisor=divisor, fingerprint=_hash_files(files), files=files)
 
@@ -165,8 +171,16 @@ def read_table(source: TableSource) -> RawData:
         if labels.null_count:
             raise DataError(f"{source.path}: column {source.label_column!r} has {labels.null_count} empty labels")
         y = labels.to_numpy(zero_copy_only=False)
+        check_labels(y, f"{source.path}: column {source.label_column!r}")
     return RawData(x=x, y=y, shape=(len(features),), divisor=None, fingerprint=_hash_files([source.path]),
                    feature_names=features, files=[source.path])
+
+
+def check_labels(y: np.ndarray, where: str) -> None:
+    """Refuse NaN and infinite labels: each would count as a class of its own, or as no class at all."""
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise DataError(f"{where} has {int((~np.isfinite(y)).sum())} NaN or infinite labels; "
+                        "fix or drop those rows")
 
 
 def load_table(path: str):
@@ -240,7 +254,15 @@ def _list_column(table, name: str, width: int, where: str) -> np.ndarray:
         else np.full(len(col), col.type.list_size)
     if col.null_count or (lengths != width).any():
         raise DataError(f"{where}: column {name!r} must hold {width} values in every row")
-    return col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(col), width)
+    values = col.flatten()  # a null or NaN in a mask would count as foreground (NaN != 0): refuse both
+    if values.null_count:
+        raise DataError(f"{where}: column {name!r} has {values.null_count} missing values inside its lists; "
+                        "fix or drop those rows")
+    x = values.to_numpy(zero_copy_only=False).astype(np.float32)
+    if not np.isfinite(x).all():
+        raise DataError(f"{where}: column {name!r} has {int((~np.isfinite(x)).sum())} NaN or infinite values "
+                        "inside its lists; fix or drop those rows")
+    return x.reshape(len(col), width)
 
 
 # --- fingerprints ----------------------------------------------------------------------------------
