@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import string
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from deepgen.data import corpora
+from deepgen.data import tokenizer as tokenizer_module
 from deepgen.data.text import (
     LabelledTextSource,
     TextFilesSource,
@@ -23,6 +25,7 @@ from deepgen.data.text import (
     prepare_classification,
     prepare_pretraining,
     read_text_files,
+    read_text_manifest,
     split_documents,
     split_sentences,
 )
@@ -69,6 +72,15 @@ def test_split_sentences_keeps_abbreviations_initials_and_decimals():
     ]
     assert split_sentences("  no final stop ") == ["no final stop"]
     assert split_sentences("") == []
+
+
+def test_split_sentences_reads_the_word_before_each_boundary_however_the_sentence_began():
+    assert split_sentences('Ask Dr . Who came. (Mr. Li met "Prof. X. Then St. Ives. U.S. Army won.') == [
+        "Ask Dr . Who came.", '(Mr. Li met "Prof. X. Then St. Ives.', "U.S. Army won."]
+    assert split_sentences(". A. B went. Fig. 3 shows it! 2 more.") == [  # no word before the first boundary
+        ".", "A. B went.", "Fig. 3 shows it!", "2 more."]
+    many = " ".join(["Dr. A"] * 2000) + " ends. Next one."  # a long run of skipped boundaries
+    assert split_sentences(many) == [" ".join(["Dr. A"] * 2000) + " ends.", "Next one."]
 
 
 def test_documents_are_blank_line_blocks_with_lines_or_running_text():
@@ -122,6 +134,29 @@ def test_tokenizer_with_other_special_ids_is_refused(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(DataError, match="bad.json: not a tokenizers JSON file"):
         WordPieceTokenizer.load(tmp_path / "bad.json")
+
+
+def test_many_texts_are_tokenized_in_bounded_batches_with_the_same_ids(tokenizer, tmp_path, monkeypatch):
+    """A split's sentences are encoded a chunk at a time: the library holds ~3 KB per text until it returns."""
+    texts = [" ".join(WORDS[i % 7:i % 7 + i % 5]) for i in range(23)]  # some empty
+    tok = WordPieceTokenizer.load(tokenizer.save(tmp_path / "tokenizer.json"))
+    batches = []
+
+    class Recording:  # the library's tokenizer, noting how many texts each call is given
+        def __getattr__(self, name):
+            return getattr(tokenizer._tok, name)
+
+        def encode_batch(self, batch, **kw):
+            batches.append(len(batch))
+            return tokenizer._tok.encode_batch(batch, **kw)
+
+    monkeypatch.setattr(tokenizer_module, "_ENCODE_CHUNK", 5, raising=False)
+    monkeypatch.setattr(tok, "_tok", Recording())
+    pieces = tok.pieces(texts)
+    assert batches == [5, 5, 5, 5, 3]
+    assert [pieces.flat[a:b].tolist() for a, b in zip(pieces.offsets[:-1], pieces.offsets[1:])] == [
+        [tokenizer.token_to_id(t) for t in tokenizer.tokenize(text)] for text in texts]
+    assert pieces.offsets.dtype == np.int64 and pieces.flat.dtype == np.int32 and len(tok.pieces([])) == 0
 
 
 def test_pair_layout_is_cls_a_sep_b_sep_with_segments(tokenizer):
@@ -276,6 +311,35 @@ def test_text_table_rows_grouped_into_documents(tmp_path):
     assert sum(manifest.sentences.values()) == sum(len(d) for d in documents)
 
 
+def race(monkeypatch, out: Path, other_prepare) -> None:
+    """Make `other_prepare()` (another process preparing `out`) swap its copy in just before this one does."""
+    real_rename, pending = Path.rename, [other_prepare]
+
+    def rename(self, target):
+        if pending and Path(target) == out:
+            pending.pop()()  # its own rename into `out` finds `pending` empty and goes through
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+
+
+def test_a_concurrent_prepare_of_the_same_text_is_accepted_and_of_other_text_refused(tmp_path, monkeypatch):
+    corpus = write_corpus(tmp_path / "c.txt", make_documents(20, seed=1))
+    source, spec = TextFilesSource(paths=[str(corpus)]), TextSpec(vocab_size=200, min_frequency=1)
+    out = tmp_path / "out"
+    race(monkeypatch, out, lambda: prepare_pretraining(source, out, spec, log=lambda _: None))
+    manifest, wrote = prepare_pretraining(source, out, spec, log=lambda _: None)
+    assert wrote and read_text_manifest(out).fingerprint == manifest.fingerprint
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "out"]  # this copy dropped: theirs is the same
+
+    shutil.rmtree(out)
+    race(monkeypatch, out, lambda: prepare_pretraining(source, out, spec, seed=1, log=lambda _: None))
+    with pytest.raises(DataError, match=r"out: another process wrote this dataset at the same time; run again"):
+        prepare_pretraining(source, out, spec, log=lambda _: None)
+    assert read_text_manifest(out).fingerprint != manifest.fingerprint  # theirs is kept whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "out"]
+
+
 def labelled_csv(path: Path, labels: list) -> Path:
     rng = np.random.default_rng(0)
     texts = [f"{' '.join(rng.choice(WORDS, 5))} about {label}" for label in labels]
@@ -312,6 +376,24 @@ def test_prepare_classification_maps_labels_and_stratifies(tmp_path, tokenizer):
                          table.column("label").to_pylist()):
         assert tok.decode(row[:k]).endswith(f"about {manifest.class_names[y]}")
     assert WordPieceTokenizer.load(tmp_path / "out_int").fingerprint == manifest.tokenizer_fingerprint
+
+
+def test_settings_that_do_not_shape_a_text_dataset_do_not_rewrite_it(tmp_path, tokenizer):
+    source = LabelledTextSource(path=str(labelled_csv(tmp_path / "l.csv", ["spam", "ham"] * 20)))
+    (tmp_path / "model").mkdir()
+    tokenizer.save(tmp_path / "tokenizer.json")
+    tokenizer.save(tmp_path / "model" / "tokenizer.json")
+    spec = TextSpec(max_len=24, tokenizer=str(tmp_path / "tokenizer.json"))
+    first, _ = prepare_classification(source, tmp_path / "out", spec, log=lambda _: None)
+    for unused in ({"next_fraction": 0.3},  # NSP only
+                   {"vocab_size": 500, "min_frequency": 5},  # a given tokenizer is not trained
+                   {"tokenizer": str(tmp_path / "model")}):  # the same tokenizer elsewhere
+        again, wrote = prepare_classification(source, tmp_path / "out", spec.model_copy(update=unused),
+                                              log=lambda _: None)
+        assert not wrote and again.fingerprint == first.fingerprint, unused
+    _, wrote = prepare_classification(source, tmp_path / "out", spec.model_copy(update={"max_len": 16}),
+                                      log=lambda _: None)
+    assert wrote
 
 
 def test_failed_write_keeps_previous_dataset_and_leaves_no_partial_folder(tmp_path, monkeypatch):
@@ -357,7 +439,12 @@ def test_failed_write_keeps_previous_dataset_and_leaves_no_partial_folder(tmp_pa
     (lambda d: LabelledTextSource(path=str(d / "float.parquet")),
      r"float\.parquet: column 'label' is double, expected string or integer labels"),
     (lambda d: LabelledTextSource(path=str(d / "one.parquet")), r"one\.parquet: column 'label' holds one class"),
+    (lambda d: LabelledTextSource(path=str(d / "empty.parquet")), r"empty\.parquet: holds no rows"),
     (lambda d: TextTableSource(path=str(d / "l.csv"), text_column="body"), r"l\.csv: no column 'body'"),
+    (lambda d: TextTableSource(path=str(d / "docs.parquet"), document_column="null_doc"),
+     r"docs\.parquet: column 'null_doc' has 1 missing document ids"),
+    (lambda d: TextTableSource(path=str(d / "docs.parquet"), document_column="nan_doc"),
+     r"docs\.parquet: column 'nan_doc' has 1 NaN document ids"),
     (lambda d: TextFilesSource(paths=[str(d / "nope.txt")]), r"nope\.txt: no such file"),
     (lambda d: TextFilesSource(paths=[str(d / "latin1.txt")]), r"latin1\.txt: not UTF-8 text \(byte 3\)"),
     (lambda d: TextFilesSource(paths=[str(d / "few.txt")]), r"3 documents; NSP needs at least 2 per split"),
@@ -367,6 +454,12 @@ def test_bad_input_is_a_one_line_data_error(tmp_path, make_source, message):
     pq.write_table(pa.table({"text": ["a", "b"], "label": ["x", None]}), tmp_path / "nulls.parquet")
     pq.write_table(pa.table({"text": ["a", "b"], "label": [0.5, 1.5]}), tmp_path / "float.parquet")
     pq.write_table(pa.table({"text": ["a", "b"], "label": ["x", "x"]}), tmp_path / "one.parquet")
+    pq.write_table(pa.table({"text": pa.array([], pa.string()), "label": pa.array([], pa.string())}),
+                   tmp_path / "empty.parquet")
+    sentences = [s for doc in make_documents(8, seed=4, min_sentences=2) for s in doc]
+    pq.write_table(pa.table({"text": sentences, "null_doc": [None] + [i // 3 for i in range(1, len(sentences))],
+                             "nan_doc": [float("nan")] + [i // 3 for i in range(1, len(sentences))]}),
+                   tmp_path / "docs.parquet")
     (tmp_path / "latin1.txt").write_bytes("Caf\xe9 au lait.".encode("latin-1"))
     write_corpus(tmp_path / "few.txt", [["One.", "Two."]] * 3)
     source = make_source(tmp_path)

@@ -27,6 +27,7 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from deepgen.config import LabelledTextSource, TextFilesSource, TextSpec, TextTableSource
@@ -76,11 +77,15 @@ _ENDS_SENTENCE = re.compile(r"""[.!?]["'\u201d\u2019)\]]*$""")
 def split_sentences(text: str) -> list[str]:
     """Running text -> sentences, at . ! ? before a capital or digit, except after common
     abbreviations (Dr., e.g.) and initials (J. R. R.)."""
-    text = " ".join(text.split())
+    text = " ".join(text.split())  # single spaces only, so rfind below finds the last word
     sentences, start = [], 0
     for match in _BOUNDARY.finditer(text):
-        words = text[start:match.start()].split()
-        last = words[-1].lower().lstrip("\"'(") if words else ""
+        # only the last word before the boundary is read, not the sentence so far: after an abbreviation
+        # `start` stays put, and re-reading would make a run of them quadratic
+        end = match.start()
+        if end > start and text[end - 1] == " ":  # "Dr ." : the word before the space
+            end -= 1
+        last = text[max(start, text.rfind(" ", start, end) + 1):end].lower().lstrip("\"'(")
         if text[match.start()] == "." and (last in _ABBREVIATIONS or (len(last) == 1 and last.isalpha())):
             continue
         sentences.append(text[start:match.end()].strip())
@@ -174,8 +179,7 @@ def read_text_table(source: TextTableSource) -> TextCorpus:
     if source.document_column is None:
         keys = range(len(texts))
     else:
-        _require_columns(table, [source.document_column], source.path)
-        keys = table.column(source.document_column).to_pylist()
+        keys = document_ids(table, source.document_column, source.path)
     grouped: dict = {}
     for key, text in zip(keys, texts):
         grouped.setdefault(key, []).extend(split_sentences(text))
@@ -185,9 +189,20 @@ def read_text_table(source: TextTableSource) -> TextCorpus:
     return TextCorpus(documents)
 
 
+def document_ids(table: pa.Table, name: str, where: str) -> list:
+    """The document of each row, refusing nulls and NaN: nulls would merge unrelated rows into one
+    document, and each NaN (NaN != NaN) would start a document of its own."""
+    col = _complete_column(table, name, where, "document ids")
+    if pa.types.is_floating(col.type) and (nan := pc.sum(pc.is_nan(col)).as_py()):
+        raise DataError(f"{where}: column {name!r} has {nan} NaN document ids; give every row a document id")
+    return col.to_pylist()
+
+
 def read_labelled_text(source: LabelledTextSource) -> LabelledTexts:
     table = load_table(source.path)
     _require_columns(table, [source.text_column, source.label_column], source.path)
+    if table.num_rows == 0:
+        raise DataError(f"{source.path}: holds no rows; classification needs labelled texts")
     texts = text_column(table, source.text_column, source.path)
     labels, class_names, label_type = label_column(table, source.label_column, source.path)
     if len(class_names) < 2:
@@ -399,10 +414,16 @@ def _tokenizer(text: TextSpec, train_texts: list[str]) -> WordPieceTokenizer:
 
 def _fingerprint(source, text: TextSpec, source_bytes: str, val_fraction: float, test_fraction: float,
                  seed: int) -> str:
-    given = hashlib.sha256(Path(text.tokenizer).expanduser().read_bytes()).hexdigest() \
-        if text.tokenizer and Path(text.tokenizer).expanduser().is_file() else None
+    """Hashes only the text fields that shape this kind of dataset, so changing another (next_fraction of a
+    classification dataset, vocab_size beside a given tokenizer, where that tokenizer lies) rewrites nothing."""
+    path = Path(text.tokenizer).expanduser() if text.tokenizer else None
+    if path is not None and path.is_dir():  # a folder holding a tokenizer.json, as `load` takes
+        path = path / TOKENIZER_FILE
+    given = hashlib.sha256(path.read_bytes()).hexdigest() if path is not None and path.is_file() else None
+    used = {"max_len"} | ({"next_fraction"} if source.kind != "labelled_text" else set()) \
+        | (set() if text.tokenizer else {"vocab_size", "min_frequency"})  # a given one counts by its bytes
     blob = json.dumps({
-        "source": source.model_dump(mode="json"), "text": text.model_dump(mode="json"),
+        "source": source.model_dump(mode="json"), "text": text.model_dump(mode="json", include=used),
         "split": [val_fraction, test_fraction, seed], "source_bytes": source_bytes,
         "tokenizer_bytes": given, "format": FORMAT_VERSION,
     }, sort_keys=True)

@@ -30,6 +30,7 @@ PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)  # their ids are their positions: [PAD]=0 ... [MASK]=4
 TOKENIZER_FILE = "tokenizer.json"
 _CHUNK = 8192  # rows assembled at a time
+_ENCODE_CHUNK = 50_000  # texts tokenized at a time: the library's Encoding objects take ~3 KB each
 
 
 @dataclass(frozen=True)
@@ -183,10 +184,13 @@ class WordPieceTokenizer:
 
         Sentence pairs reuse these: each sentence is tokenized once however many pairs it is in.
         """
-        encodings = self._tok.encode_batch(list(texts), add_special_tokens=False) if len(texts) else []
-        lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
-        flat = np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int32, int(lengths.sum()))
-        return Pieces(flat, np.concatenate([[0], np.cumsum(lengths)]))
+        texts = list(texts)
+        lengths, flat = [np.zeros(0, np.int64)], [np.zeros(0, np.int32)]
+        for lo in range(0, len(texts), _ENCODE_CHUNK):  # bounds the Encoding objects alive at once
+            encodings = self._tok.encode_batch(texts[lo:lo + _ENCODE_CHUNK], add_special_tokens=False)
+            lengths.append(np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings)))
+            flat.append(np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int32, int(lengths[-1].sum())))
+        return Pieces(np.concatenate(flat), np.concatenate([[0], np.cumsum(np.concatenate(lengths))]))
 
     def assemble(self, pieces: Pieces, a: np.ndarray, b: np.ndarray | None, max_len: int) -> Encoded:
         """Rows `[CLS] A [SEP]` (b None) or `[CLS] A [SEP] B [SEP]` from texts a[i], b[i] of `pieces`.
