@@ -303,6 +303,9 @@ def submit(pipeline: str, address: str | None, overrides: Sequence[str] = (), tr
         run_name = spec.run_name
     for path in missing_local_paths(spec):
         print(f"note: {path} is not on this machine; the cluster must see it at that path", file=out)
+    if is_uri(spec.storage_path):
+        print(f"note: checkpoints go to {spec.storage_path}, prepared data to {spec.runs_dir}: with more than "
+              "one node, that folder must be on a filesystem every node mounts", file=out)
     if not tracking_uri:
         print("note: no --tracking-uri; the job logs to the cluster's MLFLOW_TRACKING_URI, else to SQLite in "
               f"{spec.runs_dir}", file=out)
