@@ -152,8 +152,9 @@ def test_promote_of_a_missing_version_or_model_fails_clearly_and_moves_nothing(s
     assert code == 2 and err.strip() == (f"deepgen: error: {NAME}: no version 9; `deepgen models show {NAME}` "
                                          "shows the latest, `deepgen models list` the models")
     code, _, err = store.deepgen("models", "promote", "nope", "1")
-    assert code == 2 and err.strip().splitlines() == [
-        "deepgen: error: nope: no such registered model; `deepgen models list` shows what is there"]
+    [line] = err.strip().splitlines()
+    assert code == 2 and line.startswith("deepgen: error: nope: not found in the registry at sqlite:")
+    assert line.endswith("(Registered Model with name=nope not found); `deepgen models list` shows what is there")
     assert store.champion() == "3" and store.json("models", "history", NAME) == before
 
 
