@@ -335,6 +335,11 @@ def test_psnr_and_ssim():
     assert (metrics.ssim(x, (x + 0.05 * torch.randn_like(x)).clamp(0, 1)) > s).all()
 
 
+def test_the_feature_classifier_trains_on_the_smallest_images_with_a_last_batch_of_one():
+    model = metrics.train_classifier(torch.rand(129, 1, 4, 4), epochs=1, batch_size=128, min_steps=1)
+    assert metrics.classifier_features(model, torch.rand(3, 1, 4, 4)).shape == (3, 128)
+
+
 def test_self_supervised_targets_keep_a_non_square_images_shape():
     x = torch.arange(2 * 8 * 12, dtype=torch.float32).view(2, 1, 8, 12).repeat(20, 1, 1, 1)
     out, k = metrics.rotation_batch(x, torch.Generator().manual_seed(0))

@@ -159,6 +159,8 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor | None = None, n
         order = torch.randperm(len(images), generator=gen)
         for i in range(0, len(images), batch_size):
             idx = order[i:i + batch_size]
+            if len(idx) < 2:  # batch norm cannot train on one row where the last map is 1 x 1 (4 x 4 images)
+                continue
             x = images[idx].float()
             x, y = rotation_batch(x, gen) if labels is None else (x, labels[idx].long())
             loss = F.cross_entropy(model(x), y)
