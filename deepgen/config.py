@@ -536,13 +536,21 @@ class TrackingSpec(Spec):
 # --- hyperparameter search (Ray Tune) --------------------------------------------------------------
 
 
-class Uniform(Spec):
+class _Range(Spec):
+    @model_validator(mode="after")
+    def _low_below_high(self):
+        if not self.low < self.high:
+            raise ValueError(f"{self.type}: low ({self.low}) must be below high ({self.high})")
+        return self
+
+
+class Uniform(_Range):
     type: Literal["uniform"] = "uniform"
     low: float
     high: float
 
 
-class LogUniform(Spec):
+class LogUniform(_Range):
     type: Literal["loguniform"] = "loguniform"
     low: float = Field(gt=0)
     high: float = Field(gt=0)
@@ -553,7 +561,7 @@ class Choice(Spec):
     values: list[Any] = Field(min_length=1)
 
 
-class RandInt(Spec):
+class RandInt(_Range):
     type: Literal["randint"] = "randint"
     low: int
     high: int = Field(description="exclusive")
@@ -601,6 +609,14 @@ class TuneSpec(Spec):
                                  "fields only (its trials share one prepared dataset); run one pipeline per "
                                  "data setting instead")
         return space
+
+    @model_validator(mode="after")
+    def _grid_needs_random_search(self) -> TuneSpec:
+        grids = [path for path, domain in self.search_space.items() if isinstance(domain, Grid)]
+        if grids and self.search_alg != "random":
+            raise ValueError(f"search_space.{grids[0]}: a grid is searched by search_alg random only (Ray Tune's "
+                             f"{self.search_alg} search takes no grid); use type: choice instead")
+        return self
 
 
 class PipelineSpec(Spec):

@@ -40,6 +40,19 @@ def test_a_sweep_over_data_fields_is_refused(tmp_path):
         PipelineSpec.from_yaml(path)
 
 
+@pytest.mark.parametrize("space, search_alg, error", [
+    ({"train.lr": {"type": "loguniform", "low": 1e-2, "high": 1e-4}}, "random",
+     r"x.yaml: tune.search_space.train.lr: loguniform: low \(0.01\) must be below high"),
+    ({"model.latent_dim": {"type": "randint", "low": 8, "high": 8}}, "random", r"randint: low \(8\) must be below"),
+    ({"model.latent_dim": {"type": "grid", "values": [4, 8]}}, "optuna",
+     r"x.yaml: tune: search_space.model.latent_dim: a grid is searched by search_alg random only"),
+])
+def test_a_search_space_tune_would_refuse_mid_sweep_is_refused_when_loaded(tmp_path, space, search_alg, error):
+    path = write_pipeline(tmp_path / "x.yaml", tune={"search_space": space, "search_alg": search_alg})
+    with pytest.raises(SpecError, match=error):
+        PipelineSpec.from_yaml(path)
+
+
 def test_unknown_model_kind_is_rejected(tmp_path):
     path = write_pipeline(tmp_path / "x.yaml", model={"kind": "transformer_ae"})
     with pytest.raises(SpecError, match=r"x.yaml: model: Input tag 'transformer_ae' found using 'kind' does not"):
