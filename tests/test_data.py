@@ -257,6 +257,21 @@ def test_a_concurrent_prepare_of_the_same_data_is_accepted_and_of_other_data_ref
         prepare_dataset(spec, tmp_path / "d", log=quiet)
     assert read_manifest(tmp_path / "d").fingerprint != manifest.fingerprint  # theirs is kept whole
     assert [p.name for p in tmp_path.iterdir()] == ["d"]
+    # a stale copy was there (moved aside by this prepare before the collision): it goes too
+    prepare_dataset(data_spec({"kind": "digits"}, seed=2), tmp_path / "d", log=quiet)
+    race(monkeypatch, tmp_path / "d", lambda: prepare_dataset(data_spec({"kind": "digits"}, seed=1), tmp_path / "d",
+                                                              log=quiet))
+    with pytest.raises(DataError, match=r"another process wrote this dataset at the same time"):
+        prepare_dataset(spec, tmp_path / "d", log=quiet)
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]
+
+
+def test_a_split_deleted_by_hand_is_prepared_again(tmp_path):
+    spec, quiet = data_spec({"kind": "digits"}), lambda m: None
+    prepare_dataset(spec, tmp_path / "d", log=quiet)
+    (tmp_path / "d" / "val.parquet").unlink()
+    _, wrote = prepare_dataset(spec, tmp_path / "d", log=quiet)
+    assert wrote and (tmp_path / "d" / "val.parquet").is_file()
 
 
 def test_empty_split_is_an_error(tmp_path):

@@ -287,6 +287,9 @@ def test_prepare_pretraining_writes_nsp_pairs_without_leakage(tmp_path, tokenize
 
     again, wrote = prepare_pretraining(source, out, spec, seed=5, log=logs.append)
     assert not wrote and again == manifest and "up to date" in logs[-1]
+    (out / "test.parquet").unlink()  # deleted by hand: prepared again, not "up to date" with a split missing
+    _, wrote = prepare_pretraining(source, out, spec, seed=5, log=logs.append)
+    assert wrote and (out / "test.parquet").is_file()
     _, wrote = prepare_pretraining(source, out, spec, seed=6, log=logs.append)
     assert wrote
 

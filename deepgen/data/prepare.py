@@ -129,7 +129,8 @@ def prepare_dataset(data: DataSpec, out_dir: str | Path, log=print) -> tuple[Man
     raw.y, label_type = label_kind(raw.y)
     current = read_manifest(out_dir)
     # an older prepare recorded float and bool labels as "int": such a copy is stale, whatever its fingerprint
-    if current is not None and current.fingerprint == fingerprint and current.label_type == label_type:
+    if current is not None and current.fingerprint == fingerprint and current.label_type == label_type \
+            and splits_present(out_dir, current.rows):
         log(f"prepare: {out_dir} is up to date (fingerprint {fingerprint[:12]}), nothing to do")
         return current, False
 
@@ -242,11 +243,17 @@ def _fixed_size_list(x: np.ndarray) -> pa.FixedSizeListArray:
 STALE_TMP_S = 24 * 3600  # a temporary folder this old was left by a killed prepare
 
 
+def splits_present(out_dir: Path, rows: dict[str, int]) -> bool:
+    """Whether every split file a manifest lists is there (one deleted by hand means: prepare again)."""
+    return all((out_dir / f"{name}.parquet").is_file() for name in rows)
+
+
 def write_atomically(out_dir: Path, tables: dict[str, pa.Table], manifest, extra=None) -> None:
     """Write into a hidden sibling folder, then swap it into place; the manifest is written last.
     `extra(folder)` writes any further files of the dataset (e.g. a text dataset's tokenizer)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # left by a killed process, not a live one
+    stale_folders = [*out_dir.parent.glob(f".{out_dir.name}.tmp-*"), *out_dir.parent.glob(f".{out_dir.name}.old-*")]
+    for stale in stale_folders:  # left by a killed process, not a live one
         with contextlib.suppress(OSError):
             if time.time() - stale.stat().st_mtime > STALE_TMP_S:
                 shutil.rmtree(stale, ignore_errors=True)
@@ -269,8 +276,9 @@ def write_atomically(out_dir: Path, tables: dict[str, pa.Table], manifest, extra
                 raise DataError(f"{out_dir}: another process wrote this dataset at the same time; "
                                 "run again once it is done") from None
             shutil.rmtree(tmp, ignore_errors=True)  # theirs holds the same data
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if old is not None:  # the copy this one replaces, whoever's copy is in place now
+                shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -431,8 +431,10 @@ def _fingerprint(source, text: TextSpec, source_bytes: str, val_fraction: float,
 
 
 def _current(out_dir: Path, fingerprint: str, log) -> TextManifest | None:
+    from deepgen.data.prepare import splits_present
+
     current = read_text_manifest(out_dir)
-    if current is not None and current.fingerprint == fingerprint:
+    if current is not None and current.fingerprint == fingerprint and splits_present(out_dir, current.rows):
         log(f"prepare: {out_dir} is up to date (fingerprint {fingerprint[:12]}), nothing to do")
         return current
     return None
