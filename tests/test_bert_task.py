@@ -29,9 +29,9 @@ from deepgen.train.loop import load_model_weights, train_loop
 
 WORDS_PER_GROUP = 24
 ENCODER = {"hidden": 32, "layers": 2, "heads": 2, "intermediate": 64, "dropout": 0.0, "attention_dropout": 0.0}
-# Room for every made-up word as one token. With less, which words end up split into letters depends on
-# WordPiece's tie-breaking, which the tokenizers library does not make deterministic (huggingface/tokenizers
-# issue 1794), and a split word's group cannot be read from one embedding.
+# Room for every made-up word as one token: with less, some words end up split into letters (which ones
+# depends on WordPiece's tie-breaking between equally frequent merges), and a split word's group cannot be
+# read from one embedding.
 TEXT = {"max_len": 16, "vocab_size": 400, "min_frequency": 1}
 
 

@@ -124,6 +124,24 @@ def test_tokenizer_has_fixed_special_ids_and_roundtrips(tokenizer, tmp_path):
     assert tokenizer.decode(tokenizer.encode(a, 24).input_ids) == "the river stone by the window."
 
 
+def test_the_same_texts_train_the_same_vocabulary_in_every_process(tmp_path):
+    """Made-up words of equal frequency tie on every merge; the library's own trainer broke such ties in
+    hash order, which changed from process to process (huggingface/tokenizers issue 1794)."""
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    words = ["".join(rng.choice(list("bdgklmnprstvz")) + rng.choice(list("aeiou")) for _ in range(3))
+             for _ in range(60)]
+    (tmp_path / "texts.json").write_text(json.dumps([" ".join(words[i:i + 6]) for i in range(0, 60, 6)] * 3))
+    script = ("import json, sys; from deepgen.data.tokenizer import train_wordpiece; "
+              "texts = json.load(open(sys.argv[1])); tok = train_wordpiece(texts, vocab_size=150, min_frequency=1); "
+              "print(json.dumps([sorted(tok.get_vocab().items()), [e.ids for e in tok.encode_batch(texts)]]))")
+    runs = {subprocess.run([sys.executable, "-c", script, str(tmp_path / "texts.json")], capture_output=True,
+                           text=True, check=True).stdout for _ in range(4)}
+    assert len(runs) == 1
+
+
 def test_tokenizer_with_other_special_ids_is_refused(tmp_path):
     from tokenizers import Tokenizer, models
 

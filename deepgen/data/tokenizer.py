@@ -57,22 +57,42 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 8000, min_frequency:
                     length: int | None = None):
     """Learn a lowercase WordPiece vocabulary from `texts`; returns a `tokenizers.Tokenizer`.
 
-    The five special tokens come first, so their ids are fixed whatever the corpus.
+    The five special tokens come first, so their ids are fixed whatever the corpus. The same texts give
+    the same vocabulary and ids on every run: the `tokenizers` trainer numbers continuation pieces ("##e")
+    in hash-map order as it meets them, and those numbers break ties between equally frequent merges
+    (huggingface/tokenizers issue 1794), so it is handed every continuation piece up front, in sorted order.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import models, trainers
 
     if vocab_size <= len(SPECIAL_TOKENS):
         raise DataError(f"vocab_size {vocab_size} leaves no room beside the {len(SPECIAL_TOKENS)} special tokens")
-    tok = Tokenizer(models.WordPiece(unk_token=UNK, continuing_subword_prefix="##"))
+    texts = texts if isinstance(texts, list | tuple) else list(texts)  # read twice
+    words = _bare(models.WordLevel(unk_token=UNK))
+    words.train_from_iterator(texts, trainers.WordLevelTrainer(vocab_size=2**31 - 1, min_frequency=0,
+                                                               show_progress=False), length=length)
+    pieces = sorted({f"##{c}" for word in words.get_vocab() for c in word[1:]})
+    trained = _bare(models.WordPiece(unk_token=UNK, continuing_subword_prefix="##"))
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[*SPECIAL_TOKENS, *pieces],
+        continuing_subword_prefix="##", show_progress=False,
+    )
+    trained.train_from_iterator(texts, trainer=trainer, length=length)
+    # the same vocabulary in a fresh tokenizer, where only the five are special (the trainer made every
+    # piece it was handed an added special token, which decoding would drop)
+    tok = _bare(models.WordPiece(vocab=trained.get_vocab(), unk_token=UNK, continuing_subword_prefix="##"))
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    _add_template(tok)
+    return tok
+
+
+def _bare(model):
+    """A tokenizer with BERT's lowercasing normalizer, pre-tokenizer and WordPiece decoder around `model`."""
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
+
+    tok = Tokenizer(model)
     tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=list(SPECIAL_TOKENS),
-        continuing_subword_prefix="##", show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer, length=length)
-    _add_template(tok)
     return tok
 
 
