@@ -21,6 +21,7 @@ Idempotency has two layers:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -382,6 +383,9 @@ def follow(client, job_id: str, address: str | None, out=None, poll_s: float = 2
             pass
         while _status(info := client.get_job_info(job_id)) in ACTIVE:
             time.sleep(poll_s)
+    except (OSError, RuntimeError) as e:
+        raise ClusterError(f"following {job_id}: {_why(e)}; it may still run: deepgen jobs status {job_id} "
+                           f"--address {address}") from None
     except KeyboardInterrupt:
         print(f"\nstopped following; {job_id} keeps running (deepgen jobs status {job_id} --address {address})",
               file=out, flush=True)
@@ -408,6 +412,19 @@ def _when(ms: int | None) -> str:
     return "-" if not ms else datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+def _job_api_errors(command):
+    """A `deepgen jobs` command whose job API calls fail midway (the head went away, a 5xx, a timeout)
+    ends in one line naming the address, not a traceback."""
+    @functools.wraps(command)
+    def run(args) -> int:
+        try:
+            return command(args)
+        except (OSError, RuntimeError) as e:  # requests' errors are OSErrors; the SDK raises RuntimeError
+            raise ClusterError(f"the Ray job API at {args.address}: {_why(e)}") from None
+    return run
+
+
+@_job_api_errors
 def cmd_jobs_list(args) -> int:
     jobs = [describe_job(j) for j in connect(args.address).list_jobs() if args.all or j.submission_id]
     jobs.sort(key=lambda j: j["start_time"] or 0)
@@ -431,6 +448,7 @@ def _existing(client, job_id: str):
     return info
 
 
+@_job_api_errors
 def cmd_jobs_status(args) -> int:
     info = describe_job(_existing(connect(args.address), args.id))
     if args.json:
@@ -444,6 +462,7 @@ def cmd_jobs_status(args) -> int:
     return 0
 
 
+@_job_api_errors
 def cmd_jobs_logs(args) -> int:
     client = connect(args.address)
     _existing(client, args.id)
@@ -453,6 +472,7 @@ def cmd_jobs_logs(args) -> int:
     return 0
 
 
+@_job_api_errors
 def cmd_jobs_stop(args) -> int:
     client = connect(args.address)
     status = _status(_existing(client, args.id))

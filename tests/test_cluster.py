@@ -300,6 +300,23 @@ class FakeJobs:
         return submission_id
 
 
+@pytest.mark.parametrize("command", [["list"], ["status", "deepgen-x"], ["logs", "deepgen-x"], ["stop", "deepgen-x"]])
+def test_a_job_api_that_fails_midway_is_one_line_naming_it(command, monkeypatch, capsys):
+    from deepgen import cli
+
+    class Failing(FakeJobs):
+        def list_jobs(self):
+            raise RuntimeError("Request failed with status code 502: Bad Gateway")
+
+        def get_job_info(self, job_id):
+            raise ConnectionError("Connection aborted.")  # what requests raises when the head goes away
+
+    monkeypatch.setattr(dc, "connect", lambda address: Failing({}))
+    assert cli.main(["jobs", *command, "--address", "http://h:8265"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith("deepgen: error: the Ray job API at http://h:8265: ")
+
+
 def test_submission_ids_are_deterministic_per_run_and_slot():
     spec = dc.load_spec(ROOT / "pipelines/quickstart.yaml")
     assert dc.slot_tag("2026-11-27T03:00Z") == "20261127T0300Z"
