@@ -65,3 +65,15 @@ def write_pipeline(path: Path, **sections) -> Path:
     spec.update(sections)
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+def race(monkeypatch, out: Path, other_prepare) -> None:
+    """Make `other_prepare()` (another process preparing `out`) swap its copy in just before this one does."""
+    real_rename, pending = Path.rename, [other_prepare]
+
+    def rename(self, target):
+        if pending and Path(target) == out:
+            pending.pop()()  # its own rename into `out` finds `pending` empty and goes through
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)

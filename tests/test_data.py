@@ -1,13 +1,12 @@
 import gzip
 import shutil
 import struct
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import bar_images
+from conftest import bar_images, race
 
 from deepgen.config import AnomalySpec, DataSpec
 from deepgen.data.dataset import check_normal_rows, load_split, normal_mask
@@ -229,18 +228,6 @@ def test_failed_rewrite_keeps_the_previous_dataset(tmp_path, monkeypatch):
         prepare_dataset(data_spec({"kind": "digits"}, seed=5), tmp_path / "d", log=lambda m: None)
     assert {p.name: p.read_bytes() for p in (tmp_path / "d").iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
-
-
-def race(monkeypatch, out: Path, other_prepare) -> None:
-    """Make `other_prepare()` (another process preparing `out`) swap its copy in just before this one does."""
-    real_rename, pending = Path.rename, [other_prepare]
-
-    def rename(self, target):
-        if pending and Path(target) == out:
-            pending.pop()()  # its own rename into `out` finds `pending` empty and goes through
-        return real_rename(self, target)
-
-    monkeypatch.setattr(Path, "rename", rename)
 
 
 def test_a_concurrent_prepare_of_the_same_data_is_accepted_and_of_other_data_refused(tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
+from conftest import race
 
 from deepgen.data import corpora
 from deepgen.data import tokenizer as tokenizer_module
@@ -330,18 +331,6 @@ def test_text_table_rows_grouped_into_documents(tmp_path):
                                       log=lambda _: None)
     assert sum(manifest.documents.values()) == 12
     assert sum(manifest.sentences.values()) == sum(len(d) for d in documents)
-
-
-def race(monkeypatch, out: Path, other_prepare) -> None:
-    """Make `other_prepare()` (another process preparing `out`) swap its copy in just before this one does."""
-    real_rename, pending = Path.rename, [other_prepare]
-
-    def rename(self, target):
-        if pending and Path(target) == out:
-            pending.pop()()  # its own rename into `out` finds `pending` empty and goes through
-        return real_rename(self, target)
-
-    monkeypatch.setattr(Path, "rename", rename)
 
 
 def test_a_concurrent_prepare_of_the_same_text_is_accepted_and_of_other_text_refused(tmp_path, monkeypatch):
