@@ -105,13 +105,14 @@ def _initial_threshold(normal: np.ndarray, initial_quantile: float) -> float:
 
 def _pot(normal: np.ndarray, risk: float, initial_quantile: float) -> tuple[float, str | None]:
     """(the POT threshold, None), or (nan, why it cannot be trusted on these normal scores)."""
-    excesses = int((normal > _initial_threshold(normal, initial_quantile)).sum())
+    t = _initial_threshold(normal, initial_quantile)
+    excesses = int((normal > t).sum())
     if excesses < MIN_POT_EXCESSES:
         return np.nan, (f"only {excesses} normal validation scores lie above the initial quantile "
                         f"{initial_quantile} (POT needs {MIN_POT_EXCESSES} to fit a tail; lower initial_quantile "
                         "or give more validation rows)")
-    z, xi, sigma = _pot_fit(normal, risk, initial_quantile)
-    if not np.isfinite(z) or z <= _initial_threshold(normal, initial_quantile):
+    z, xi, sigma = _pot_fit(normal, t, risk)
+    if not np.isfinite(z) or z <= t:
         return np.nan, f"the POT tail fit failed (xi={xi:.3g}, sigma={sigma:.3g})"
     # A fitted tail puts about risk * n rows above z. Many more (beyond a Poisson 3-sigma margin) means the
     # fit has no tail to describe: tied or bounded top scores pin its endpoint at the largest score.
@@ -123,12 +124,12 @@ def _pot(normal: np.ndarray, risk: float, initial_quantile: float) -> tuple[floa
     return z, None
 
 
-def _pot_fit(normal: np.ndarray, risk: float, initial_quantile: float) -> tuple[float, float, float]:
-    """(z, xi, sigma): the POT threshold of `pot_threshold` and its generalised Pareto fit."""
+def _pot_fit(normal: np.ndarray, t: float, risk: float) -> tuple[float, float, float]:
+    """(z, xi, sigma): the POT threshold of `pot_threshold` above the initial threshold t, and its
+    generalised Pareto fit."""
     from scipy.stats import genpareto
 
     n = len(normal)
-    t = _initial_threshold(normal, initial_quantile)
     excesses = normal[normal > t] - t  # (N_t,), all > 0
     xi, _, sigma = genpareto.fit(excesses, floc=0)  # maximum likelihood, location fixed at 0
     ratio = risk * n / len(excesses)  # q n / N_t < 1: the threshold lies beyond t
