@@ -157,7 +157,9 @@ def test_schedule_warms_up_decays_and_accumulates():
     model = torch.nn.Linear(2, 1)
     opt = torch.optim.AdamW(model.parameters())
     for _ in range(6):
-        if s.backward(model, model(torch.ones(1, 2)).sum()):
+        with s.micro_batch(model) as syncing:
+            s.backward(model(torch.ones(1, 2)).sum())
+        if syncing:
             s.step(model, opt)
     assert optimizer_steps(opt) == 3  # 6 batches, 2 per update
     cosine = Schedule(BertClassifierSpec(warmup_fraction=0.0, lr_decay="cosine"), 1.0, 100, 10, 1, 1)
@@ -173,7 +175,9 @@ def test_accumulation_windows_stay_inside_an_epoch_so_the_schedule_ends_on_the_l
     lrs = []
     for _ in range(3):
         for _ in range(7):
-            if s.backward(model, model(torch.ones(1, 2)).sum()):
+            with s.micro_batch(model) as syncing:
+                s.backward(model(torch.ones(1, 2)).sum())
+            if syncing:
                 s.step(model, opt)
                 lrs.append(opt.param_groups[0]["lr"])
         assert model.weight.grad is not None  # the 7th batch's half-window ...
@@ -182,3 +186,45 @@ def test_accumulation_windows_stay_inside_an_epoch_so_the_schedule_ends_on_the_l
     assert optimizer_steps(opt) == 6 and lrs[-1] == pytest.approx(1 / 6) and min(lrs) > 0
     with pytest.raises(DataError, match=r"^model.grad_accum_steps: 8 batches per update, but an epoch has 7"):
         Schedule(BertClassifierSpec(grad_accum_steps=8), 1.0, 70, 10, 1, 3)
+    # 65 rows in batches of 8: the loop skips the last batch of one row, so 8 batches, 2 updates an epoch
+    assert Schedule(m, lr=1.0, rows=65, batch_size=8, workers=1, epochs=3).total == 6
+
+
+def _accumulate_under_ddp(rank: int, folder: str) -> None:
+    import json
+    from pathlib import Path
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=1)
+    model = DistributedDataParallel(torch.nn.Linear(2, 1))
+    reduced = []
+
+    def count(state, bucket):  # the gradient all-reduce DDP runs for a backward
+        reduced.append(1)
+        fut = torch.futures.Future()
+        fut.set_result(bucket.buffer())
+        return fut
+
+    model.register_comm_hook(None, count)
+    s = Schedule(BertClassifierSpec(grad_accum_steps=4), 1.0, rows=80, batch_size=10, workers=1, epochs=1)
+    per_batch = []
+    for _ in range(8):
+        before = len(reduced)
+        with s.micro_batch(model):
+            s.backward(model(torch.ones(1, 2)).sum())
+        per_batch.append(len(reduced) - before)
+    Path(folder, "reduced.json").write_text(json.dumps(per_batch))
+    dist.destroy_process_group()
+
+
+def test_under_ddp_gradients_are_all_reduced_once_per_accumulation_window(tmp_path):
+    """DDP decides in the forward pass whether a backward syncs: a no_sync around the backward alone
+    still all-reduced every batch."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_accumulate_under_ddp, args=(str(tmp_path),), nprocs=1, start_method="spawn")
+    assert json.loads((tmp_path / "reduced.json").read_text()) == [0, 0, 0, 1, 0, 0, 0, 1]

@@ -100,3 +100,20 @@ def test_a_last_batch_of_one_row_does_not_stop_a_model_with_batch_norm(tmp_path)
     spec = spec.model_copy(update={"train": spec.train.model_copy(update={"batch_size": rows - 1})})
     history, _, _ = run(spec, tmp_path, "ckpt")  # batches of rows - 1 and 1
     assert len(history) == 1 and np.isfinite(history[0]["train_loss"])
+
+
+def test_under_ddp_the_gan_networks_keep_their_own_batch_norm_statistics(tmp_path):
+    """D runs on the real and the generated batch before one backward: with DDP's default buffer
+    broadcast before each forward, cuDNN's batch norm backward fails on that in-place rewrite (a GPU-only
+    error, pytorch/pytorch issue 175024), so the loop asks Ray Train for DDP without it."""
+    spec = cgan_spec(tmp_path, epochs=1)
+    manifest, _ = prepare_dataset(spec.data, spec.data_dir, log=lambda m: None)
+    asked = []
+
+    class Recording(LocalEnv):
+        def prepare_model(self, model, ddp_options=None):
+            asked.append(ddp_options)
+            return super().prepare_model(model, ddp_options)
+
+    train_loop(spec, manifest, Recording(spec.data_dir, spec.anomaly, tmp_path / "ckpt", seed=spec.train.seed))
+    assert asked == [{"broadcast_buffers": False}] * 2  # generator and discriminator

@@ -86,7 +86,7 @@ def test_validation_means_are_per_row_except_a_tasks_ratio_metrics():
     from deepgen.train.loop import evaluate
 
     class Counting:  # two val batches: 2 rows with 1 masked token (right), 1 row with 3 (all wrong)
-        eval_ratios = {"accuracy": ("correct", "count")}
+        ratio_metrics = {"accuracy": ("correct", "count")}
 
         def eval_step(self, models, batch):
             n = len(batch["x"])
@@ -104,3 +104,32 @@ def test_validation_means_are_per_row_except_a_tasks_ratio_metrics():
 
     out = evaluate(Counting(), {}, TwoBatches(), 2, contextlib.nullcontext(), ("x",))
     assert out == {"val_loss": 2.0, "val_accuracy": 0.4}  # rows: 6 / 3; tokens: 2 right of 5, not (1 + 0) / 2
+
+
+def test_training_sums_a_tasks_counts_as_they_are_and_weights_its_means_by_rows():
+    from deepgen.train.loop import means, summed_keys
+
+    class Masked:
+        ratio_metrics = {"mlm_loss": ("mlm_loss_sum", "mlm_count")}
+
+    task = Masked()
+    assert summed_keys(task) == {"tokens", "mlm_loss_sum", "mlm_count"}
+    # two batches: 2 rows with 36 masked tokens at loss 1, 2 rows with 4 at loss 3 (the loop's sums)
+    sums = {"loss": 2 * 1.0 + 2 * 3.0, "mlm_loss_sum": 36 * 1.0 + 4 * 3.0, "mlm_count": 40.0, "tokens": 99.0}
+    assert means(task, sums, rows=4) == {"loss": 2.0, "mlm_loss": 1.2}  # per token, not (1 + 3) / 2
+
+
+@pytest.mark.parametrize("rows, batch_size, workers, batches", [
+    (64, 8, 1, 8), (65, 8, 1, 8), (66, 8, 1, 9), (65, 8, 2, 4), (66, 8, 2, 4), (1, 8, 1, 1),
+])
+def test_the_batches_an_epoch_trains_on_follow_equal_shards_and_the_skipped_single_row(rows, batch_size, workers,
+                                                                                       batches):
+    import torch
+
+    from deepgen.train.env import tensor_batches
+    from deepgen.train.loop import train_batches
+
+    assert train_batches(rows, batch_size, workers) == batches
+    shard = {"x": torch.zeros(rows // workers)}  # Ray Train's equal shard of one worker
+    seen = [len(b["x"]) for b in tensor_batches(shard, batch_size, 1, 0, True, torch.device("cpu"))]
+    assert len([n for i, n in enumerate(seen) if not (n == 1 and i)]) == batches  # the loop's skip rule

@@ -66,7 +66,9 @@ class Schedule:
     """
 
     def __init__(self, m: BertSpec, lr: float, rows: int, batch_size: int, workers: int, epochs: int):
-        batches = math.ceil(rows / (batch_size * workers))  # per worker and epoch
+        from deepgen.train.loop import train_batches
+
+        batches = train_batches(rows, batch_size, workers)  # per worker and epoch, as the loop runs them
         if batches < m.grad_accum_steps:
             raise DataError(f"model.grad_accum_steps: {m.grad_accum_steps} batches per update, but an epoch has "
                             f"{batches} per worker; lower it or train.batch_size")
@@ -82,14 +84,18 @@ class Schedule:
         decay = {"linear": 1 - progress, "cosine": 0.5 * (1 + math.cos(math.pi * progress)), "constant": 1.0}
         return self.lr * decay[self.m.lr_decay]
 
-    def backward(self, model, loss: torch.Tensor):
-        """loss.backward(), without DDP's gradient all-reduce on the batches that only accumulate."""
+    @contextlib.contextmanager
+    def micro_batch(self, model):
+        """The block runs one batch's forward and `backward`; it yields whether this batch ends a window.
+        On the batches that only accumulate, DDP skips its gradient all-reduce: it decides that in the
+        forward pass, so the forward must run inside `no_sync` too, not only the backward."""
         self.micro += 1
         syncing = self.micro % self.m.grad_accum_steps == 0
-        context = contextlib.nullcontext() if syncing or not hasattr(model, "no_sync") else model.no_sync()
-        with context:
-            (loss / self.m.grad_accum_steps).backward()
-        return syncing
+        with contextlib.nullcontext() if syncing or not hasattr(model, "no_sync") else model.no_sync():
+            yield syncing
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss / self.m.grad_accum_steps).backward()
 
     def end_epoch(self, optimizer) -> None:
         """Drop a window the epoch's last batches left unfinished (their gradients were never synced)."""
@@ -168,8 +174,8 @@ def pretraining_metrics(model, data_dir: Path, special: SpecialTokens, mask_rate
 
 class BertPretrainTask:
     batch_columns = ("input_ids", "segment_ids", "length", "is_next")
-    # validation metrics that are means over masked tokens, not rows: (numerator, denominator) sums
-    eval_ratios = {"mlm_loss": ("mlm_loss_sum", "mlm_count"), "mlm_accuracy": ("mlm_correct", "mlm_count")}
+    # metrics that are means over masked tokens, not rows: (numerator, denominator), sums over the batch
+    ratio_metrics = {"mlm_loss": ("mlm_loss_sum", "mlm_count"), "mlm_accuracy": ("mlm_correct", "mlm_count")}
 
     def __init__(self, spec: PipelineSpec, manifest):
         self.spec, self.manifest, self.m = spec, manifest, spec.model
@@ -187,13 +193,15 @@ class BertPretrainTask:
 
     def train_step(self, models, optimizers, batch):
         model = models["model"]
-        out = pretraining_forward(model, batch, self.special, self.m.mask_rate)
-        if self.schedule.backward(model, out.loss):
+        with self.schedule.micro_batch(model) as syncing:
+            out = pretraining_forward(model, batch, self.special, self.m.mask_rate)
+            self.schedule.backward(out.loss)
+        if syncing:
             self.schedule.step(model, optimizers["model"])
-        return {"loss": out.loss.detach(), "mlm_loss": out.mlm_loss.detach(), "nsp_loss": out.nsp_loss.detach(),
-                "mlm_accuracy": (out.mlm_correct / out.mlm_count.clamp(min=1)).detach(),
+        return {"loss": out.loss.detach(), "nsp_loss": out.nsp_loss.detach(),
                 "nsp_accuracy": (out.nsp_correct / out.nsp_count.clamp(min=1)).detach(),
-                "tokens": batch["length"].sum()}
+                "mlm_loss_sum": (out.mlm_loss * out.mlm_count).detach(), "mlm_correct": out.mlm_correct.detach(),
+                "mlm_count": out.mlm_count.detach(), "tokens": batch["length"].sum()}
 
     def end_epoch(self, models, optimizers) -> None:
         self.schedule.end_epoch(optimizers["model"])
@@ -251,7 +259,10 @@ class BertClassifierTask:
     def build_models(self):
         model = BertForSequenceClassification(self.config, self.num_labels, dropout=self.m.classifier_dropout)
         if self.pretrained is not None:
-            model.load_encoder_state(pretrained_state(self.pretrained))
+            result = model.load_encoder_state(pretrained_state(self.pretrained))
+            if result.missing_keys or result.unexpected_keys:  # else an encoder left at its random init
+                raise DataError(f"model.pretrained: {self.pretrained} does not hold this encoder (missing "
+                                f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})")
         return {"model": model}
 
     def build_optimizers(self, models):
@@ -265,8 +276,10 @@ class BertClassifierTask:
 
     def train_step(self, models, optimizers, batch):
         model = models["model"]
-        out = self.forward(model, batch)
-        if self.schedule.backward(model, out.loss):
+        with self.schedule.micro_batch(model) as syncing:
+            out = self.forward(model, batch)
+            self.schedule.backward(out.loss)
+        if syncing:
             self.schedule.step(model, optimizers["model"])
         return {"loss": out.loss.detach(), "accuracy": (out.correct / out.count).detach(),
                 "tokens": batch["length"].sum()}

@@ -109,6 +109,11 @@ class _Pass:
 
 
 class GanTask:
+    # D sees the real and the generated batch in two forwards before one backward. DDP's default buffer
+    # broadcast rewrites batch norm's running statistics in place at every forward, which cuDNN's batch
+    # norm backward then refuses (pytorch/pytorch issues 22095, 175024): each rank keeps its own instead.
+    ddp_options = {"broadcast_buffers": False}
+
     def __init__(self, spec, manifest: Manifest):
         m = spec.model
         self.spec, self.manifest, self.kind = spec, manifest, m.kind

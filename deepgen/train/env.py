@@ -98,7 +98,7 @@ class LocalEnv:
         return tensor_batches(self._splits[split, columns], batch_size, epoch, self.seed, split == "train",
                               self.device)
 
-    def prepare_model(self, model: nn.Module) -> nn.Module:
+    def prepare_model(self, model: nn.Module, ddp_options: dict | None = None) -> nn.Module:
         return model.to(self.device)
 
     def latest_checkpoint(self) -> Path | None:
@@ -163,9 +163,10 @@ class RayTrainEnv:
         for batch in shard.iter_batches(batch_size=batch_size, batch_format="pyarrow", **shuffle):
             yield {k: v.to(self.device, non_blocking=True) for k, v in arrow_tensors(batch, columns).items()}
 
-    def prepare_model(self, model: nn.Module) -> nn.Module:
-        # DDP across workers (gloo on CPU, NCCL on GPU); a single worker is not wrapped.
-        return self._train_torch.prepare_model(model)
+    def prepare_model(self, model: nn.Module, ddp_options: dict | None = None) -> nn.Module:
+        # DDP across workers (gloo on CPU, NCCL on GPU), with a task's DistributedDataParallel options; a
+        # single worker is not wrapped.
+        return self._train_torch.prepare_model(model, parallel_strategy_kwargs=ddp_options)
 
     @contextlib.contextmanager
     def checkpoint_to_resume(self) -> Iterator[Path | None]:

@@ -89,7 +89,7 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
     if hasattr(task, "share_losses"):  # its failure checks then see every rank's losses (see ERROR_FILE)
         task.share_losses(env.all_reduce, env.world_size)
     seed_everything(spec.train.seed + env.world_rank)
-    models = {name: env.prepare_model(m) for name, m in task.build_models().items()}
+    models = {name: env.prepare_model(m, getattr(task, "ddp_options", None)) for name, m in task.build_models().items()}
     optimizers = task.build_optimizers(models)
     start_epoch, history = 0, []
     with env.checkpoint_to_resume() as resume:
@@ -104,16 +104,17 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
         start = time.perf_counter()
         for m in models.values():
             m.train()
-        sums: dict[str, torch.Tensor] = {}  # per-batch means times rows; "tokens" is a plain count
+        sums: dict[str, torch.Tensor] = {}  # per-batch means times rows, and the task's own sums as they are
+        summed = summed_keys(task)
         rows, steps = 0, 0
         for batch in env.batches("train", t.batch_size, epoch, columns):
             n = len(batch[columns[0]])
             if n == 1 and steps:  # a last batch of one row: batch norm cannot train on it (Ray Train gives
-                continue  # every rank an equal shard, so all ranks skip it together)
+                continue  # every rank an equal shard, so all ranks skip it together); see train_batches
             with autocast:
                 out = task.train_step(models, optimizers, batch)
             for k, v in out.items():
-                sums[k] = sums.get(k, 0) + (v.float() if k == "tokens" else v.float() * n)
+                sums[k] = sums.get(k, 0) + (v.float() if k in summed else v.float() * n)
             rows += n
             steps += 1
         if hasattr(task, "end_epoch"):  # e.g. the GAN guard's check of the epoch's last step
@@ -122,7 +123,7 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
         keys = sorted(sums)
         totals = env.all_reduce(torch.stack([*(torch.as_tensor(sums[k], device=env.device).float() for k in keys),
                                              torch.tensor(float(rows), device=env.device)]))
-        train = {k: totals[i].item() / max(totals[-1].item(), 1) for i, k in enumerate(keys) if k != "tokens"}
+        train = means(task, dict(zip(keys, totals[:-1].tolist())), totals[-1].item())
         train_loss = train["loss"]
         if not math.isfinite(train_loss):
             raise TrainingError(f"{spec.run_name}: training diverged at epoch {epoch} (loss {train_loss}); "
@@ -165,13 +166,31 @@ def evaluate(task: Task, models, env, batch_size: int, autocast, columns) -> dic
         rows += len(batch[columns[0]])
     keys = sorted(sums)
     totals = env.all_reduce(torch.stack([*(sums[k] for k in keys), torch.tensor(float(rows), device=env.device)]))
-    total = dict(zip(keys, totals.tolist()))
-    # per-row means, except a task's ratio metrics (e.g. BERT's MLM: means over masked tokens)
-    ratios = getattr(task, "eval_ratios", {})
-    parts = {p for pair in ratios.values() for p in pair}
-    out = {f"val_{k}": v / max(totals[-1].item(), 1) for k, v in total.items() if k not in parts}
-    out.update({f"val_{name}": total[num] / max(total[den], 1) for name, (num, den) in ratios.items()})
+    return {f"val_{k}": v for k, v in means(task, dict(zip(keys, totals[:-1].tolist())), totals[-1].item()).items()}
+
+
+def means(task: Task, sums: dict[str, float], rows: float) -> dict[str, float]:
+    """An epoch's metrics from its sums over every rank: per-row means, except a task's ratio metrics
+    (e.g. BERT's MLM loss and accuracy: means over masked tokens, whatever the rows' lengths)."""
+    ratios = getattr(task, "ratio_metrics", {})
+    parts = {p for pair in ratios.values() for p in pair} | {"tokens"}
+    out = {k: v / max(rows, 1) for k, v in sums.items() if k not in parts}
+    out.update({name: sums[num] / max(sums[den], 1) for name, (num, den) in ratios.items() if den in sums})
     return out
+
+
+def summed_keys(task: Task) -> set[str]:
+    """What a task's train_step returns as sums over its batch (counts, the parts of ratio metrics), not as
+    means: the loop adds these up as they are and weights the others by the batch's rows."""
+    return {"tokens", *(p for pair in getattr(task, "ratio_metrics", {}).values() for p in pair)}
+
+
+def train_batches(rows: int, batch_size: int, workers: int) -> int:
+    """The batches each worker trains on per epoch: Ray Train's equal shards (every worker gets
+    rows // workers; one worker, all of them), less a last batch of one row, which the loop skips."""
+    per_worker = rows // workers
+    batches = math.ceil(per_worker / batch_size)
+    return batches - 1 if batches > 1 and per_worker % batch_size == 1 else batches
 
 
 def batch_columns(task: Task) -> tuple[str, ...]:
