@@ -10,6 +10,7 @@ it is at chance on them; one fine-tuned from the pretrained encoder knows their 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -141,6 +142,17 @@ def test_the_classifier_takes_the_pretrained_encoders_sizes_and_tokenizer(pretra
     assert task.config.hidden == ENCODER["hidden"]  # the checkpoint's, not the 64 asked for from scratch
     bert_config = json.loads((ckpt / "bert-config.json").read_text())
     assert task.config.vocab_size == bert_config["vocab_size"] == manifest.vocab_size
+    # a checkpoint that lacks part of the encoder: refused, not fine-tuned from a half-random encoder
+    broken = tmp_path / "broken"
+    shutil.copytree(ckpt, broken)
+    state = torch.load(broken / "state.pt", weights_only=True)
+    key = next(k for k in state["models"]["model"] if ".layers.1." in k)
+    del state["models"]["model"][key]
+    torch.save(state, broken / "state.pt")
+    task = build_task(s.model_copy(update={"model": s.model.model_copy(update={"pretrained": str(broken)})}),
+                      manifest)
+    with pytest.raises(DataError, match=r"^model.pretrained: .*broken does not hold this encoder \(missing \["):
+        task.build_models()
     # rows longer than the encoder has positions for: one line naming the field, before any preparation
     longer = {"source": {"kind": "labelled_text", "path": str(tmp_path / "l.csv")},
               "text": {"max_len": bert_config["max_len"] * 2}}
