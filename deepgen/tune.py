@@ -141,7 +141,9 @@ def _best_epoch(history, metric: str, mode: str) -> tuple[int, float, str]:
     from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
     rows = history.dropna(subset=[metric, CHECKPOINT_PATH_KEY])
-    row = rows.loc[rows[metric].idxmin() if mode == "min" else rows[metric].idxmax()]
+    best = rows[metric].min() if mode == "min" else rows[metric].max()
+    # of tied epochs the last: Ray keeps the later checkpoints of a tie when it prunes to checkpoints_to_keep
+    row = rows[rows[metric] == best].iloc[-1]
     return int(row["epoch"]), float(row[metric]), str(row[CHECKPOINT_PATH_KEY])
 
 

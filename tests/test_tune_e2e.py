@@ -75,3 +75,15 @@ def test_a_sweep_where_every_trial_fails_registers_nothing_and_exits_non_zero(ra
     assert len(ours) == 1 and "all 2 trials failed; nothing registered" in ours[0], ours  # Ray logs the rest
     uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
     assert MlflowClient(uri, uri).search_registered_models() == []
+
+
+def test_of_tied_best_epochs_the_last_is_taken_the_one_whose_checkpoint_ray_keeps():
+    import pandas as pd
+    from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
+
+    from deepgen.tune import _best_epoch
+
+    history = pd.DataFrame({"epoch": [1, 2, 3, 4, 5], "val_accuracy": [0.80, 0.85, 0.85, 0.85, 0.82],
+                            CHECKPOINT_PATH_KEY: [f"ckpt/{e}" for e in range(1, 6)]})
+    assert _best_epoch(history, "val_accuracy", "max") == (4, 0.85, "ckpt/4")
+    assert _best_epoch(history.assign(val_loss=[3.0, 1.0, 1.0, 2.0, 1.0]), "val_loss", "min")[0] == 5

@@ -50,9 +50,10 @@ def bert_config(m: BertSpec, vocab_size: int, max_len: int, pad_id: int) -> Bert
 
 
 def attention_mask(batch) -> torch.Tensor | None:
-    """(B, T) True on real tokens, or None when no row is padded (SDPA then takes its fastest path)."""
+    """(B, T) True on real tokens, or None when no row is padded (SDPA then takes its fastest path). The
+    check is made on the host only: on a GPU it would wait for every step queued before it."""
     ids, length = batch["input_ids"], batch["length"]
-    if bool((length == ids.shape[1]).all()):
+    if length.device.type == "cpu" and bool((length == ids.shape[1]).all()):
         return None
     return torch.arange(ids.shape[1], device=ids.device)[None, :] < length[:, None]
 
@@ -76,6 +77,7 @@ class Schedule:
         self.warmup = int(m.warmup_fraction * self.total)
         self.m, self.lr = m, lr
         self.micro = 0
+        self.updates: int | None = None  # read from the optimizer once (a resumed run's), then counted here
 
     def lr_at(self, step: int) -> float:
         if step < self.warmup:
@@ -106,11 +108,14 @@ class Schedule:
     def step(self, model, optimizer) -> None:
         if self.m.clip_grad_norm:
             torch.nn.utils.clip_grad_norm_(model.parameters(), self.m.clip_grad_norm)
-        lr = self.lr_at(optimizer_steps(optimizer))
+        if self.updates is None:  # fused AdamW keeps its step count on the GPU: one read, not one per update
+            self.updates = optimizer_steps(optimizer)
+        lr = self.lr_at(self.updates)
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        self.updates += 1
 
 
 def optimizer_steps(optimizer: torch.optim.Optimizer) -> int:
