@@ -1,5 +1,7 @@
 """The training loop without Ray: what a GPU benchmark or a laptop run uses."""
 
+from pathlib import Path
+
 import pytest
 from conftest import write_pipeline
 
@@ -133,3 +135,28 @@ def test_the_batches_an_epoch_trains_on_follow_equal_shards_and_the_skipped_sing
     shard = {"x": torch.zeros(rows // workers)}  # Ray Train's equal shard of one worker
     seen = [len(b["x"]) for b in tensor_batches(shard, batch_size, 1, 0, True, torch.device("cpu"))]
     assert len([n for i, n in enumerate(seen) if not (n == 1 and i)]) == batches  # the loop's skip rule
+
+
+def test_a_plain_run_killed_while_writing_a_checkpoint_resumes_from_the_last_whole_one(tmp_path, monkeypatch):
+    import shutil
+
+    from deepgen.train import env as env_module
+
+    spec = PipelineSpec.from_yaml(write_pipeline(tmp_path / "p.yaml"))
+    prepare_dataset(spec.data, spec.data_dir, log=lambda m: None)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "state.pt").write_bytes(b"whole")
+    env = LocalEnv(spec.data_dir, spec.anomaly, tmp_path / "ckpt", seed=0)
+    env.report({"epoch": 1}, tmp_path / "state")
+
+    def torn_copy(src, dst, **kwargs):  # the process dies after writing part of the new checkpoint
+        Path(dst).mkdir(parents=True)
+        (Path(dst) / "state.pt").write_bytes(b"who")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(env_module.shutil, "copytree", torn_copy)
+    with pytest.raises(KeyboardInterrupt):
+        env.report({"epoch": 2}, tmp_path / "state")
+    monkeypatch.setattr(env_module.shutil, "copytree", shutil.copytree)
+    assert env.latest_checkpoint().name == "checkpoint_000001"
+    assert (env.latest_checkpoint() / "state.pt").read_bytes() == b"whole"

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,7 +104,7 @@ class LocalEnv:
         return model.to(self.device)
 
     def latest_checkpoint(self) -> Path | None:
-        found = sorted(self.root.glob("checkpoint_*")) if self.root.exists() else []
+        found = sorted(self.root.glob("checkpoint_[0-9]*")) if self.root.exists() else []
         return found[-1] if found else None
 
     @contextlib.contextmanager
@@ -113,10 +115,13 @@ class LocalEnv:
         if checkpoint_dir is not None:
             dest = self.root / f"checkpoint_{metrics['epoch']:06d}"
             self.root.mkdir(parents=True, exist_ok=True)
+            # copied beside, then renamed into place: a crash mid-copy leaves no torn checkpoint to resume from
+            tmp = self.root / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+            shutil.copytree(checkpoint_dir, tmp)
+            (tmp / "metrics.json").write_text(json.dumps(metrics))
             shutil.rmtree(dest, ignore_errors=True)
-            shutil.copytree(checkpoint_dir, dest)
-            (dest / "metrics.json").write_text(json.dumps(metrics))
-            for old in sorted(self.root.glob("checkpoint_*"))[:-self.keep]:
+            os.replace(tmp, dest)
+            for old in sorted(self.root.glob("checkpoint_[0-9]*"))[:-self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
 
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor:

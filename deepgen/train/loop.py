@@ -119,6 +119,8 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
             steps += 1
         if hasattr(task, "end_epoch"):  # e.g. the GAN guard's check of the epoch's last step
             task.end_epoch(models, optimizers)
+        if env.device.type == "cuda":  # the epoch's time includes the work still queued on the GPU
+            torch.cuda.synchronize(env.device)
         train_time = time.perf_counter() - start
         keys = sorted(sums)
         totals = env.all_reduce(torch.stack([*(torch.as_tensor(sums[k], device=env.device).float() for k in keys),
