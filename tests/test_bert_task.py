@@ -26,7 +26,7 @@ from deepgen.orchestrate import resolve_inputs
 from deepgen.tasks import build_task
 from deepgen.tasks.bert import Schedule, optimizer_steps
 from deepgen.train.env import LocalEnv
-from deepgen.train.loop import load_model_weights, train_loop
+from deepgen.train.loop import STATE_FILE, load_model_weights, train_loop
 
 WORDS_PER_GROUP = 24
 ENCODER = {"hidden": 32, "layers": 2, "heads": 2, "intermediate": 64, "dropout": 0.0, "attention_dropout": 0.0}
@@ -240,3 +240,17 @@ def test_under_ddp_gradients_are_all_reduced_once_per_accumulation_window(tmp_pa
 
     mp.start_processes(_accumulate_under_ddp, args=(str(tmp_path),), nprocs=1, start_method="spawn")
     assert json.loads((tmp_path / "reduced.json").read_text()) == [0, 0, 0, 1, 0, 0, 0, 1]
+
+
+def test_a_plain_run_sizes_the_schedule_for_its_one_process_whatever_scaling_says(tmp_path):
+    """scaling.num_workers 2, trained by the loop without Ray: one process sees every row, so the linear
+    decay must end at the last update, not halfway (half the updates at learning rate 0)."""
+    pd.DataFrame({"text": ["a b c", "d e f"] * 100, "label": ["x", "y"] * 100}).to_csv(tmp_path / "l.csv",
+                                                                                       index=False)
+    s = spec(tmp_path, "two", {"source": {"kind": "labelled_text", "path": str(tmp_path / "l.csv")},
+                               "text": {"max_len": 8, "vocab_size": 60, "min_frequency": 1}},
+             {"kind": "bert_classifier", **ENCODER, "warmup_fraction": 0.0, "lr_decay": "linear"}, 2, 1e-3)
+    s = s.model_copy(update={"scaling": s.scaling.model_copy(update={"num_workers": 2})})
+    *_, checkpoint = fit(s, tmp_path)
+    last_lr = torch.load(checkpoint / STATE_FILE, weights_only=True)["optimizers"]["model"]["param_groups"][0]["lr"]
+    assert 0 < last_lr <= 1e-3 / 10

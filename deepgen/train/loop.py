@@ -85,6 +85,8 @@ def _error_location(spec: PipelineSpec):
 
 def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> list[dict]:
     """Train `spec` in `env` (a `LocalEnv` or `RayTrainEnv`); returns the metric history."""
+    if spec.scaling.num_workers != env.world_size:  # a plain run: one process trains on every row
+        spec = spec.model_copy(update={"scaling": spec.scaling.model_copy(update={"num_workers": env.world_size})})
     task: Task = build_task(spec, manifest)
     if hasattr(task, "share_losses"):  # its failure checks then see every rank's losses (see ERROR_FILE)
         task.share_losses(env.all_reduce, env.world_size)
