@@ -108,12 +108,43 @@ def test_under_ddp_the_gan_networks_keep_their_own_batch_norm_statistics(tmp_pat
     error, pytorch/pytorch issue 175024), so the loop asks Ray Train for DDP without it."""
     spec = cgan_spec(tmp_path, epochs=1)
     manifest, _ = prepare_dataset(spec.data, spec.data_dir, log=lambda m: None)
-    asked = []
+    asked, synced = [], []
 
     class Recording(LocalEnv):
         def prepare_model(self, model, ddp_options=None):
             asked.append(ddp_options)
             return super().prepare_model(model, ddp_options)
 
+        def sync_buffers(self, models):  # ... and takes rank 0's statistics at each epoch's end instead
+            synced.append(sorted(models))
+
     train_loop(spec, manifest, Recording(spec.data_dir, spec.anomaly, tmp_path / "ckpt", seed=spec.train.seed))
     assert asked == [{"broadcast_buffers": False}] * 2  # generator and discriminator
+    assert synced == [["discriminator", "generator"]]  # one epoch
+
+
+def _buffers_after_sync(rank: int, folder: str) -> None:
+    import json
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    from deepgen.train.env import broadcast_buffers
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=2)
+    bn = torch.nn.BatchNorm1d(3)
+    bn.train()(torch.randn(8, 3) + rank * 10)  # each rank's own running statistics
+    before = bn.running_mean.tolist()
+    broadcast_buffers({"discriminator": bn})
+    Path(folder, f"rank{rank}.json").write_text(json.dumps([before, bn.running_mean.tolist()]))
+    dist.destroy_process_group()
+
+
+def test_at_an_epochs_end_every_rank_takes_rank_0s_batch_norm_statistics(tmp_path):
+    import json
+
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_buffers_after_sync, args=(str(tmp_path),), nprocs=2, start_method="spawn")
+    (before0, after0), (before1, after1) = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    assert before0 != before1 and after0 == after1 == before0

@@ -127,6 +127,9 @@ class LocalEnv:
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         return t
 
+    def sync_buffers(self, models: dict[str, nn.Module]) -> None:
+        pass
+
     def say(self, message: str) -> None:
         print(f"[deepgen] {message}", flush=True)
 
@@ -198,3 +201,15 @@ class RayTrainEnv:
         if self.world_size > 1 and torch.distributed.is_initialized():
             torch.distributed.all_reduce(t)
         return t
+
+    def sync_buffers(self, models: dict[str, nn.Module]) -> None:
+        if self.world_size > 1 and torch.distributed.is_initialized():
+            broadcast_buffers(models)
+
+
+def broadcast_buffers(models: dict[str, nn.Module]) -> None:
+    """Every rank takes rank 0's buffers (batch norm's running statistics): what a model trained with
+    DDP's per-forward broadcast off evaluates and checkpoints with, the same on every rank."""
+    for model in models.values():
+        for buffer in model.buffers():
+            torch.distributed.broadcast(buffer, src=0)

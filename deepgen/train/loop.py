@@ -121,6 +121,8 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
             steps += 1
         if hasattr(task, "end_epoch"):  # e.g. the GAN guard's check of the epoch's last step
             task.end_epoch(models, optimizers)
+        if not (getattr(task, "ddp_options", None) or {}).get("broadcast_buffers", True):
+            env.sync_buffers(models)  # validated and checkpointed with rank 0's statistics on every rank
         if env.device.type == "cuda":  # the epoch's time includes the work still queued on the GPU
             torch.cuda.synchronize(env.device)
         train_time = time.perf_counter() - start
