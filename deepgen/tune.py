@@ -126,7 +126,7 @@ def run_sweep(spec: PipelineSpec) -> SweepResult:
         epoch, best_value, path = _best_epoch(best.metrics_dataframe, t.metric, t.mode)
         orchestrate.say(f"tune: best trial {best_name} {values}: {t.metric}={best_value:.5g} at epoch {epoch}")
         with tempfile.TemporaryDirectory(prefix="deepgen-best-") as checkpoint:
-            _copy_checkpoint(path, Path(checkpoint))
+            _copy_checkpoint(path, Path(checkpoint), spec.storage_path)
             ev, models, task = orchestrate.evaluate(best_spec, manifest, Path(checkpoint))
         orchestrate.log_evaluation(parent, ev)
         tracking.set_tags(parent, {"best_trial": best_name, "best_values": json.dumps(values),
@@ -203,11 +203,24 @@ def _first_error(grid) -> str:
     return "no metric reported"
 
 
-def _copy_checkpoint(path: str, dest: Path) -> None:
+def _copy_checkpoint(path: str, dest: Path, storage_path: str) -> None:
+    """A trial's checkpoint to a local folder. Ray reports its path without the storage's scheme (an
+    `s3://bucket/x` storage gives `bucket/x/...`), so the filesystem comes from the storage path."""
     import pyarrow.fs
 
-    fs, root = pyarrow.fs.FileSystem.from_uri(path) if "://" in path else (pyarrow.fs.LocalFileSystem(), path)
-    pyarrow.fs.copy_files(root, str(dest), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
+    if "://" in path:
+        fs, path = pyarrow.fs.FileSystem.from_uri(path)
+    else:
+        fs = _storage_filesystem(storage_path)
+    pyarrow.fs.copy_files(path, str(dest), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
+
+
+def _storage_filesystem(storage_path: str):
+    import pyarrow.fs
+
+    if "://" in storage_path and not storage_path.startswith("file://"):
+        return pyarrow.fs.FileSystem.from_uri(storage_path)[0]
+    return pyarrow.fs.LocalFileSystem()
 
 
 def _log_search_plot(run_id: str, trials: list[dict], t: TuneSpec) -> None:

@@ -87,3 +87,20 @@ def test_of_tied_best_epochs_the_last_is_taken_the_one_whose_checkpoint_ray_keep
                             CHECKPOINT_PATH_KEY: [f"ckpt/{e}" for e in range(1, 6)]})
     assert _best_epoch(history, "val_accuracy", "max") == (4, 0.85, "ckpt/4")
     assert _best_epoch(history.assign(val_loss=[3.0, 1.0, 1.0, 2.0, 1.0]), "val_loss", "min")[0] == 5
+
+
+def test_the_best_checkpoint_is_fetched_from_object_storage_by_the_path_ray_reports(tmp_path, monkeypatch):
+    """Ray reports `bucket/sweep/.../checkpoint_000002` for an `s3://bucket/sweep` storage: the copy must
+    read it through the bucket's filesystem (here a local folder stands in for the bucket)."""
+    import pyarrow.fs
+
+    from deepgen import tune
+
+    bucket = tmp_path / "bucket-root"
+    (bucket / "bucket/sweep/t1/checkpoint_000002").mkdir(parents=True)
+    (bucket / "bucket/sweep/t1/checkpoint_000002/state.pt").write_bytes(b"weights")
+    stand_in = pyarrow.fs.SubTreeFileSystem(str(bucket), pyarrow.fs.LocalFileSystem())
+    monkeypatch.setattr(tune, "_storage_filesystem", lambda uri: stand_in if uri.startswith("s3://") else None)
+    (tmp_path / "best").mkdir()  # a temporary folder, as run_sweep gives it
+    tune._copy_checkpoint("bucket/sweep/t1/checkpoint_000002", tmp_path / "best", "s3://bucket/sweep")
+    assert (tmp_path / "best" / "state.pt").read_bytes() == b"weights"
