@@ -25,26 +25,33 @@ from deepgen.errors import DataError
 MIN_POT_EXCESSES = 10  # fewer points above t than this do not pin down a two-parameter tail
 
 
-def calibrate_threshold(val_scores: np.ndarray, val_is_anomaly: np.ndarray | None, spec: ThresholdSpec) -> float:
-    """Threshold from validation scores (N,) and their truth (N,) bool (None: unlabelled, all normal)."""
+def calibrate(val_scores: np.ndarray, val_is_anomaly: np.ndarray | None,
+              spec: ThresholdSpec) -> tuple[float, ThresholdSpec]:
+    """(threshold, the method really applied after any fallback: what the registry should record) from
+    validation scores (N,) and their truth (N,) bool (None: unlabelled, all normal)."""
     scores, is_anomaly = _validation_arrays(val_scores, val_is_anomaly)
-    applied, reason = _applied(scores, is_anomaly, spec)
+    applied, reason, pot_z = _applied(scores, is_anomaly, spec)
     if reason:
         warnings.warn(f"anomaly: {reason}; using {applied.method} {applied.model_dump(exclude={'method'})} "
                       "instead", stacklevel=2)
     if isinstance(applied, F1Threshold):
-        return f1_optimal_threshold(scores, is_anomaly)
+        return f1_optimal_threshold(scores, is_anomaly), applied
     normal = scores[~is_anomaly]
     if len(normal) == 0:
         raise DataError("anomaly: the validation split has no normal rows to calibrate the threshold on")
     if isinstance(applied, PotThreshold):
-        return pot_threshold(normal, applied.risk, applied.initial_quantile)
+        return pot_z, applied
     if isinstance(applied, FprThreshold):
-        return fpr_threshold(normal, applied.target_fpr)
+        return fpr_threshold(normal, applied.target_fpr), applied
     if isinstance(applied, PercentileThreshold):
         # "higher": an observed score, so at most (100 - percentile)% of normal rows lie above it
-        return float(np.percentile(normal, applied.percentile, method="higher"))
+        return float(np.percentile(normal, applied.percentile, method="higher")), applied
     raise ValueError(f"unknown threshold method {applied.method}")  # pragma: no cover - the union is closed
+
+
+def calibrate_threshold(val_scores: np.ndarray, val_is_anomaly: np.ndarray | None, spec: ThresholdSpec) -> float:
+    """The threshold of `calibrate`."""
+    return calibrate(val_scores, val_is_anomaly, spec)[0]
 
 
 def fpr_threshold(normal: np.ndarray, target_fpr: float) -> float:
@@ -56,20 +63,24 @@ def fpr_threshold(normal: np.ndarray, target_fpr: float) -> float:
 
 
 def applied_spec(val_scores: np.ndarray, val_is_anomaly: np.ndarray | None, spec: ThresholdSpec) -> ThresholdSpec:
-    """The method `calibrate_threshold` really applies to this validation split, after any fallback
-    (what the registry should record)."""
+    """The method of `calibrate`, without its warning."""
     return _applied(*_validation_arrays(val_scores, val_is_anomaly), spec)[0]
 
 
-def _applied(scores: np.ndarray, is_anomaly: np.ndarray, spec: ThresholdSpec) -> tuple[ThresholdSpec, str | None]:
+def _applied(scores: np.ndarray, is_anomaly: np.ndarray,
+             spec: ThresholdSpec) -> tuple[ThresholdSpec, str | None, float | None]:
+    """(the method to apply, why it is not `spec`, the POT threshold when POT is applied): POT is fitted
+    here once, since whether its fit can be trusted decides the method."""
     if isinstance(spec, F1Threshold) and not is_anomaly.any():
-        return FprThreshold(), "the validation split has no anomalous rows, so the F1-optimal threshold is undefined"
+        return FprThreshold(), "the validation split has no anomalous rows, so the F1-optimal threshold is undefined", \
+            None
     if isinstance(spec, PotThreshold) and (~is_anomaly).any():
         # The fallback: the same risk read off the empirical distribution (with few rows, the largest score).
-        _, problem = _pot(scores[~is_anomaly], spec.risk, spec.initial_quantile)
+        z, problem = _pot(scores[~is_anomaly], spec.risk, spec.initial_quantile)
         if problem:
-            return FprThreshold(target_fpr=spec.risk), problem
-    return spec, None
+            return FprThreshold(target_fpr=spec.risk), problem, None
+        return spec, None, z
+    return spec, None, None
 
 
 def _validation_arrays(val_scores, val_is_anomaly) -> tuple[np.ndarray, np.ndarray]:

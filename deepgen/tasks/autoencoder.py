@@ -75,13 +75,12 @@ class AutoencoderTask:
         x_val, y_val = load_split(data_dir, "val")
         val_scores = AnomalyScorer.scores_of(model, x_val)
         val_is_anomaly = ~normal_mask(y_val, spec.anomaly, len(x_val))
-        threshold = anomaly.calibrate_threshold(val_scores, val_is_anomaly, spec.anomaly.threshold)
+        # after a fallback (f1 without validation anomalies), the registry records the method really used
+        threshold, method = anomaly.calibrate(val_scores, val_is_anomaly, spec.anomaly.threshold)
         x_test, y_test = load_split(data_dir, "test")
         scores = AnomalyScorer.scores_of(model, x_test)
         is_anomaly = ~normal_mask(y_test, spec.anomaly, len(x_test))
         metrics = anomaly.evaluate_scores(scores, is_anomaly, threshold)
-        # after a fallback (f1 without validation anomalies), the registry records the method really used
-        method = anomaly.applied_spec(val_scores, val_is_anomaly, spec.anomaly.threshold)
         ev = Evaluation(metrics, registry_tags=anomaly.threshold_tags(threshold, method))
         ev.figures = self._figures(model, x_test, scores, is_anomaly, threshold)
         return ev
