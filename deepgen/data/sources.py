@@ -23,7 +23,7 @@ from deepgen.config import (
     Source,
     TableSource,
 )
-from deepgen.errors import DataError
+from deepgen.errors import DataError, first_line
 
 
 @dataclass
@@ -121,7 +121,7 @@ def read_idx_dir(source: IdxSource) -> RawData:
 
 
 def read_npy(source: NpySource) -> RawData:
-    x = _load_npy(source.path)
+    x = load_npy(source.path)
     if x.ndim not in (2, 3, 4) or not np.issubdtype(x.dtype, np.number):
         raise DataError(f"{source.path}: expected a numeric array of shape (N, D), (N, H, W) or (N, C, H, W), "
                         f"got {x.dtype} {x.shape}")
@@ -130,7 +130,7 @@ def read_npy(source: NpySource) -> RawData:
     y = None
     files = [source.path]
     if source.labels:
-        y = _load_npy(source.labels)
+        y = load_npy(source.labels)
         files.append(source.labels)
         if y.shape != (len(x),):
             raise DataError(f"{source.labels}: expected {len(x)} labels, got shape {y.shape}")
@@ -139,13 +139,19 @@ def read_npy(source: NpySource) -> RawData:
     return RawData(x=x, y=y, shape=x.shape[1:], divisor=divisor, fingerprint=_hash_files(files), files=files)
 
 
-def _load_npy(path: str) -> np.ndarray:
-    try:
-        return np.load(Path(path).expanduser(), allow_pickle=False)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except ValueError as e:
-        raise DataError(f"{path}: not a plain .npy array: {e}") from None
+def load_npy(path: str | Path) -> np.ndarray:
+    """A .npy array (no pickled objects), or a DataError naming the file."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"{path}: no such file")
+    with open(p, "rb") as f:
+        if f.read(len(np.lib.format.MAGIC_PREFIX)) != np.lib.format.MAGIC_PREFIX:
+            raise DataError(f"{path}: not a .npy file (no NUMPY header); write arrays with numpy.save")
+        f.seek(0)
+        try:
+            return np.load(f, allow_pickle=False)
+        except (ValueError, EOFError) as e:  # object arrays, a truncated file, a damaged header
+            raise DataError(f"{path}: cannot read the .npy array ({first_line(e)})") from None
 
 
 # --- CSV / Parquet tables --------------------------------------------------------------------------
@@ -196,7 +202,8 @@ def load_table(path: str):
         if p.suffix == ".parquet" or p.is_dir():
             return pq.read_table(p)
     except Exception as e:  # pyarrow raises several types for malformed files
-        raise DataError(f"{path}: cannot read table: {str(e).splitlines()[0]}") from None
+        kind = "CSV" if p.suffix == ".csv" else "Parquet"
+        raise DataError(f"{path}: cannot read {kind} file: {first_line(e)}") from None
     raise DataError(f"{path}: expected a .csv or .parquet file")
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deepgen.errors import DataError
+from deepgen.errors import DataError, first_line
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)  # their ids are their positions: [PAD]=0 ... [MASK]=4
@@ -140,7 +140,7 @@ class WordPieceTokenizer:
         try:
             return cls(Tokenizer.from_file(str(path)))
         except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
-            raise DataError(f"{path}: not a tokenizers JSON file: {str(e).splitlines()[0]}") from None
+            raise DataError(f"{path}: not a tokenizers JSON file: {first_line(e)}") from None
 
     def to_json(self) -> str:
         return self._tok.to_str()
