@@ -270,8 +270,8 @@ def runtime_env(working_dir: Path, tracking_uri: str | None = None, pip: bool = 
     from deepgen.tracking import GIT_COMMIT_ENV, git_commit
 
     env_vars = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", **(env or {})}
-    if git_commit() != "unknown":  # the staged code has no .git: its models are tagged with this commit
-        env_vars[GIT_COMMIT_ENV] = git_commit()
+    if (commit := git_commit()) != "unknown":  # the staged code has no .git: its models are tagged with it
+        env_vars[GIT_COMMIT_ENV] = commit
     if tracking_uri:
         env_vars["MLFLOW_TRACKING_URI"] = tracking_uri
     renv: dict[str, Any] = {"working_dir": str(working_dir), "excludes": UPLOAD_EXCLUDES, "env_vars": env_vars}

@@ -208,8 +208,8 @@ class RayTrainEnv:
 
 
 def broadcast_buffers(models: dict[str, nn.Module]) -> None:
-    """Every rank takes rank 0's buffers (batch norm's running statistics): what a model trained with
-    DDP's per-forward broadcast off evaluates and checkpoints with, the same on every rank."""
+    """Every rank takes rank 0's buffers (batch norm's running statistics), so all evaluate and checkpoint
+    the same model: needed where DDP's per-forward broadcast is off (GANs), a no-op change elsewhere."""
     for model in models.values():
         for buffer in model.buffers():
             torch.distributed.broadcast(buffer, src=0)

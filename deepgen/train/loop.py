@@ -121,8 +121,7 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
             steps += 1
         if hasattr(task, "end_epoch"):  # e.g. the GAN guard's check of the epoch's last step
             task.end_epoch(models, optimizers)
-        if not (getattr(task, "ddp_options", None) or {}).get("broadcast_buffers", True):
-            env.sync_buffers(models)  # validated and checkpointed with rank 0's statistics on every rank
+        env.sync_buffers(models)  # rank 0's batch norm statistics everywhere: what is validated and saved
         if env.device.type == "cuda":  # the epoch's time includes the work still queued on the GPU
             torch.cuda.synchronize(env.device)
         train_time = time.perf_counter() - start
@@ -179,8 +178,7 @@ def means(task: Task, sums: dict[str, float], rows: float) -> dict[str, float]:
     """An epoch's metrics from its sums over every rank: per-row means, except a task's ratio metrics
     (e.g. BERT's MLM loss and accuracy: means over masked tokens, whatever the rows' lengths)."""
     ratios = getattr(task, "ratio_metrics", {})
-    parts = {p for pair in ratios.values() for p in pair} | {"tokens"}
-    out = {k: v / max(rows, 1) for k, v in sums.items() if k not in parts}
+    out = {k: v / max(rows, 1) for k, v in sums.items() if k not in summed_keys(task)}
     out.update({name: sums[num] / max(sums[den], 1) for name, (num, den) in ratios.items() if den in sums})
     return out
 
