@@ -20,6 +20,7 @@ from deepgen.config import PipelineSpec, TextSpec
 from deepgen.data.dataset import check_normal_rows, normal_mask, split_path
 from deepgen.data.prepare import Manifest, prepare_dataset
 from deepgen.errors import DeepgenError, TrainingError
+from deepgen.files import copy_into_place
 from deepgen.tasks import Evaluation, Task, build_task
 
 
@@ -86,12 +87,7 @@ def resolve_inputs(spec: PipelineSpec) -> PipelineSpec:
                 if tracking.read_family(fetched) != "bert_encoder":
                     raise DeepgenError(f"model.pretrained: {ref} is a {tracking.read_family(fetched)} model, "
                                        "not a bert_pretrain one")
-                # copied beside, then renamed into place: an interrupted fetch leaves no half folder
-                local.parent.mkdir(parents=True, exist_ok=True)
-                staging = Path(tempfile.mkdtemp(prefix=f".{local.name}.tmp-", dir=local.parent))
-                shutil.copytree(fetched, staging, dirs_exist_ok=True)
-                shutil.rmtree(local, ignore_errors=True)
-                os.replace(staging, local)
+                copy_into_place(fetched, local)  # an interrupted fetch leaves no half folder
         say(f"pretrained encoder: {ref} -> {version.name} v{version.version}")
     local = local.absolute()
     if not (local / TOKENIZER_FILE).is_file():

@@ -10,9 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from torch import nn
 from deepgen.config import AnomalySpec
 from deepgen.data.dataset import normal_train_mask, split_path
 from deepgen.errors import DataError
+from deepgen.files import copy_into_place
 
 SHUFFLE_BUFFER_ROWS = 4096
 
@@ -113,14 +112,9 @@ class LocalEnv:
 
     def report(self, metrics: dict, checkpoint_dir: Path | None) -> None:
         if checkpoint_dir is not None:
-            dest = self.root / f"checkpoint_{metrics['epoch']:06d}"
-            self.root.mkdir(parents=True, exist_ok=True)
-            # copied beside, then renamed into place: a crash mid-copy leaves no torn checkpoint to resume from
-            tmp = self.root / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
-            shutil.copytree(checkpoint_dir, tmp)
-            (tmp / "metrics.json").write_text(json.dumps(metrics))
-            shutil.rmtree(dest, ignore_errors=True)
-            os.replace(tmp, dest)
+            (checkpoint_dir / "metrics.json").write_text(json.dumps(metrics))
+            # no torn checkpoint for a restart to resume from
+            copy_into_place(checkpoint_dir, self.root / f"checkpoint_{metrics['epoch']:06d}")
             for old in sorted(self.root.glob("checkpoint_[0-9]*"))[:-self.keep]:
                 shutil.rmtree(old, ignore_errors=True)
 
