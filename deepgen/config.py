@@ -172,13 +172,26 @@ class DataSpec(Spec):
 # --- models (a discriminated union on `kind`) ------------------------------------------------------
 
 
+AutoencoderLoss = Literal["auto", "bce", "mse"]
+LOSS_HELP = ("reconstruction loss: bce (sigmoid + binary cross-entropy) for binary inputs, mse for grey levels "
+             "and table values; auto: bce when every prepared training value is 0 or 1, else mse (decided at "
+             "prepare time from the data, recorded in the run as resolved_loss)")
+
+
+def resolve_loss(loss: str | None, binary_features: bool) -> str:
+    """`auto` (or unset) -> bce for binary inputs, mse otherwise; an explicit choice stays."""
+    if loss in (None, "auto"):
+        return "bce" if binary_features else "mse"
+    return loss
+
+
 class DenseAutoencoderSpec(Spec):
     """Undercomplete MLP autoencoder: h = f(x) through `hidden` to `latent_dim`, r = g(h) mirrored."""
 
     kind: Literal["dense_autoencoder"] = "dense_autoencoder"
     hidden: list[Annotated[int, Field(gt=0)]] = Field(default=[64], description="encoder widths before the code")
     latent_dim: int = Field(default=8, gt=0, description="size of the bottleneck code h")
-    loss: Literal["bce", "mse"] = Field(default="bce", description="bce for inputs in [0,1]; mse otherwise")
+    loss: AutoencoderLoss = Field(default="auto", description=LOSS_HELP)
 
 
 class ConvAutoencoderSpec(Spec):
@@ -187,7 +200,7 @@ class ConvAutoencoderSpec(Spec):
     kind: Literal["conv_autoencoder"] = "conv_autoencoder"
     channels: list[Annotated[int, Field(gt=0)]] = Field(default=[16, 32], description="channels per stride-2 stage")
     latent_dim: int = Field(default=16, gt=0, description="size of the bottleneck code h")
-    loss: Literal["bce", "mse"] = Field(default="bce", description="bce for inputs in [0,1]; mse otherwise")
+    loss: AutoencoderLoss = Field(default="auto", description=LOSS_HELP)
 
 
 # Autoencoder variants (Goodfellow et al., Deep Learning, ch. 14; Kingma & Welling 2014). Each reuses the
@@ -205,7 +218,7 @@ class AutoencoderBackboneSpec(Spec):
     channels: list[Annotated[int, Field(gt=0)]] = Field(default=[16, 32],
                                                         description="conv: channels per stride-2 stage")
     latent_dim: int = Field(default=16, gt=0, description="size of the code h")
-    loss: Literal["bce", "mse"] = Field(default="bce", description="bce for inputs in [0,1]; mse otherwise")
+    loss: AutoencoderLoss = Field(default="auto", description=LOSS_HELP)
 
 
 class OvercompleteAutoencoderSpec(AutoencoderBackboneSpec):
@@ -254,26 +267,27 @@ class VAESpec(AutoencoderBackboneSpec):
 
     kind: Literal["vae"] = "vae"
     decoder: Literal["bernoulli", "gaussian"] | None = Field(
-        default=None, description="p(x|h); default: bernoulli, or gaussian when loss is mse"
+        default=None, description="p(x|h); default: from loss (bce = bernoulli, mse = gaussian, auto: the data's)"
     )
-    loss: Literal["bce", "mse"] | None = Field(
-        default=None, description="another name for the decoder: bce = bernoulli, mse = gaussian"
-    )
+    loss: AutoencoderLoss | None = Field(
+        default=None, description="another name for the decoder: bce = bernoulli, mse = gaussian; auto or unset: "
+                                  "bernoulli for binary inputs, gaussian otherwise")
     score: Literal["elbo", "reconstruction"] = Field(
-        default="elbo", description="anomaly score: -ELBO, or the reconstruction NLL -log p(x|h) alone"
+        default="elbo", description="the model's own score: -ELBO, or the reconstruction NLL -log p(x|h) alone"
     )
 
-    @property
-    def likelihood(self) -> str:
-        return self.decoder or ("gaussian" if self.loss == "mse" else "bernoulli")
+    def likelihood(self, binary_features: bool) -> str:
+        if self.decoder:
+            return self.decoder
+        return "gaussian" if resolve_loss(self.loss, binary_features) == "mse" else "bernoulli"
 
     @model_validator(mode="after")
     def _decoder_agrees_with_loss(self) -> VAESpec:
-        if self.decoder and self.loss and self.likelihood != ("gaussian" if self.loss == "mse" else "bernoulli"):
+        if self.decoder and self.loss not in (None, "auto") and \
+                self.decoder != ("gaussian" if self.loss == "mse" else "bernoulli"):
             raise ValueError(f"decoder {self.decoder} contradicts loss {self.loss} "
                              "(bce is the bernoulli NLL, mse the gaussian's); give one of them")
         return self
-
 
 
 class UNetSpec(Spec):
@@ -282,6 +296,9 @@ class UNetSpec(Spec):
     kind: Literal["unet"] = "unet"
     base_channels: int = Field(default=16, gt=0, description="channels at full resolution, doubled per level")
     depth: int = Field(default=3, ge=1, le=6, description="number of 2x downsamplings")
+
+
+MOVED_TO_TRAIN = ("warmup_fraction", "lr_decay", "grad_accum_steps", "clip_grad_norm")
 
 
 class BertSpec(Spec):
@@ -295,10 +312,15 @@ class BertSpec(Spec):
     dropout: float = Field(default=0.1, ge=0, lt=1)
     attention_dropout: float = Field(default=0.1, ge=0, lt=1)
     position: Literal["learned", "sinusoidal"] = Field(default="learned", description="position embeddings")
-    warmup_fraction: float = Field(default=0.1, ge=0, lt=1, description="share of steps with a linear warmup")
-    lr_decay: Literal["linear", "cosine", "constant"] = Field(default="linear", description="after the warmup")
-    grad_accum_steps: int = Field(default=1, gt=0, description="batches per optimizer step")
-    clip_grad_norm: float | None = Field(default=1.0, gt=0, description="max gradient norm; null: no clipping")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _optimisation_is_in_train(cls, data):
+        moved = [k for k in MOVED_TO_TRAIN if isinstance(data, dict) and k in data]
+        if moved:
+            raise ValueError(f"{moved[0]} is a train field now (every family shares it): write "
+                             f"train.{moved[0]} instead of model.{moved[0]}")
+        return data
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> BertSpec:
@@ -442,6 +464,23 @@ class TrainSpec(Spec):
     cache_shards: bool = Field(
         default=True, description="keep each worker's data shard in memory after the first epoch"
     )
+    # The optimisation every family gets from the one loop (deepgen.train.optim). A GAN's two players keep
+    # their own learning rates (model.lr_g, model.lr_d) and take no schedule.
+    warmup_fraction: float = Field(default=0.0, ge=0, lt=1, description="share of updates with a linear warmup")
+    lr_decay: Literal["constant", "linear", "cosine"] = Field(
+        default="constant", description="the learning rate after the warmup: constant, or decayed to 0 at the end")
+    clip_grad_norm: float | None = Field(default=None, gt=0, description="max gradient norm; null: no clipping")
+    grad_accum_steps: int = Field(default=1, gt=0, description="batches per optimizer update")
+    # Which epoch is kept, and when to stop. The monitored metric is a validation metric of the normal rows
+    # only (anomalies in the validation split never choose a model).
+    monitor: str | None = Field(default=None, description=(
+        "validation metric that picks the epoch to evaluate and register and drives early stopping; default: "
+        "the family's (val_loss; GANs: none, the last epoch)"))
+    monitor_mode: Literal["min", "max"] = Field(default="min", description="min for losses, max for accuracies")
+    keep: Literal["best", "last"] = Field(
+        default="best", description="register the best epoch by `monitor`, or the last one")
+    patience: int | None = Field(default=None, gt=0, description=(
+        "early stopping: stop after this many epochs without a better `monitor` value; null: run every epoch"))
 
 
 class ScalingSpec(Spec):
@@ -505,6 +544,11 @@ class AnomalySpec(Spec):
         default=None, description="alternatively, labels of anomalous rows; every other label is normal"
     )
     threshold: ThresholdSpec = Field(default_factory=FprThreshold)
+    score: Literal["reconstruction", "standardized", "latent", "combined"] = Field(
+        default="reconstruction", description=(
+            "autoencoders: reconstruction (the model's own error, a VAE's -ELBO), standardized (per-feature "
+            "errors over their normal-row scale), latent (Mahalanobis distance of the code to the normal "
+            "codes) or combined (standardised log error + log latent distance); see deepgen/scoring.py"))
 
     @model_validator(mode="after")
     def _one_way_to_say_normal(self) -> AnomalySpec:

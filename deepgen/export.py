@@ -66,9 +66,12 @@ def load_weights(directory: str | Path, model: torch.nn.Module) -> torch.nn.Modu
 class AnomalyScorer:
     """An exported autoencoder with its scaler and threshold: raw rows in, scores and flags out."""
 
-    def __init__(self, model: Autoencoder, meta: ModelMeta):
+    def __init__(self, model: Autoencoder, meta: ModelMeta, scorer=None):
+        from deepgen.scoring import Scorer
+
         self.model = model.eval()
         self.meta = meta
+        self.scorer = scorer or Scorer("reconstruction")
 
     @property
     def threshold(self) -> float:
@@ -79,15 +82,21 @@ class AnomalyScorer:
         meta = read_meta(directory)
         if meta.family != "anomaly":
             raise DataError(f"{directory}: a {meta.family} model, not an anomaly detector")
-        return cls(load_weights(directory, build_autoencoder(meta.kind, meta.config)), meta)
+        from deepgen.scoring import Scorer
+
+        model = load_weights(directory, build_autoencoder(meta.kind, meta.config))
+        return cls(model, meta, Scorer.load(directory))
 
     def score(self, x: np.ndarray) -> np.ndarray:
-        """Scaled rows (N, D) -> anomaly scores (N,)."""
-        return self.scores_of(self.model, x)
+        """Scaled rows (N, D) -> anomaly scores (N,) float64, by the score the model was registered with."""
+        return self.scorer.score(self.model, x)
 
     @staticmethod
     def scores_of(model: Autoencoder, x: np.ndarray) -> np.ndarray:
-        return reconstruction_scores(model, x)
+        """The model's own score (reconstruction error, a VAE's -ELBO) of scaled rows (N, D), float64."""
+        from deepgen.scoring import Scorer
+
+        return Scorer("reconstruction").score(model, x)
 
     def evaluate(self, data_dir: Path, anomaly_spec) -> dict[str, float] | None:
         """Detection metrics on another dataset's test split at this model's own threshold (for the gate).
@@ -280,18 +289,6 @@ def loader(family: str):
 def load_exported(directory: str | Path):
     """The predictor of an exported model folder, whatever its family."""
     return loader(read_meta(directory).family).load(directory)
-
-
-@torch.no_grad()
-def reconstruction_scores(model: Autoencoder, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """Scaled rows (N, D) -> the model's anomaly score (N,): its reconstruction error, or for a VAE the
-    -ELBO or reconstruction NLL it was configured with."""
-    model.eval()  # no dropout, no sampling: the same row always gets the same score
-    out = []
-    for i in range(0, len(x), batch_size):
-        xb = torch.tensor(x[i:i + batch_size], dtype=torch.float32)
-        out.append(model.anomaly_score(xb).double().numpy())
-    return np.concatenate(out) if out else np.zeros(0, np.float64)  # float64: thresholds are compared in it
 
 
 def read_rows(path: Path, meta: ModelMeta) -> tuple[np.ndarray, np.ndarray | None]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from deepgen import tracking
 from deepgen.config import PipelineSpec, TextSpec
-from deepgen.data.dataset import check_normal_rows, normal_mask, split_path
+from deepgen.data.dataset import check_normal_rows, normal_mask, normal_row_count, split_path
 from deepgen.data.prepare import Manifest, prepare_dataset
 from deepgen.errors import DeepgenError, TrainingError
 from deepgen.files import copy_into_place
@@ -151,13 +151,16 @@ def build_trainer(spec: PipelineSpec, manifest: Manifest, mlflow_run_id: str | N
         return batch.filter(normal_mask(batch.column("label"), anomaly_spec, batch.num_rows)) \
             if "label" in batch.column_names else batch
 
-    datasets = {"train": split_dataset(spec.data_dir, "train", keep_normal), "val": split_dataset(spec.data_dir, "val")}
+    # validation rows are normal ones only too: the monitored val_loss chooses the epoch and stops training
+    datasets = {"train": split_dataset(spec.data_dir, "train", keep_normal),
+                "val": split_dataset(spec.data_dir, "val", keep_normal)}
     s = spec.scaling
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "spec": spec.with_absolute_paths().model_dump(mode="json"), "manifest": manifest.model_dump(mode="json"),
             "mlflow_run_id": mlflow_run_id, "tracking_uri": tracking_uri,
+            "train_rows": normal_row_count(spec.data_dir, anomaly_spec),
         },
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
                                      resources_per_worker={"CPU": s.cpus_per_worker}),
@@ -247,6 +250,10 @@ def evaluate(spec: PipelineSpec, manifest: Manifest, checkpoint_dir: Path) -> tu
     models = load_model_weights(checkpoint_dir, task)
     ev = task.evaluate(models, spec.data_dir)
     ev.history = json.loads((checkpoint_dir / "history.json").read_text())
+    if ev.history:  # which epoch's weights were evaluated: the best by train.monitor, or the last
+        last = ev.history[-1]
+        ev.registry_tags["kept_epoch"] = last.get("best_epoch") if spec.train.keep == "best" and \
+            last.get("best_epoch") else last["epoch"]
     return ev, models, task
 
 
@@ -416,6 +423,8 @@ def log_evaluation(run_id: str, ev: Evaluation) -> None:
     tracking.log_metrics(run_id, ev.metrics, prefix="test_")
     numeric = {k: v for k, v in ev.registry_tags.items() if isinstance(v, (int, float))}
     tracking.log_metrics(run_id, numeric)
+    # choices made from the data or the validation split, e.g. the loss `auto` resolved to, the kept epoch
+    tracking.set_tags(run_id, {k: v for k, v in ev.registry_tags.items() if isinstance(v, (str, int))})
     tracking.log_figure(run_id, plots.loss_curves(ev.history), "loss_curves")
     for name, figure in ev.figures.items():
         tracking.log_figure(run_id, figure, name)

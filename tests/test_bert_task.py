@@ -18,13 +18,12 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from deepgen.config import BertClassifierSpec, PipelineSpec
+from deepgen.config import PipelineSpec
 from deepgen.data.prepare import prepare_dataset
 from deepgen.errors import DataError
 from deepgen.export import TextClassifier, load_exported
 from deepgen.orchestrate import resolve_inputs
 from deepgen.tasks import build_task
-from deepgen.tasks.bert import Schedule, optimizer_steps
 from deepgen.train.env import LocalEnv
 from deepgen.train.loop import STATE_FILE, load_model_weights, train_loop
 
@@ -161,87 +160,6 @@ def test_the_classifier_takes_the_pretrained_encoders_sizes_and_tokenizer(pretra
         resolve_inputs(spec(tmp_path, "c2", longer, {"kind": "bert_classifier", "pretrained": str(ckpt)}, 1, 1e-3))
 
 
-def test_schedule_warms_up_decays_and_accumulates():
-    m = BertClassifierSpec(warmup_fraction=0.25, lr_decay="linear", grad_accum_steps=2)
-    s = Schedule(m, lr=1.0, rows=320, batch_size=10, workers=1, epochs=1)  # 32 batches -> 16 updates
-    assert s.total == 16 and s.warmup == 4
-    assert [round(s.lr_at(i), 3) for i in (0, 3, 4, 10, 16)] == [0.25, 1.0, 1.0, 0.5, 0.0]
-    model = torch.nn.Linear(2, 1)
-    opt = torch.optim.AdamW(model.parameters())
-    for _ in range(6):
-        with s.micro_batch(model) as syncing:
-            s.backward(model(torch.ones(1, 2)).sum())
-        if syncing:
-            s.step(model, opt)
-    assert optimizer_steps(opt) == 3  # 6 batches, 2 per update
-    cosine = Schedule(BertClassifierSpec(warmup_fraction=0.0, lr_decay="cosine"), 1.0, 100, 10, 1, 1)
-    assert cosine.lr_at(5) == pytest.approx(0.5)
-
-
-def test_accumulation_windows_stay_inside_an_epoch_so_the_schedule_ends_on_the_last_update():
-    m = BertClassifierSpec(warmup_fraction=0.0, lr_decay="linear", grad_accum_steps=3)
-    s = Schedule(m, lr=1.0, rows=70, batch_size=10, workers=1, epochs=3)  # 7 batches: 2 updates, 1 dropped
-    assert s.total == 6
-    model = torch.nn.Linear(2, 1)
-    opt = torch.optim.AdamW(model.parameters())
-    lrs = []
-    for _ in range(3):
-        for _ in range(7):
-            with s.micro_batch(model) as syncing:
-                s.backward(model(torch.ones(1, 2)).sum())
-            if syncing:
-                s.step(model, opt)
-                lrs.append(opt.param_groups[0]["lr"])
-        assert model.weight.grad is not None  # the 7th batch's half-window ...
-        s.end_epoch(opt)
-        assert model.weight.grad is None  # ... is dropped, not carried into the next epoch
-    assert optimizer_steps(opt) == 6 and lrs[-1] == pytest.approx(1 / 6) and min(lrs) > 0
-    with pytest.raises(DataError, match=r"^model.grad_accum_steps: 8 batches per update, but an epoch has 7"):
-        Schedule(BertClassifierSpec(grad_accum_steps=8), 1.0, 70, 10, 1, 3)
-    # 65 rows in batches of 8: the loop skips the last batch of one row, so 8 batches, 2 updates an epoch
-    assert Schedule(m, lr=1.0, rows=65, batch_size=8, workers=1, epochs=3).total == 6
-
-
-def _accumulate_under_ddp(rank: int, folder: str) -> None:
-    import json
-    from pathlib import Path
-
-    import torch.distributed as dist
-    from torch.nn.parallel import DistributedDataParallel
-
-    dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=1)
-    model = DistributedDataParallel(torch.nn.Linear(2, 1))
-    reduced = []
-
-    def count(state, bucket):  # the gradient all-reduce DDP runs for a backward
-        reduced.append(1)
-        fut = torch.futures.Future()
-        fut.set_result(bucket.buffer())
-        return fut
-
-    model.register_comm_hook(None, count)
-    s = Schedule(BertClassifierSpec(grad_accum_steps=4), 1.0, rows=80, batch_size=10, workers=1, epochs=1)
-    per_batch = []
-    for _ in range(8):
-        before = len(reduced)
-        with s.micro_batch(model):
-            s.backward(model(torch.ones(1, 2)).sum())
-        per_batch.append(len(reduced) - before)
-    Path(folder, "reduced.json").write_text(json.dumps(per_batch))
-    dist.destroy_process_group()
-
-
-def test_under_ddp_gradients_are_all_reduced_once_per_accumulation_window(tmp_path):
-    """DDP decides in the forward pass whether a backward syncs: a no_sync around the backward alone
-    still all-reduced every batch."""
-    import json
-
-    import torch.multiprocessing as mp
-
-    mp.start_processes(_accumulate_under_ddp, args=(str(tmp_path),), nprocs=1, start_method="spawn")
-    assert json.loads((tmp_path / "reduced.json").read_text()) == [0, 0, 0, 1, 0, 0, 0, 1]
-
-
 def test_a_plain_run_sizes_the_schedule_for_its_one_process_whatever_scaling_says(tmp_path):
     """scaling.num_workers 2, trained by the loop without Ray: one process sees every row, so the linear
     decay must end at the last update, not halfway (half the updates at learning rate 0)."""
@@ -249,8 +167,9 @@ def test_a_plain_run_sizes_the_schedule_for_its_one_process_whatever_scaling_say
                                                                                        index=False)
     s = spec(tmp_path, "two", {"source": {"kind": "labelled_text", "path": str(tmp_path / "l.csv")},
                                "text": {"max_len": 8, "vocab_size": 60, "min_frequency": 1}},
-             {"kind": "bert_classifier", **ENCODER, "warmup_fraction": 0.0, "lr_decay": "linear"}, 2, 1e-3)
-    s = s.model_copy(update={"scaling": s.scaling.model_copy(update={"num_workers": 2})})
+             {"kind": "bert_classifier", **ENCODER}, 2, 1e-3)
+    s = s.model_copy(update={"scaling": s.scaling.model_copy(update={"num_workers": 2}),
+                             "train": s.train.model_copy(update={"lr_decay": "linear"})})
     *_, checkpoint = fit(s, tmp_path)
     last_lr = torch.load(checkpoint / STATE_FILE, weights_only=True)["optimizers"]["model"]["param_groups"][0]["lr"]
     assert 0 < last_lr <= 1e-3 / 10

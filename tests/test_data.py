@@ -287,3 +287,29 @@ def test_missing_source_file(tmp_path):
         (tmp_path / "empty").mkdir()
         prepare_dataset(data_spec({"kind": "idx", "path": str(tmp_path / "empty")}), tmp_path / "o",
                         log=lambda m: None)
+
+
+def test_loss_auto_is_bce_for_binary_inputs_and_mse_for_grey_levels(tmp_path):
+    """`loss: auto` follows the data, decided at prepare time: a binarised image set gets sigmoid + BCE,
+    grey levels (and tables) the squared error; an explicit loss stays."""
+    from deepgen.config import PipelineSpec
+    from deepgen.tasks import build_task
+
+    x, y = bar_images(200, seed=3)
+    np.save(tmp_path / "grey.npy", x)
+    np.save(tmp_path / "binary.npy", (x > 127).astype(np.uint8) * 255)
+    np.save(tmp_path / "y.npy", y)
+    resolved = {}
+    for name in ("grey", "binary"):
+        for loss in ("auto", "bce", "mse"):
+            spec = PipelineSpec.validate_dict({
+                "name": f"{name}-{loss}", "registry": {"model_name": "m"},
+                "data": {"source": {"kind": "npy", "path": str(tmp_path / f"{name}.npy"),
+                                    "labels": str(tmp_path / "y.npy")}},
+                "model": {"kind": "dense_autoencoder", "loss": loss},
+                "tracking": {"runs_dir": str(tmp_path / "runs")}})
+            manifest, _ = prepare_dataset(spec.data, tmp_path / name, log=lambda m: None)
+            resolved[name, loss] = build_task(spec, manifest).config.loss
+        assert read_manifest(tmp_path / name).binary_features == (name == "binary")
+    assert resolved == {("grey", "auto"): "mse", ("grey", "bce"): "bce", ("grey", "mse"): "mse",
+                        ("binary", "auto"): "bce", ("binary", "bce"): "bce", ("binary", "mse"): "mse"}

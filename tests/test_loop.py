@@ -160,3 +160,68 @@ def test_a_plain_run_killed_while_writing_a_checkpoint_resumes_from_the_last_who
     monkeypatch.setattr(env_module.shutil, "copytree", shutil.copytree)
     assert env.latest_checkpoint().name == "checkpoint_000001"
     assert (env.latest_checkpoint() / "state.pt").read_bytes() == b"whole"
+
+
+def test_the_best_validation_epoch_is_kept_and_patience_stops_training(tmp_path):
+    """A learning rate far too high makes val_loss jump after the first epochs: training stops `patience`
+    epochs after the best one, and the evaluated weights are that epoch's, not the last's."""
+    from deepgen.tasks import build_task
+    from deepgen.train.loop import load_model_weights
+
+    spec, manifest = _setup(tmp_path, **{"train.epochs": 30, "train.patience": 2, "train.lr": 0.05,
+                                         "model.loss": "mse"})
+    env = _env(spec, tmp_path / "ckpt")
+    history = train_loop(spec, manifest, env)
+    best = min(history, key=lambda h: h["val_loss"])
+    assert len(history) < 30 and history[-1]["epoch"] == best["epoch"] + 2
+    assert all(h["best_epoch"] == min(history[:i + 1], key=lambda e: e["val_loss"])["epoch"]
+               for i, h in enumerate(history))
+    task = build_task(spec, manifest)
+    kept = load_model_weights(env.latest_checkpoint(), task)["model"]
+    last = load_model_weights(env.latest_checkpoint(), task, which="last")["model"]
+    import torch
+
+    from deepgen.data.dataset import load_split, normal_mask
+
+    x, y = load_split(spec.data_dir, "val")
+    x = torch.tensor(x[normal_mask(y, spec.anomaly, len(x))])
+    with torch.no_grad():
+        kept_loss = kept.objective(x, kept(x))["loss"].item()
+        last_loss = last.objective(x, last(x))["loss"].item()
+    assert kept_loss == pytest.approx(best["val_loss"], rel=1e-4) and kept_loss < last_loss
+    # a rerun of the stopped run resumes into the same decision: no further epoch
+    again = train_loop(spec, manifest, _env(spec, tmp_path / "ckpt"))
+    assert [h["epoch"] for h in again] == [h["epoch"] for h in history]
+
+
+def test_validation_loss_is_measured_on_normal_rows_only(tmp_path):
+    spec, manifest = _setup(tmp_path)
+    env = _env(spec, tmp_path / "ckpt")
+    from deepgen.data.dataset import load_split
+
+    _, labels = load_split(spec.data_dir, "val")
+    rows = sum(len(b["features"]) for b in env.batches("val", 64, 0))
+    assert 9 in labels and rows == int((labels != 9).sum())
+
+
+def test_a_monitor_the_model_does_not_report_is_one_line(tmp_path):
+    spec, manifest = _setup(tmp_path, **{"train.monitor": "val_accuracy"})
+    with pytest.raises(TrainingError, match=r"^train.monitor: 'val_accuracy' is not a metric of this model; "
+                                            r"it reports val_loss"):
+        train_loop(spec, manifest, _env(spec, tmp_path / "m"))
+
+
+def test_warmup_and_cosine_decay_reach_every_family_through_the_loop(tmp_path):
+    """The autoencoder's optimizer follows the spec's schedule: its last update ran at a learning rate near
+    0 (cosine to the end), and clipping bounds the update."""
+    import torch
+
+    from deepgen.train.loop import STATE_FILE
+
+    spec, manifest = _setup(tmp_path, **{"train.epochs": 3, "train.lr": 0.01, "train.warmup_fraction": 0.2,
+                                         "train.lr_decay": "cosine", "train.clip_grad_norm": 0.5})
+    env = _env(spec, tmp_path / "s")
+    train_loop(spec, manifest, env)
+    state = torch.load(env.latest_checkpoint() / STATE_FILE, weights_only=True)
+    last_lr = state["optimizers"]["model"]["param_groups"][0]["lr"]
+    assert 0 < last_lr < 0.01 * 0.01

@@ -33,7 +33,8 @@ def pipeline(tmp_path_factory, ray_local):
         model={"kind": "dense_autoencoder", "hidden": [32], "latent_dim": 4, "loss": "bce"},
         train={"epochs": 3, "batch_size": 32, "lr": 0.01, "run_name": "bars-e2e"},
         scaling={"num_workers": 2},
-        anomaly={"normal_labels": [0], "threshold": {"method": "fpr", "target_fpr": 0.05}},
+        # a score with fitted statistics: what the registered model must carry to score as evaluation did
+        anomaly={"normal_labels": [0], "threshold": {"method": "fpr", "target_fpr": 0.05}, "score": "standardized"},
         registry={"model_name": MODEL},
     )
     with pytest.MonkeyPatch.context() as mp:
@@ -97,6 +98,35 @@ def test_champion_lookup_and_scoring_from_a_fresh_process(pipeline, tmp_path):
     threshold = float(info["tags"]["threshold"])
     assert len(scores) == 200 and np.array_equal(flags, scores > threshold)
     assert flags[y == 1].mean() > 0.8 and flags[y == 0].mean() < 0.2
+
+
+def test_deepgen_score_and_the_pyfunc_give_the_scores_evaluation_gave(pipeline, tmp_path):
+    """The registered model carries its score's statistics (per-feature error scales here): scoring the
+    test split's raw rows with `deepgen score` reproduces the registered test ROC-AUC and threshold flags,
+    and `mlflow.pyfunc` answers the same scores."""
+    import mlflow
+    from sklearn.metrics import roc_auc_score
+
+    from deepgen.config import PipelineSpec
+    from deepgen.data.dataset import load_split
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(pipeline["root"])
+        data_dir = PipelineSpec.from_yaml(pipeline["spec"]).data_dir
+        x, y = load_split(data_dir, "test")
+    np.save(tmp_path / "test.npy", np.rint(x * 255).astype(np.uint8).reshape(-1, 8, 8))  # the raw images
+    env = {**os.environ, "MLFLOW_TRACKING_URI": pipeline["uri"]}
+    out = tmp_path / "scores.parquet"
+    subprocess.run([sys.executable, "-m", "deepgen.cli", "score", "--model", f"{MODEL}@champion",
+                    "--input", str(tmp_path / "test.npy"), "--output", str(out)], env=env, check=True,
+                   capture_output=True, text=True)
+    scores = np.array(pq.read_table(out).column("score").to_pylist())
+    version = _client(pipeline).get_model_version_by_alias(MODEL, "champion")
+    assert version.tags["score"] == "standardized"
+    assert roc_auc_score(y != 0, scores) == pytest.approx(float(version.tags["test_roc_auc"]), abs=1e-12)
+    mlflow.set_tracking_uri(pipeline["uri"])
+    served = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").predict(np.rint(x * 255))
+    np.testing.assert_allclose(served["score"].to_numpy(), scores, rtol=1e-9)
 
 
 def test_rerunning_the_finished_pipeline_registers_nothing_new(pipeline, capsys):

@@ -271,10 +271,11 @@ def test_quickstart_runs_every_variant_by_kind_alone(tmp_path):
 
 
 def test_vae_decoder_and_loss_must_agree(tmp_path):
-    assert quickstart_spec(tmp_path, "vae", "model.loss=mse").model.likelihood == "gaussian"
-    assert quickstart_spec(tmp_path, "vae", "model.loss=null", "model.decoder=gaussian").model.likelihood == "gaussian"
+    assert quickstart_spec(tmp_path, "vae", "model.loss=mse").model.likelihood(True) == "gaussian"
+    assert quickstart_spec(tmp_path, "vae", "model.loss=null", "model.decoder=gaussian").model.likelihood(True) \
+        == "gaussian"
     with pytest.raises(SpecError, match="decoder gaussian contradicts loss bce"):
-        quickstart_spec(tmp_path, "vae", "model.decoder=gaussian")
+        quickstart_spec(tmp_path, "vae", "model.loss=bce", "model.decoder=gaussian")
 
 
 @pytest.mark.parametrize("kind", ["overcomplete_autoencoder", "sparse_autoencoder", "denoising_autoencoder", "vae"])

@@ -65,6 +65,15 @@ def check_normal_rows(data_dir: str | Path, anomaly: AnomalySpec) -> None:
         normal_train_mask(labels, anomaly, len(labels))
 
 
+def normal_row_count(data_dir: str | Path, anomaly: AnomalySpec) -> int:
+    """How many training rows the model learns from (the normal ones), read from the label column alone."""
+    path = split_path(data_dir, "train")
+    if "label" not in pq.read_schema(path).names:
+        return pq.read_metadata(path).num_rows
+    labels = pq.read_table(path, columns=["label"]).column("label")
+    return int(normal_mask(labels, anomaly, len(labels)).sum())
+
+
 def _typed(values: list, arrow_type: pa.DataType) -> pa.Array:
     try:
         return pa.array(values).cast(arrow_type)

@@ -30,7 +30,7 @@ from deepgen.errors import DataError
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: manifests record binary_features
 
 
 class Scaler(BaseModel):
@@ -85,6 +85,9 @@ class Manifest(BaseModel):
     target_shape: list[int] | None = None  # per-row target, e.g. a (1, H, W) segmentation mask
     scaler: Scaler
     arrow_schema: dict[str, str]  # column -> Arrow type
+    # every scaled training value is 0 or 1: the one case where a Bernoulli likelihood (sigmoid + BCE)
+    # describes the data; grey levels and table values get a Gaussian one (mse) under `loss: auto`
+    binary_features: bool = False
 
     @property
     def num_features(self) -> int:
@@ -142,8 +145,10 @@ def prepare_dataset(data: DataSpec, out_dir: str | Path, log=print) -> tuple[Man
     splits = split_rows(raw, data)
     scaler = Scaler.fit(raw, splits["train"][0])
     tables = {name: to_arrow(scaler.apply(x.reshape(len(x), -1)), y, t) for name, (x, y, t) in splits.items()}
+    x_train = tables["train"].column("features").combine_chunks().flatten().to_numpy()
     manifest = Manifest(
         fingerprint=fingerprint, source_fingerprint=raw.fingerprint, shape=list(raw.shape),
+        binary_features=is_binary(x_train),
         rows={k: t.num_rows for k, t in tables.items()}, label_type=label_type,
         feature_names=raw.feature_names, scaler=scaler,
         target_shape=None if raw.target is None else list(raw.target.shape[1:]),
@@ -152,6 +157,11 @@ def prepare_dataset(data: DataSpec, out_dir: str | Path, log=print) -> tuple[Man
     write_atomically(out_dir, tables, manifest)
     log(f"prepare: wrote {out_dir} ({', '.join(f'{k} {v}' for k, v in manifest.rows.items())} rows)")
     return manifest, True
+
+
+def is_binary(values: np.ndarray) -> bool:
+    """Whether every value is exactly 0 or 1 (binarised images, indicator tables)."""
+    return bool(len(values)) and bool(np.isin(values, (0.0, 1.0)).all())
 
 
 def label_kind(y: np.ndarray | None) -> tuple[np.ndarray | None, str | None]:

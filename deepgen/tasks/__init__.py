@@ -54,6 +54,13 @@ class Task(Protocol):
     def export(self, dest: Path, models: dict[str, nn.Module], evaluation: Evaluation) -> Path:
         """Write the deployable model folder (see deepgen.export)."""
 
+    # Optional, read by the loop where a task has them:
+    #   monitor = (metric, "min" | "max")   the validation metric that picks the kept epoch and drives early
+    #                                       stopping when train.monitor is not set; (None, _): the last epoch
+    #   use_schedule(schedule)              the run's deepgen.train.optim.Schedule (warmup, decay,
+    #                                       accumulation, clipping), sized to its batches per epoch
+    #   end_epoch(models, optimizers)       after each epoch's last batch
+
 
 def task_class(kind: str) -> type:
     """The task that trains a `model.kind`."""

@@ -14,18 +14,21 @@ from pathlib import Path
 import torch
 
 from deepgen import anomaly
-from deepgen.config import PipelineSpec
+from deepgen.config import PipelineSpec, resolve_loss
 from deepgen.data.dataset import load_split, normal_mask
 from deepgen.data.prepare import Manifest
-from deepgen.export import AnomalyScorer, save_model_dir
+from deepgen.export import save_model_dir
 from deepgen.models import AUTOENCODERS, build_autoencoder
 from deepgen.models.autoencoders import Autoencoder, AutoencoderConfig
 from deepgen.models.vae import VAE
+from deepgen.scoring import Scorer
 from deepgen.tasks import Evaluation, unwrap
+from deepgen.train.optim import ScheduledTask
 
 
-def autoencoder_config(spec_model, shape: list[int]) -> AutoencoderConfig:
-    """The model's config dataclass: the spec fields it shares by name, the row shape, and the stack widths."""
+def autoencoder_config(spec_model, shape: list[int], binary_features: bool = False) -> AutoencoderConfig:
+    """The model's config dataclass: the spec fields it shares by name, the row shape, the stack widths, and
+    the loss `auto` resolves to for this data (bce for binary inputs, mse otherwise)."""
     m = spec_model
     config_cls = AUTOENCODERS[m.kind][1]
     conv = m.kind == "conv_autoencoder" or getattr(m, "architecture", "dense") == "conv"
@@ -34,15 +37,18 @@ def autoencoder_config(spec_model, shape: list[int]) -> AutoencoderConfig:
     if m.kind == "overcomplete_autoencoder" and m.latent_dim is None:
         values["latent_dim"] = 2 * math.prod(shape)
     if m.kind == "vae":  # `loss` and `decoder` name one choice; the model reads `decoder`
-        values |= {"decoder": m.likelihood, "loss": "mse" if m.likelihood == "gaussian" else "bce"}
+        likelihood = m.likelihood(binary_features)
+        values |= {"decoder": likelihood, "loss": "mse" if likelihood == "gaussian" else "bce"}
+    else:
+        values["loss"] = resolve_loss(m.loss, binary_features)
     return config_cls(**values)
 
 
-class AutoencoderTask:
+class AutoencoderTask(ScheduledTask):
     def __init__(self, spec: PipelineSpec, manifest: Manifest):
         self.spec = spec
         self.manifest = manifest
-        self.config = autoencoder_config(spec.model, manifest.shape)
+        self.config = autoencoder_config(spec.model, manifest.shape, manifest.binary_features)
 
     def build_models(self):
         return {"model": build_autoencoder(self.spec.model.kind, self.config)}
@@ -54,34 +60,40 @@ class AutoencoderTask:
         return {"model": torch.optim.AdamW(models["model"].parameters(), lr=t.lr, weight_decay=weight_decay)}
 
     def train_step(self, models, optimizers, batch):
-        model, opt = models["model"], optimizers["model"]
+        model = models["model"]
         x = batch["features"]  # (B, D) clean rows
         ae: Autoencoder = unwrap(model)
-        # forward through the DDP wrapper (it syncs gradients); the objective is the plain module's method
-        terms = ae.objective(x, model(ae.corrupt(x)))  # the loss compares with the clean x
-        opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        opt.step()
-        return {k: v.detach() for k, v in terms.items()}
+        # forward through the DDP wrapper (it syncs gradients); the objective is the plain module's method;
+        # the loss compares with the clean x
+        return self.update(models, optimizers, lambda: ae.objective(x, model(ae.corrupt(x))))
 
     def eval_step(self, models, batch):
         model, x = models["model"], batch["features"]
         terms = unwrap(model).objective(x, model(x))  # batch means; no corruption outside training
         return {k: v * len(x) for k, v in terms.items()}
 
+    def fit_scorer(self, model, data_dir: Path) -> Scorer:
+        """The `anomaly.score` statistics, fitted on the normal training rows (the rows the model learnt)."""
+        x_train, y_train = load_split(data_dir, "train")
+        x_normal = x_train[normal_mask(y_train, self.spec.anomaly, len(x_train))]
+        return Scorer.fit(self.spec.anomaly.score, model, x_normal)
+
     def evaluate(self, models, data_dir: Path) -> Evaluation:
         model = models["model"].eval()
         spec = self.spec
+        self.scorer = self.fit_scorer(model, data_dir)
         x_val, y_val = load_split(data_dir, "val")
-        val_scores = AnomalyScorer.scores_of(model, x_val)
+        val_scores = self.scorer.score(model, x_val)
         val_is_anomaly = ~normal_mask(y_val, spec.anomaly, len(x_val))
         # after a fallback (f1 without validation anomalies), the registry records the method really used
         threshold, method = anomaly.calibrate(val_scores, val_is_anomaly, spec.anomaly.threshold)
         x_test, y_test = load_split(data_dir, "test")
-        scores = AnomalyScorer.scores_of(model, x_test)
+        scores = self.scorer.score(model, x_test)
         is_anomaly = ~normal_mask(y_test, spec.anomaly, len(x_test))
         metrics = anomaly.evaluate_scores(scores, is_anomaly, threshold)
-        ev = Evaluation(metrics, registry_tags=anomaly.threshold_tags(threshold, method))
+        tags = anomaly.threshold_tags(threshold, method) | {"score": spec.anomaly.score,
+                                                             "resolved_loss": self.config.loss}
+        ev = Evaluation(metrics, registry_tags=tags)
         ev.figures = self._figures(model, x_test, scores, is_anomaly, threshold)
         return ev
 
@@ -100,5 +112,8 @@ class AutoencoderTask:
         return figures
 
     def export(self, dest: Path, models, evaluation: Evaluation) -> Path:
-        return save_model_dir(dest, "anomaly", self.spec.model, self.manifest, models["model"],
+        dest = save_model_dir(dest, "anomaly", self.spec.model, self.manifest, models["model"],
                               evaluation.registry_tags)
+        scorer = getattr(self, "scorer", None) or self.fit_scorer(models["model"].eval(), self.spec.data_dir)
+        scorer.save(dest)
+        return dest

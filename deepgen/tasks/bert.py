@@ -3,14 +3,12 @@
 Pretraining masks each batch afresh (dynamic masking, 80/10/10) and runs the MLM head on the masked
 positions only. Fine-tuning starts from a pretrained encoder (a registered `bert_pretrain` model, its
 exported folder, or a pretraining checkpoint) or from random initialisation, so the value of
-pretraining shows side by side in MLflow. Both use AdamW with warmup then linear or cosine decay,
-gradient accumulation and clipping; the learning rate follows the optimizer's own step count, so a
-resumed run continues the schedule where it stopped.
+pretraining shows side by side in MLflow. Both use AdamW with the loop's warmup and decay, gradient
+accumulation and clipping (`train:` in the spec, deepgen.train.optim).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import shutil
@@ -33,6 +31,7 @@ from deepgen.models.bert import (
     mask_tokens,
 )
 from deepgen.tasks import Evaluation, unwrap
+from deepgen.train.optim import Schedule
 
 BERT_CONFIG = "bert-config.json"  # written beside every pretraining checkpoint, so it can seed fine-tuning
 EVAL_MASK_SEED = 1234  # val/test masking is fixed, so epochs and models are compared on the same positions
@@ -56,74 +55,6 @@ def attention_mask(batch) -> torch.Tensor | None:
     if length.device.type == "cpu" and bool((length == ids.shape[1]).all()):
         return None
     return torch.arange(ids.shape[1], device=ids.device)[None, :] < length[:, None]
-
-
-class Schedule:
-    """AdamW steps with gradient accumulation, clipping, and warmup then linear/cosine/constant decay.
-
-    An accumulation window never spans two epochs: an epoch's last (batches mod grad_accum_steps) batches
-    are dropped (`end_epoch`), so every epoch makes the same number of updates, the learning rate reaches
-    its end exactly at the last one, and a run resumed at an epoch boundary repeats an uninterrupted one.
-    """
-
-    def __init__(self, m: BertSpec, lr: float, rows: int, batch_size: int, workers: int, epochs: int):
-        from deepgen.train.loop import train_batches
-
-        batches = train_batches(rows, batch_size, workers)  # per worker and epoch, as the loop runs them
-        if batches < m.grad_accum_steps:
-            raise DataError(f"model.grad_accum_steps: {m.grad_accum_steps} batches per update, but an epoch has "
-                            f"{batches} per worker; lower it or train.batch_size")
-        self.total = max(1, batches // m.grad_accum_steps * epochs)
-        self.warmup = int(m.warmup_fraction * self.total)
-        self.m, self.lr = m, lr
-        self.micro = 0
-        self.updates: int | None = None  # read from the optimizer once (a resumed run's), then counted here
-
-    def lr_at(self, step: int) -> float:
-        if step < self.warmup:
-            return self.lr * (step + 1) / self.warmup
-        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
-        decay = {"linear": 1 - progress, "cosine": 0.5 * (1 + math.cos(math.pi * progress)), "constant": 1.0}
-        return self.lr * decay[self.m.lr_decay]
-
-    @contextlib.contextmanager
-    def micro_batch(self, model):
-        """The block runs one batch's forward and `backward`; it yields whether this batch ends a window.
-        On the batches that only accumulate, DDP skips its gradient all-reduce: it decides that in the
-        forward pass, so the forward must run inside `no_sync` too, not only the backward."""
-        self.micro += 1
-        syncing = self.micro % self.m.grad_accum_steps == 0
-        with contextlib.nullcontext() if syncing or not hasattr(model, "no_sync") else model.no_sync():
-            yield syncing
-
-    def backward(self, loss: torch.Tensor) -> None:
-        (loss / self.m.grad_accum_steps).backward()
-
-    def end_epoch(self, optimizer) -> None:
-        """Drop a window the epoch's last batches left unfinished (their gradients were never synced)."""
-        if self.micro % self.m.grad_accum_steps:
-            optimizer.zero_grad(set_to_none=True)
-        self.micro = 0
-
-    def step(self, model, optimizer) -> None:
-        if self.m.clip_grad_norm:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), self.m.clip_grad_norm)
-        if self.updates is None:  # fused AdamW keeps its step count on the GPU: one read, not one per update
-            self.updates = optimizer_steps(optimizer)
-        lr = self.lr_at(self.updates)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        self.updates += 1
-
-
-def optimizer_steps(optimizer: torch.optim.Optimizer) -> int:
-    """Updates the optimizer has made (kept in its state, so checkpoints carry it)."""
-    for state in optimizer.state.values():
-        if "step" in state:
-            return int(state["step"])
-    return 0
 
 
 def read_split(data_dir: Path, split: str, columns: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -186,9 +117,7 @@ class BertPretrainTask:
         self.spec, self.manifest, self.m = spec, manifest, spec.model
         self.special = special_tokens(manifest)
         self.config = bert_config(self.m, manifest.vocab_size, manifest.max_len, self.special.pad)
-        t = spec.train
-        self.schedule = Schedule(self.m, t.lr, manifest.rows["train"], t.batch_size, spec.scaling.num_workers,
-                                 t.epochs)
+        self.schedule = Schedule(spec.train)  # the loop hands over the run's own (use_schedule)
 
     def build_models(self):
         return {"model": BertForPreTraining(self.config)}
@@ -207,6 +136,9 @@ class BertPretrainTask:
                 "nsp_accuracy": (out.nsp_correct / out.nsp_count.clamp(min=1)).detach(),
                 "mlm_loss_sum": (out.mlm_loss * out.mlm_count).detach(), "mlm_correct": out.mlm_correct.detach(),
                 "mlm_count": out.mlm_count.detach(), "tokens": batch["length"].sum()}
+
+    def use_schedule(self, schedule: Schedule) -> None:
+        self.schedule = schedule
 
     def end_epoch(self, models, optimizers) -> None:
         self.schedule.end_epoch(optimizers["model"])
@@ -257,9 +189,7 @@ class BertClassifierTask:
                                 f"{manifest.vocab_size}; prepare the text with the pretrained model's tokenizer")
         else:
             self.config = bert_config(self.m, manifest.vocab_size, manifest.max_len, special_tokens(manifest).pad)
-        t = spec.train
-        self.schedule = Schedule(self.m, t.lr, manifest.rows["train"], t.batch_size, spec.scaling.num_workers,
-                                 t.epochs)
+        self.schedule = Schedule(spec.train)  # the loop hands over the run's own (use_schedule)
 
     def build_models(self):
         model = BertForSequenceClassification(self.config, self.num_labels, dropout=self.m.classifier_dropout)
@@ -288,6 +218,9 @@ class BertClassifierTask:
             self.schedule.step(model, optimizers["model"])
         return {"loss": out.loss.detach(), "accuracy": (out.correct / out.count).detach(),
                 "tokens": batch["length"].sum()}
+
+    def use_schedule(self, schedule: Schedule) -> None:
+        self.schedule = schedule
 
     def end_epoch(self, models, optimizers) -> None:
         self.schedule.end_epoch(optimizers["model"])

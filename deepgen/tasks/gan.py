@@ -113,6 +113,8 @@ class GanTask:
     # broadcast rewrites batch norm's running statistics in place at every forward, which cuDNN's batch
     # norm backward then refuses (pytorch/pytorch issues 22095, 175024): each rank keeps its own instead.
     ddp_options = {"broadcast_buffers": False}
+    # no validation loss says which epoch of a minimax game is best: the last epoch is the model
+    monitor = (None, "min")
 
     def __init__(self, spec, manifest: Manifest):
         m = spec.model

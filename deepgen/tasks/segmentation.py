@@ -19,6 +19,7 @@ from deepgen.errors import DataError
 from deepgen.export import SegmentationPredictor, save_model_dir
 from deepgen.models.unet import UNet, UNetConfig
 from deepgen.tasks import Evaluation, unwrap
+from deepgen.train.optim import ScheduledTask
 
 
 def dice_iou(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
@@ -49,7 +50,7 @@ def _gray(x: np.ndarray, pixels: int) -> np.ndarray:
     return x.reshape(len(x), -1, pixels).mean(1)
 
 
-class SegmentationTask:
+class SegmentationTask(ScheduledTask):
     def __init__(self, spec: PipelineSpec, manifest: Manifest):
         if manifest.target_shape is None or len(manifest.shape) != 3:
             raise DataError(f"{spec.name}: model.kind unet needs images with masks "
@@ -72,12 +73,8 @@ class SegmentationTask:
         return {"model": torch.optim.AdamW(models["model"].parameters(), lr=t.lr, weight_decay=t.weight_decay)}
 
     def train_step(self, models, optimizers, batch):
-        model, opt = models["model"], optimizers["model"]
-        loss = UNet.loss(model(batch["features"]), batch["target"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return {"loss": loss.detach()}
+        model = models["model"]
+        return self.update(models, optimizers, lambda: {"loss": UNet.loss(model(batch["features"]), batch["target"])})
 
     def eval_step(self, models, batch):
         logits = models["model"](batch["features"])

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from deepgen.config import AnomalySpec
-from deepgen.data.dataset import normal_train_mask, split_path
+from deepgen.data.dataset import normal_mask, normal_train_mask, split_path
 from deepgen.errors import DataError
 from deepgen.files import copy_into_place
 
@@ -83,11 +83,12 @@ class LocalEnv:
         self._tables = {}
         self._splits: dict[tuple[str, tuple[str, ...]], Batch] = {}
         for split in ("train", "val"):
+            # an autoencoder for anomaly detection learns normal rows only, and is validated (its epoch
+            # chosen, its training stopped) on normal rows only: anomalies never choose the model
             table = pq.read_table(split_path(data_dir, split))
-            if split == "train":  # an autoencoder for anomaly detection learns normal rows only
-                labels = table.column("label") if "label" in table.column_names else None
-                table = table.filter(normal_train_mask(labels, anomaly, table.num_rows))
-            self._tables[split] = table
+            labels = table.column("label") if "label" in table.column_names else None
+            mask = normal_train_mask if split == "train" else normal_mask
+            self._tables[split] = table.filter(mask(labels, anomaly, table.num_rows))
 
     def num_rows(self, split: str) -> int:
         return self._tables[split].num_rows
@@ -131,7 +132,7 @@ class LocalEnv:
 class RayTrainEnv:
     """Inside `train_loop_per_worker`: dataset shards, DDP, `ray.train.report` with checkpoints."""
 
-    def __init__(self, use_gpu: bool, seed: int = 0, cache_shards: bool = True):
+    def __init__(self, use_gpu: bool, seed: int = 0, cache_shards: bool = True, train_rows: int | None = None):
         import ray.train
         import ray.train.torch
 
@@ -143,7 +144,13 @@ class RayTrainEnv:
         self.device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
         self.seed = seed
         self.cache_shards = cache_shards
+        self.train_rows = train_rows  # the (normal) training rows of all workers, counted by the driver
         self._cache: dict[str, Batch] = {}
+
+    def num_rows(self, split: str) -> int:
+        if split != "train" or self.train_rows is None:
+            raise ValueError(f"the driver counts only the train split's rows (asked for {split})")
+        return self.train_rows
 
     def batches(self, split: str, batch_size: int, epoch: int,
                 columns: tuple[str, ...] = TENSOR_COLUMNS) -> Iterator[Batch]:

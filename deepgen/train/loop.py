@@ -22,8 +22,10 @@ from deepgen.config import PipelineSpec
 from deepgen.data.prepare import Manifest, manifest_from_dict
 from deepgen.errors import DeepgenError, TrainingError, as_report, from_report
 from deepgen.tasks import Task, build_task, unwrap
+from deepgen.train.optim import Schedule
 
 STATE_FILE = "state.pt"
+BEST_FILE = "best.pt"  # the weights of the best epoch so far by train.monitor: what is evaluated and registered
 RANK_RNG_FILE = "rng-rank{rank}.pt"  # the random state of rank > 0 (rank 0's is in STATE_FILE)
 
 
@@ -43,7 +45,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     spec = PipelineSpec.model_validate(config["spec"])
     manifest = manifest_from_dict(config["manifest"])
-    env = RayTrainEnv(use_gpu=spec.scaling.use_gpu, seed=spec.train.seed, cache_shards=spec.train.cache_shards)
+    env = RayTrainEnv(use_gpu=spec.scaling.use_gpu, seed=spec.train.seed, cache_shards=spec.train.cache_shards,
+                      train_rows=config.get("train_rows"))
     on_epoch = None
     if env.world_rank == 0 and config.get("mlflow_run_id"):
         from deepgen import tracking
@@ -85,24 +88,28 @@ def _error_location(spec: PipelineSpec):
 
 def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> list[dict]:
     """Train `spec` in `env` (a `LocalEnv` or `RayTrainEnv`); returns the metric history."""
-    if spec.scaling.num_workers != env.world_size:  # a plain run: one process trains on every row
-        spec = spec.model_copy(update={"scaling": spec.scaling.model_copy(update={"num_workers": env.world_size})})
     task: Task = build_task(spec, manifest)
+    t = spec.train
     if hasattr(task, "share_losses"):  # its failure checks then see every rank's losses (see ERROR_FILE)
         task.share_losses(env.all_reduce, env.world_size)
-    seed_everything(spec.train.seed + env.world_rank)
+    if hasattr(task, "use_schedule"):  # warmup, decay, accumulation and clipping, sized to this run's batches
+        task.use_schedule(Schedule(t, train_batches(env.num_rows("train"), t.batch_size, env.world_size)))
+    seed_everything(t.seed + env.world_rank)
     models = {name: env.prepare_model(m, getattr(task, "ddp_options", None)) for name, m in task.build_models().items()}
     optimizers = task.build_optimizers(models)
-    start_epoch, history = 0, []
+    start_epoch, history, best = 0, [], None
     with env.checkpoint_to_resume() as resume:
         if resume is not None:
             start_epoch, history = load_checkpoint(resume, models, optimizers, rank=env.world_rank)
+            best = load_best(resume)
             env.say(f"resuming {spec.run_name} after epoch {start_epoch}")
+    selector = EpochSelector.for_task(spec, task, history)
 
     autocast = autocast_context(spec, env.device)
     columns = batch_columns(task)
-    t = spec.train
     for epoch in range(start_epoch + 1, t.epochs + 1):
+        if selector.stopped():  # a resumed run that had already stopped early
+            break
         start = time.perf_counter()
         for m in models.values():
             m.train()
@@ -141,10 +148,16 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
         }
         if "tokens" in sums:
             metrics["tokens_per_s"] = totals[keys.index("tokens")].item() / max(train_time, 1e-9)
+        if selector.offer(epoch, metrics):
+            best = {"epoch": epoch, "models": {k: cpu_state(m) for k, m in models.items()}}
+        if selector.monitor:
+            metrics["best_epoch"] = selector.best_epoch
         history.append({**metrics, "ended_at": time.time()})  # wall clock, for start-up cost benchmarks
         with tempfile.TemporaryDirectory(prefix="deepgen-ckpt-") as tmp:
             if env.world_rank == 0:
                 save_checkpoint(Path(tmp), models, optimizers, epoch, history)
+                if best is not None:
+                    torch.save(best, Path(tmp) / BEST_FILE)
                 if hasattr(task, "checkpoint_files"):  # what makes a checkpoint usable on its own
                     task.checkpoint_files(Path(tmp))
             else:  # each rank's random state joins rank 0's files in the same checkpoint folder
@@ -155,7 +168,52 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
                 on_epoch(metrics)
             env.say(f"epoch {epoch}/{t.epochs} " + " ".join(
                 f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"))
+            if selector.stopped():
+                env.say(f"early stopping: {selector.monitor} has not improved for {t.patience} epochs "
+                        f"(best {selector.best_value:.4g} at epoch {selector.best_epoch})")
     return history
+
+
+class EpochSelector:
+    """Which epoch is the model: the best by `train.monitor` (a validation metric), or the last; and whether
+    `train.patience` epochs without improvement have passed. Decided from the metric history alone, so a
+    resumed run makes the same choices (every rank sees the same all-reduced metrics)."""
+
+    def __init__(self, monitor: str | None, mode: str, patience: int | None, keep: str):
+        self.monitor, self.mode, self.patience = monitor, mode, patience
+        self.keep_best = keep == "best" and monitor is not None
+        self.best_epoch: int | None = None
+        self.best_value = math.nan
+        self.last_epoch = 0
+
+    @classmethod
+    def for_task(cls, spec: PipelineSpec, task: Task, history: list[dict]) -> EpochSelector:
+        t = spec.train
+        monitor, mode = (t.monitor, t.monitor_mode) if t.monitor else getattr(task, "monitor", ("val_loss", "min"))
+        selector = cls(monitor, mode, t.patience if monitor else None, t.keep)
+        for entry in history:
+            selector.offer(entry["epoch"], entry)
+        return selector
+
+    def offer(self, epoch: int, metrics: dict) -> bool:
+        """Record an epoch's metrics; True when its weights are the ones to keep."""
+        self.last_epoch = epoch
+        if self.monitor is None:
+            return False
+        if self.monitor not in metrics:
+            raise TrainingError(f"train.monitor: {self.monitor!r} is not a metric of this model; it reports "
+                                f"{', '.join(k for k in metrics if k.startswith('val_'))}")
+        value = float(metrics[self.monitor])
+        better = math.isfinite(value) and (self.best_epoch is None or
+                                           (value < self.best_value if self.mode == "min" else value > self.best_value))
+        if better:
+            self.best_epoch, self.best_value = epoch, value
+        return better and self.keep_best
+
+    def stopped(self) -> bool:
+        if not self.patience or self.best_epoch is None:
+            return False
+        return self.last_epoch - self.best_epoch >= self.patience
 
 
 @torch.no_grad()
@@ -263,9 +321,21 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_model_weights(directory: Path, task: Task) -> dict[str, torch.nn.Module]:
-    """Fresh modules of `task` with the weights of a checkpoint, in eval mode on the CPU."""
-    state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
+def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the model's weights on the CPU (the best epoch's, kept while training goes on)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in unwrap(model).state_dict().items()}
+
+
+def load_best(directory: Path) -> dict | None:
+    path = Path(directory) / BEST_FILE
+    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+
+
+def load_model_weights(directory: Path, task: Task, which: str = "kept") -> dict[str, torch.nn.Module]:
+    """Fresh modules of `task` with the weights of a checkpoint, in eval mode on the CPU: the kept epoch's
+    (the best by train.monitor where the checkpoint holds one, else its own epoch's), or `which="last"`."""
+    best = load_best(directory) if which == "kept" else None
+    state = best or torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
     models = task.build_models()
     for k, m in models.items():
         m.load_state_dict(state["models"][k])
