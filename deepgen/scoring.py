@@ -14,7 +14,7 @@ An autoencoder gives more than one signal that a row is unlike its training data
                     model rebuilds exactly, so an error where normal rows have none stands out
     latent          the Mahalanobis distance of the code h = f(x) to the normal rows' codes (Ledoit-Wolf
                     shrunk covariance): an input can be rebuilt well from a code that no normal row has
-    combined        z(log squared error) + z(log latent), each standardised by its mean and spread on
+    combined        z(log standardized) + z(log latent), each standardised by its mean and spread on
                     normal rows: an anomaly needs to look normal in neither the input space nor the code
 
 Every statistic is fitted once, after training, on the *normal training rows* (the rows the model learnt;
@@ -109,15 +109,16 @@ class Scorer:
         p = parts(model, x_normal, {"sq_error"} if method != "latent" else set())
         p |= parts(model, x_normal, {"code"}) if method != "standardized" else {}
         stats: dict[str, np.ndarray] = {}
-        if method == "standardized":
+        if method != "latent":
             mse = p["sq_error"].mean(0)  # (D,)
             # a feature no normal row gets wrong (a border pixel) would divide by ~0: floor it at a
             # thousandth of the mean error, so a tiny error there is large, not infinite
             stats["feature_mse"] = np.maximum(mse, 1e-3 * mse.mean() + 1e-12)
-            return cls(method, stats)
-        stats |= _latent_stats(p["code"])
+        if method != "standardized":
+            stats |= _latent_stats(p["code"])
         if method == "combined":
-            stats["log_stats"] = np.array([_mean_std(np.log(p["sq_error"].mean(1) + _EPS)),
+            error = (p["sq_error"] / stats["feature_mse"]).mean(1)
+            stats["log_stats"] = np.array([_mean_std(np.log(error + _EPS)),
                                            _mean_std(np.log(_mahalanobis(p["code"], stats) + _EPS))]).ravel()
         return cls(method, stats)
 
@@ -134,7 +135,7 @@ class Scorer:
         if self.method == "latent":
             return distance
         m_err, s_err, m_lat, s_lat = self.stats["log_stats"]
-        error = np.log(p["sq_error"].mean(1) + _EPS)
+        error = np.log((p["sq_error"] / self.stats["feature_mse"]).mean(1) + _EPS)
         return (error - m_err) / s_err + (np.log(distance + _EPS) - m_lat) / s_lat
 
     # --- the exported model's file ---

@@ -163,8 +163,8 @@ def test_pot_spec_rejects_a_risk_inside_the_fitted_tail():
 def _trained_autoencoder(seed: int = 0):
     """A small dense autoencoder trained briefly on bar images (label 0 normal, 1 the anomaly)."""
     import torch
-
     from conftest import bar_images
+
     from deepgen.models.autoencoders import AutoencoderConfig, DenseAutoencoder
 
     x, y = bar_images(300, seed=seed)
@@ -181,7 +181,7 @@ def _trained_autoencoder(seed: int = 0):
     return model.eval(), x, y
 
 
-@pytest.mark.parametrize("method", ["reconstruction", "standardized", "latent", "combined"])
+@pytest.mark.parametrize("method", ["reconstruction", "smoothed", "standardized", "latent", "combined"])
 def test_every_score_ranks_anomalies_above_normal_rows_and_survives_a_round_trip(tmp_path, method):
     from sklearn.metrics import roc_auc_score
 
@@ -193,7 +193,7 @@ def test_every_score_ranks_anomalies_above_normal_rows_and_survives_a_round_trip
     assert scores.dtype == np.float64 and scores.shape == (150,)
     # these vertical bars are encoded *inside* the normal codes' cloud: the code alone misses them (the latent
     # score ranks them below normal rows, and drags the combined one to 0.8); the errors do not
-    if method in ("reconstruction", "standardized"):
+    if method in ("reconstruction", "smoothed", "standardized"):
         assert roc_auc_score(y[150:] == 1, scores) > 0.9
     scorer.save(tmp_path)
     np.testing.assert_array_equal(Scorer.load(tmp_path).score(model, x[150:]), scores)
@@ -224,7 +224,7 @@ def test_latent_distance_is_the_mahalanobis_distance_to_the_normal_codes():
 
 
 def test_combined_adds_the_standardised_log_error_and_log_latent_distance():
-    from deepgen.scoring import Scorer, parts
+    from deepgen.scoring import Scorer
 
     model, x, y = _trained_autoencoder()
     normal = x[y == 0]
@@ -233,9 +233,27 @@ def test_combined_adds_the_standardised_log_error_and_log_latent_distance():
     def z(train, v):
         return (np.log(v + 1e-12) - np.log(train + 1e-12).mean()) / np.log(train + 1e-12).std()
 
-    error = parts(model, normal, {"sq_error"})["sq_error"].mean(1)
+    error = Scorer.fit("standardized", model, normal).score(model, normal)
     distance = latent.score(model, normal)
     np.testing.assert_allclose(combined.score(model, normal), z(error, error) + z(distance, distance), rtol=1e-6)
+
+
+def test_the_smoothed_score_blurs_the_residual_of_images_in_proportion_to_their_size():
+    """sigma = side / 28: a unit impulse spreads into a Gaussian of sigma 1 px on a 28 x 28 image (its
+    centre keeps 1 / (2 pi) of it) and keeps its mass; an 8 x 8 image is barely blurred; a table row not."""
+    import torch
+
+    from deepgen.scoring import gaussian_blur
+
+    impulse = torch.zeros(1, 28 * 28, dtype=torch.float64)
+    impulse[0, 14 * 28 + 14] = 1
+    blurred = gaussian_blur(impulse, (1, 28, 28)).view(28, 28)
+    assert blurred.sum().item() == pytest.approx(1.0)
+    assert blurred[14, 14].item() == pytest.approx(1 / (2 * np.pi), rel=0.01)
+    assert blurred[14, 13].item() == pytest.approx(blurred[14, 14].item() * np.exp(-0.5), rel=1e-6)
+    small = torch.rand(4, 64, dtype=torch.float64)
+    assert (gaussian_blur(small, (1, 8, 8)) - small).abs().max() < 0.02
+    assert torch.equal(gaussian_blur(small, (64,)), small)
 
 
 def test_an_unknown_score_is_refused():

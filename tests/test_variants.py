@@ -262,8 +262,8 @@ def _manifest(shape: list[int]):
 def test_quickstart_runs_every_variant_by_kind_alone(tmp_path):
     for kind in ("sparse_autoencoder", "denoising_autoencoder", "vae"):
         spec = quickstart_spec(tmp_path, kind)
-        assert spec.model.kind == kind and spec.model.hidden == [48] and spec.model.latent_dim == 8
-    # quickstart's 8-unit code contradicts an overcomplete model, so it names its own widths
+        assert spec.model.kind == kind and spec.model.hidden == [256] and spec.model.latent_dim == 32
+    # quickstart's 32-unit code contradicts an overcomplete model, so it names its own widths
     spec = quickstart_spec(tmp_path, "overcomplete_autoencoder", "model.hidden=[]", "model.latent_dim=null")
     from deepgen.tasks.autoencoder import autoencoder_config
 
@@ -346,7 +346,11 @@ def test_each_variant_trains_through_the_loop_and_exports_without_pickle(digits,
     scorer = AnomalyScorer.load(dest)
     assert type(scorer.model) is type(models["model"]) and scorer.model.config == models["model"].config
     x = np.random.default_rng(0).random((20, 64), dtype=np.float32)
-    np.testing.assert_array_equal(scorer.score(x), AnomalyScorer.scores_of(models["model"], x))
+    # the exported folder scores by the pipeline's score (auto: smoothed for these images), as the trained
+    # model does with the statistics fitted on its training rows
+    assert scorer.scorer.method == task.score == "smoothed"
+    fitted = task.fit_scorer(models["model"], spec.data_dir)
+    np.testing.assert_array_equal(scorer.score(x), fitted.score(models["model"], x))
 
 
 def test_vae_figures_show_samples_from_the_prior(digits):

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from deepgen import anomaly
-from deepgen.config import PipelineSpec, resolve_loss
+from deepgen.config import PipelineSpec, resolve_loss, resolve_score
 from deepgen.data.dataset import load_split, normal_mask
 from deepgen.data.prepare import Manifest
 from deepgen.export import save_model_dir
@@ -49,6 +49,7 @@ class AutoencoderTask(ScheduledTask):
         self.spec = spec
         self.manifest = manifest
         self.config = autoencoder_config(spec.model, manifest.shape, manifest.binary_features)
+        self.score = resolve_score(spec.anomaly.score, manifest.shape)  # what `auto` is for this data
 
     def build_models(self):
         return {"model": build_autoencoder(self.spec.model.kind, self.config)}
@@ -76,7 +77,7 @@ class AutoencoderTask(ScheduledTask):
         """The `anomaly.score` statistics, fitted on the normal training rows (the rows the model learnt)."""
         x_train, y_train = load_split(data_dir, "train")
         x_normal = x_train[normal_mask(y_train, self.spec.anomaly, len(x_train))]
-        return Scorer.fit(self.spec.anomaly.score, model, x_normal)
+        return Scorer.fit(self.score, model, x_normal)
 
     def evaluate(self, models, data_dir: Path) -> Evaluation:
         model = models["model"].eval()
@@ -91,7 +92,7 @@ class AutoencoderTask(ScheduledTask):
         scores = self.scorer.score(model, x_test)
         is_anomaly = ~normal_mask(y_test, spec.anomaly, len(x_test))
         metrics = anomaly.evaluate_scores(scores, is_anomaly, threshold)
-        tags = anomaly.threshold_tags(threshold, method) | {"score": spec.anomaly.score,
+        tags = anomaly.threshold_tags(threshold, method) | {"score": self.score,
                                                              "resolved_loss": self.config.loss}
         ev = Evaluation(metrics, registry_tags=tags)
         ev.figures = self._figures(model, x_test, scores, is_anomaly, threshold)
