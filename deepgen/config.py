@@ -186,7 +186,7 @@ def resolve_score(score: str, shape: list[int]) -> str:
     return "smoothed" if len(shape) == 3 else TABLE_SCORE
 
 
-TABLE_SCORE = "latent"
+TABLE_SCORE = "combined"
 
 
 def resolve_loss(loss: str | None, binary_features: bool) -> str:
@@ -557,7 +557,7 @@ class AnomalySpec(Spec):
     threshold: ThresholdSpec = Field(default_factory=FprThreshold)
     score: Literal["auto", "reconstruction", "smoothed", "standardized", "latent", "combined"] = Field(
         default="auto", description=(
-            "autoencoders: auto (smoothed for images, TABLE for tables: what won benchmarks/anomaly.py), "
+            "autoencoders: auto (smoothed for images, combined for tables: what won benchmarks/anomaly.py), "
             "reconstruction (the model's own error, a VAE's -ELBO), smoothed (images: the "
             "squared residual after a Gaussian blur of side/28 px), standardized (per-feature "
             "errors over their normal-row scale), latent (Mahalanobis distance of the code to the normal "
