@@ -9,17 +9,33 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from deepgen.errors import SpecError
 
 
 class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def _a_name(value: str) -> str:
+    # these names become folders (runs, pretrained copies), MLflow names and search filters: no "/", no
+    # "..", no quotes; a scheduled run appends -SLOT (17 characters) and a Ray Train run folder holds 255
+    if not NAME_PATTERN.fullmatch(value):
+        raise ValueError(f"{value!r} is not a name: letters, digits, '.', '_' and '-', starting with a letter "
+                         "or digit, at most 128 characters")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_a_name)]
 
 
 # --- data sources (a discriminated union on `kind`) ------------------------------------------------
@@ -431,7 +447,7 @@ class TrainSpec(Spec):
         default="auto", description="auto: bf16 autocast on GPU, fp32 on CPU"
     )
     seed: int = 0
-    run_name: str | None = Field(
+    run_name: Name | None = Field(
         default=None, description="Ray Train run name; the same name resumes. Default: NAME-SPECHASH"
     )
     checkpoints_to_keep: int = Field(default=2, gt=0)
@@ -517,7 +533,7 @@ class AnomalySpec(Spec):
 
 
 class RegistrySpec(Spec):
-    model_name: str = Field(description="registered model name in MLflow")
+    model_name: Name = Field(description="registered model name in MLflow")
     gate_metric: str = Field(default="roc_auc", description="test metric that decides the champion")
     greater_is_better: bool = True
 
@@ -620,7 +636,7 @@ class TuneSpec(Spec):
 
 
 class PipelineSpec(Spec):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: Name = Field(description="the pipeline's name: of its runs, data folder and MLflow experiment")
     data: DataSpec
     model: ModelSpec
     train: TrainSpec = Field(default_factory=TrainSpec)
