@@ -44,8 +44,12 @@ def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(tmp_
     spec4, manifest = _setup(tmp_path, **{"train.epochs": 4})
     uninterrupted = train_loop(spec4, manifest, _env(spec4, tmp_path / "a"))
 
-    spec2, _ = _setup(tmp_path, **{"train.epochs": 2})
-    train_loop(spec2, manifest, _env(spec2, tmp_path / "b"))
+    def stop_after_epoch_2(metrics):  # the process dies once epoch 2's checkpoint is written
+        if metrics["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_loop(spec4, manifest, _env(spec4, tmp_path / "b"), on_epoch=stop_after_epoch_2)
     resumed = train_loop(spec4, manifest, _env(spec4, tmp_path / "b"))  # same checkpoint folder: resume
 
     assert [h["epoch"] for h in resumed] == [1, 2, 3, 4]

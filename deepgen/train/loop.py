@@ -24,6 +24,7 @@ from deepgen.errors import DeepgenError, TrainingError, as_report, from_report
 from deepgen.tasks import Task, build_task, unwrap
 
 STATE_FILE = "state.pt"
+SPEC_HASH_FILE = "spec_hash.txt"  # in every checkpoint: the spec_hash() it was trained under
 RANK_RNG_FILE = "rng-rank{rank}.pt"  # the random state of rank > 0 (rank 0's is in STATE_FILE)
 
 
@@ -96,6 +97,7 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
     start_epoch, history = 0, []
     with env.checkpoint_to_resume() as resume:
         if resume is not None:
+            check_checkpoint_spec(resume, spec)
             start_epoch, history = load_checkpoint(resume, models, optimizers, rank=env.world_rank)
             env.say(f"resuming {spec.run_name} after epoch {start_epoch}")
 
@@ -144,7 +146,7 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
         history.append({**metrics, "ended_at": time.time()})  # wall clock, for start-up cost benchmarks
         with tempfile.TemporaryDirectory(prefix="deepgen-ckpt-") as tmp:
             if env.world_rank == 0:
-                save_checkpoint(Path(tmp), models, optimizers, epoch, history)
+                save_checkpoint(Path(tmp), models, optimizers, epoch, history, spec.spec_hash())
                 if hasattr(task, "checkpoint_files"):  # what makes a checkpoint usable on its own
                     task.checkpoint_files(Path(tmp))
             else:  # each rank's random state joins rank 0's files in the same checkpoint folder
@@ -218,7 +220,19 @@ def seed_everything(seed: int) -> None:
 # --- checkpoints -----------------------------------------------------------------------------------
 
 
-def save_checkpoint(directory: Path, models, optimizers, epoch: int, history: list[dict]) -> None:
+def check_checkpoint_spec(directory: Path, spec: PipelineSpec) -> None:
+    """Refuse to resume a checkpoint trained under another spec: the same run name with a changed model
+    or data would otherwise go on from weights of another shape (an error) or, worse, of the same shape."""
+    saved = Path(directory) / SPEC_HASH_FILE
+    found = saved.read_text().strip() if saved.is_file() else None  # None: saved before checkpoints carried it
+    if found is not None and found != spec.spec_hash():
+        raise TrainingError(f"train.run_name {spec.run_name}: its checkpoints are from spec {found}, "
+                            f"this spec is {spec.spec_hash()}; start a new run with --set train.run_name=NEW_NAME "
+                            "(or leave run_name unset: NAME-SPECHASH)")
+
+
+def save_checkpoint(directory: Path, models, optimizers, epoch: int, history: list[dict],
+                    spec_hash: str | None = None) -> None:
     state = {
         "models": {k: unwrap(m).state_dict() for k, m in models.items()},
         "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
@@ -227,6 +241,8 @@ def save_checkpoint(directory: Path, models, optimizers, epoch: int, history: li
     }
     torch.save(state, directory / STATE_FILE)
     (directory / "history.json").write_text(json.dumps(history))
+    if spec_hash is not None:
+        (directory / SPEC_HASH_FILE).write_text(spec_hash)
 
 
 def load_checkpoint(directory: Path, models, optimizers, rank: int = 0) -> tuple[int, list[dict]]:
