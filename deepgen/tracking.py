@@ -53,6 +53,26 @@ def client() -> MlflowClient:
     return MlflowClient()
 
 
+def filter_literal(value: str) -> str:
+    """`value` as a string literal of an MLflow search filter.
+
+    MLflow's filter parser strips the quotes around a value and knows no escapes (`'o''brien'` is searched
+    for as `o''brien`), so the value is quoted with a quote it does not hold; one holding both quotes or a
+    backslash (which ends the literal early) cannot be searched for at all and is refused."""
+    if "\\" not in value:
+        for quote in ("'", '"'):
+            if quote not in value:
+                return f"{quote}{value}{quote}"
+    raise RegistryError(f"{value!r}: a name with both quote marks or a backslash cannot be looked up in MLflow")
+
+
+NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+def _not_found(e: MlflowException) -> bool:
+    return e.error_code in NOT_FOUND
+
+
 # --- runs ------------------------------------------------------------------------------------------
 
 
@@ -69,14 +89,18 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def start_or_resume_run(experiment: str, run_name: str, artifact_root: Path, params: dict[str, Any],
-                        tags: dict[str, str]) -> str:
-    """The MLflow run of a Ray Train run name: created once, found again when the pipeline is rerun."""
+                        tags: dict[str, str], check_found=None) -> str:
+    """The MLflow run of a Ray Train run name: created once, found again when the pipeline is rerun.
+    `check_found(tags)` sees a found run's tags first and may refuse to resume it by raising."""
     c = client()
     exp = c.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else c.create_experiment(
         experiment, artifact_location=None if _remote_store() else (artifact_root / experiment).resolve().as_uri())
-    found = c.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1)
+    found = c.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = {filter_literal(run_name)}",
+                          max_results=1)
     if found:
+        if check_found is not None:
+            check_found(found[0].data.tags)
         run_id = found[0].info.run_id
         if found[0].info.status != "RUNNING":
             c.update_run(run_id, status="RUNNING")
@@ -156,14 +180,33 @@ class Registered:
 
 
 def find_version_for_run(name: str, run_name: str):
-    """The version a pipeline run already registered, so a rerun does not register twice."""
+    """The version a pipeline run already registered, so a rerun does not register twice; None if it
+    registered none. A registry that does not answer is an error, not "none": a rerun would register twice."""
     try:
-        versions = client().search_model_versions(f"name = '{name}'")
-    except MlflowException:
-        return None
-    for v in versions:
-        if v.tags.get(RUN_NAME_TAG) == run_name:
-            return client().get_model_version(name, v.version)  # search results carry no aliases
+        versions = client().search_model_versions(f"name = {filter_literal(name)}")
+        for v in versions:
+            if v.tags.get(RUN_NAME_TAG) == run_name:
+                return client().get_model_version(name, v.version)  # search results carry no aliases
+    except MlflowException as e:
+        raise _registry_error(name, e) from None
+    return None
+
+
+SETTLED_TAG = "deepgen.settled"  # on a version: the alias its run's gate gave it, set once that alias moved
+
+
+def settled(version) -> str | None:
+    """How a registered version was settled (the aliases it holds, the alias its gate gave it, or its place
+    in the champion history), or None if no alias was ever moved for it: only then may a rerun move one.
+
+    So a rerun never undoes a person's decision: a champion rolled back or replaced, or a challenger
+    overtaken, keeps the aliases it has now."""
+    if version.aliases:
+        return ", ".join(sorted(version.aliases))
+    if version.tags.get(SETTLED_TAG):
+        return f"{version.tags[SETTLED_TAG]} (since moved on)"
+    if any(m.version == str(version.version) for m in _recorded_moves(version.name)[0]):
+        return "champion (since moved on)"
     return None
 
 
@@ -200,10 +243,14 @@ def _wait_ready(name: str, version: str, timeout_s: float = 60):
 
 
 def champion(name: str):
+    """The version `champion` points at, None if there is none; a registry that does not answer raises
+    (read as "no champion", the gate would promote anything)."""
     try:
         return client().get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
+    except MlflowException as e:
+        if _not_found(e):
+            return None
+        raise _registry_error(name, e) from None
 
 
 def set_alias(name: str, alias: str, version: str) -> None:
@@ -339,7 +386,7 @@ def resolve(ref: str):
         if "/" in ref:
             name, version = ref.rsplit("/", 1)
             return c.get_model_version(name, version)
-        versions = c.search_model_versions(f"name = '{ref}'")
+        versions = c.search_model_versions(f"name = {filter_literal(ref)}")
     except MlflowException as e:
         raise _registry_error(ref, e) from None
     if not versions:
@@ -379,7 +426,7 @@ def read_family(model_dir: Path) -> str:
 def _registry_error(ref: str, e: MlflowException) -> RegistryError:
     """Not found (say what is there) told apart from a registry that did not answer (say where to look)."""
     uri = mlflow.get_registry_uri()
-    if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+    if _not_found(e):
         return RegistryError(f"{ref}: not found in the registry at {uri} ({first_line(e)}); "
                              "`deepgen models list` shows what is there")
     return RegistryError(f"the registry at {uri} did not answer ({first_line(e)[:200]}); check that the "
