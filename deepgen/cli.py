@@ -509,8 +509,19 @@ def _when(ms: int | None) -> str:
 # --- parser ----------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad flag is one line, `deepgen: error: argument --n: ...`, like every other bad input (argparse
+    prints its usage first); `--help` still shows the usage. Subcommand parsers are of the same class."""
+
+    def error(self, message: str):
+        self.exit(2, f"deepgen: error: {message}\n")
+
+
+MAX_SAMPLES = 4096  # `sample --n`: a grid of 512 rows already; 10**9 would fill the memory before failing
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="deepgen",
         description="Train, evaluate and register deep models with Ray Train and MLflow.",
         epilog="Tracking store: $MLFLOW_TRACKING_URI, else sqlite under the runs folder (deepgen-runs/).",
@@ -565,7 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample", help="a grid of images drawn from a registered GAN generator")
     _add_model_ref(p)
-    p.add_argument("--n", type=_at_least(1), default=64, help="images in the grid (8 per row)")
+    p.add_argument("--n", type=_at_least(1, MAX_SAMPLES), default=64,
+                   help=f"images in the grid (8 per row), at most {MAX_SAMPLES}")
     p.add_argument("--label", type=int, help="conditional GANs: the class to draw (default: every class in turn)")
     p.add_argument("--seed", type=_at_least(0), default=0, help="noise seed: the same seed gives the same grid")
     p.add_argument("--out", required=True, help="PNG file to write")
@@ -629,8 +641,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _at_least(minimum: int):
-    """An argparse type: a whole number >= minimum (argparse names the flag when it is not)."""
+def _at_least(minimum: int, maximum: int | None = None):
+    """An argparse type: a whole number >= minimum (and <= maximum; argparse names the flag when it is not)."""
 
     def whole_number(text: str) -> int:
         try:
@@ -639,6 +651,8 @@ def _at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{value} is too small; give {minimum} or more")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{value} is too large; give at most {maximum}")
         return value
 
     return whole_number

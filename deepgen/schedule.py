@@ -292,7 +292,9 @@ def pipeline_name(pipeline: str | Path) -> str:
     """The `name:` of a pipeline file (unvalidated; the CLI validates the whole file), else its stem."""
     path = Path(pipeline)
     try:
-        raw = yaml.safe_load(path.read_text())
+        from deepgen.config import load_yaml  # no aliases, as the pipeline itself is read
+
+        raw = load_yaml(path.read_text())
     except FileNotFoundError:
         raise ScheduleError(f"{path}: no such pipeline file") from None
     except yaml.YAMLError:

@@ -113,6 +113,8 @@ def _object_npy(p):
     ("torn.parquet", lambda p: p.write_bytes(b"PAR1garbagePAR1"), "cannot read Parquet file"),
     ("rows.bin", lambda p: p.write_bytes(b"\0" * 64), "give a .npy, .csv or .parquet file"),
     ("rows.npy", lambda p: p.mkdir(), "Is a directory"),  # an OSError, caught by main()
+    ("empty.npy", lambda p: np.save(p, np.zeros((0, 64), np.float32)), "no rows (shape (0, 64))"),
+    ("nothing.npy", lambda p: np.save(p, np.zeros((0,), np.float32)), "no rows (shape (0,))"),
 ])
 def test_score_refuses_an_unreadable_input_in_one_line_naming_it(deepgen, tmp_path, name, write, fragment):
     write(tmp_path / name)
