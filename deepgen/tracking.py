@@ -221,6 +221,7 @@ def log_and_register(run_id: str, model_dir: Path, name: str, tags: dict[str, An
             code_paths=[str(Path(__file__).parent)],
             pip_requirements=["torch", "numpy", "pyarrow", "pydantic", "scikit-learn", "pyyaml", "tokenizers"],
         )
+    tags = {**tags, MODEL_SHA256_TAG: model_sha256(model_dir)}
     c = client()
     try:
         c.get_registered_model(name)
@@ -230,6 +231,33 @@ def log_and_register(run_id: str, model_dir: Path, name: str, tags: dict[str, An
     version = c.create_model_version(name, info.model_uri, run_id=run_id,
                                      tags={k: str(v) for k, v in tags.items()}, model_id=info.model_id)
     return _wait_ready(name, version.version)
+
+
+MODEL_SHA256_TAG = "model_sha256"  # of the exported folder: weights, metadata, tokenizer
+
+
+def model_sha256(model_dir: Path) -> str:
+    """sha256 over every file of an exported model folder, by relative path and content, in path order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        digest.update(path.relative_to(model_dir).as_posix().encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def check_sha256(version, model_dir: Path) -> None:
+    """Refuse a fetched model whose files are not the ones registered (the artifact store was written to
+    since). Versions registered before the tag existed carry none and are not checked."""
+    expected = (version.tags or {}).get(MODEL_SHA256_TAG)
+    if expected and model_sha256(model_dir) != expected:
+        raise RegistryError(f"{version.name}/{version.version}: the model's files in the artifact store do not "
+                            f"match their registered {MODEL_SHA256_TAG}; they were changed after registration, so "
+                            "deepgen does not load them (check who can write to the artifact store)")
 
 
 def _wait_ready(name: str, version: str, timeout_s: float = 60):
@@ -404,6 +432,7 @@ def fetched_model_dir(version):
         found = list(Path(local).rglob("deepgen-model.json"))
         if not found:
             raise RegistryError(f"{version.name}/{version.version}: not a deepgen model (no deepgen-model.json)")
+        check_sha256(version, found[0].parent)
         yield found[0].parent
 
 

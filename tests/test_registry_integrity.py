@@ -161,3 +161,19 @@ def test_a_checkpoint_of_another_spec_is_not_resumed(tmp_path):
                                             rf"{changed.spec_hash()}; start a new run with --set train.run_name="):
         train_loop(changed, manifest, env(changed))
     assert train_loop(first, manifest, env(first))[-1]["epoch"] == 1  # its own spec still resumes
+
+
+# --- 9. a registered model is loaded only as it was registered ---------------------------------------
+
+
+def test_a_model_changed_in_the_artifact_store_is_refused_when_loaded(registry):
+    spec, manifest, c = registry
+    _register(spec, manifest, 0.8)
+    version = tracking.resolve(f"{NAME}/1")
+    with tracking.fetched_model_dir(version) as folder:  # loads: the files are the ones registered
+        assert version.tags[tracking.MODEL_SHA256_TAG] == tracking.model_sha256(folder)
+    (weights,) = spec.runs_dir.joinpath("mlartifacts").rglob("weights.pt")
+    weights.write_bytes(weights.read_bytes()[:-8] + b"tampered")  # someone with write access to the store
+    with pytest.raises(RegistryError, match=r"t-model/1: the model's files in the artifact store do not match "
+                                            r"their registered model_sha256"):
+        tracking.load_registered(version, family="anomaly")
