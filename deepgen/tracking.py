@@ -134,22 +134,48 @@ class EpochLogger:
 
     A resumed run starts after its last checkpointed epoch; epochs already in the history are skipped,
     so a restart does not duplicate metric history.
+
+    Best effort: the metrics are a view of the run, the checkpoints are the run. A tracking server that
+    does not answer is tried `attempts` times (each request failing fast instead of MLflow's minutes of
+    backoff), then the epoch is kept for the next call and training goes on with a warning; raising here
+    would end the worker, and with train.max_failures 0 lose the run.
     """
 
-    def __init__(self, run_id: str, tracking_uri: str):
+    def __init__(self, run_id: str, tracking_uri: str, attempts: int = 3, wait_s: float = 1.0,
+                 timeout_s: int = 5):
         self.run_id = run_id
         self.client = MlflowClient(tracking_uri)
-        logged = self.client.get_metric_history(run_id, "train_loss")
-        self.logged_epochs = {m.step for m in logged}
+        self.attempts, self.wait_s, self.timeout_s = attempts, wait_s, timeout_s
+        self.pending: list[dict[str, float]] = []
+        logged = self._try(lambda: self.client.get_metric_history(run_id, "train_loss"), "read the logged epochs")
+        self.logged_epochs = {m.step for m in logged or []}
 
     def __call__(self, metrics: dict[str, float]) -> None:
-        epoch = int(metrics["epoch"])
-        if epoch in self.logged_epochs:
+        if int(metrics["epoch"]) not in self.logged_epochs:
+            self.pending.append(metrics)
+        if not self.pending:
             return
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[
-            Metric(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"])
-        self.logged_epochs.add(epoch)
+        batch = [Metric(k, float(v), now, int(m["epoch"])) for m in self.pending for k, v in m.items() if k != "epoch"]
+        epochs = [int(m["epoch"]) for m in self.pending]
+        if self._try(lambda: self.client.log_batch(self.run_id, metrics=batch) or True,
+                     f"log epoch {', '.join(map(str, epochs))}") is not None:
+            self.logged_epochs.update(epochs)
+            self.pending = []
+
+    def _try(self, call, what: str):
+        """call()'s result, or None (with a warning) once every attempt failed."""
+        for attempt in range(self.attempts):
+            try:
+                with quick_requests(self.timeout_s):
+                    return call()
+            except Exception as e:  # noqa: BLE001 - any failure to reach the server: requests, MLflow, OS
+                error = e
+                if attempt + 1 < self.attempts:
+                    time.sleep(self.wait_s * 2 ** attempt)
+        print(f"[deepgen] warning: MLflow did not answer {self.attempts} times, could not {what} "
+              f"({first_line(error)[:200]}); training goes on, and the next epoch's log sends it too", flush=True)
+        return None
 
 
 def log_metrics(run_id: str, metrics: dict[str, float], prefix: str = "") -> None:
