@@ -18,9 +18,13 @@ from deepgen.errors import DataError, DeepgenError, first_line
 
 def _load_spec(args):
     from deepgen.config import PipelineSpec
+
+    spec = PipelineSpec.from_yaml(args.pipeline, overrides=args.set or [])
+    if not getattr(spec.model, "pretrained", None):  # orchestrate imports Ray, MLflow and torch: seconds
+        return spec
     from deepgen.orchestrate import resolve_inputs
 
-    return resolve_inputs(PipelineSpec.from_yaml(args.pipeline, overrides=args.set or []))
+    return resolve_inputs(spec)
 
 
 def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
@@ -43,21 +47,26 @@ def cmd_prepare(args) -> int:
 
 def cmd_train(args) -> int:
     from deepgen import orchestrate, tracking
+    from deepgen.locks import run_lock
 
     spec = _load_spec(args)
     uri = tracking.configure(spec.runs_dir)
-    manifest = orchestrate.prepare(spec)
-    with tracking.finishing(orchestrate.start_run(spec, manifest)) as run_id:
-        checkpoint = orchestrate.train(spec, manifest, run_id, uri)
+    with run_lock(spec):
+        manifest = orchestrate.prepare(spec)
+        with tracking.finishing(orchestrate.start_run(spec, manifest)) as run_id:
+            checkpoint = orchestrate.train(spec, manifest, run_id, uri)
     print(f"trained {spec.run_name}; final checkpoint: {checkpoint}")
     return 0
 
 
 def cmd_run(args) -> int:
-    from deepgen import orchestrate
+    from deepgen.locks import run_lock
 
     spec = _load_spec(args)
-    summary = orchestrate.run_pipeline(spec)
+    with run_lock(spec):  # before the imports of Ray, MLflow and torch: a second run is refused at once
+        from deepgen import orchestrate
+
+        summary = orchestrate.run_pipeline(spec)
     print_summary(summary)
     return 0
 

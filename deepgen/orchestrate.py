@@ -21,6 +21,7 @@ from deepgen.data.dataset import check_normal_rows, normal_mask, split_path
 from deepgen.data.prepare import Manifest, prepare_dataset
 from deepgen.errors import DeepgenError, TrainingError
 from deepgen.files import copy_into_place
+from deepgen.locks import run_lock
 from deepgen.tasks import Evaluation, Task, build_task
 
 
@@ -370,6 +371,11 @@ class Summary:
 
 
 def run_pipeline(spec: PipelineSpec, register_model: bool = True) -> Summary:
+    with run_lock(spec):
+        return _run_pipeline(spec, register_model)
+
+
+def _run_pipeline(spec: PipelineSpec, register_model: bool) -> Summary:
     uri = tracking.configure(spec.runs_dir)
     manifest = prepare(spec)
     # Before start_run, which would mark the finished MLflow run RUNNING again and leave it so.

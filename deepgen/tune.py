@@ -19,6 +19,7 @@ from deepgen import orchestrate, tracking
 from deepgen.config import PipelineSpec, TuneSpec, apply_override
 from deepgen.data.prepare import manifest_from_dict
 from deepgen.errors import TrainingError
+from deepgen.locks import run_lock
 
 
 def search_space(tune_spec: TuneSpec) -> dict[str, Any]:
@@ -78,15 +79,20 @@ class SweepResult:
 
 def run_sweep(spec: PipelineSpec) -> SweepResult:
     """Prepare, search, evaluate the best trial on test, register it through the gate."""
-    from ray import tune
-
     if spec.tune is None:
         raise TrainingError(f"{spec.name}: the pipeline has no `tune` section")
+    sweep = f"{spec.name}-sweep-{spec.spec_hash()}"
+    with run_lock(spec, sweep):  # one driver per sweep: a second would fight over its state
+        return _run_sweep(spec, sweep)
+
+
+def _run_sweep(spec: PipelineSpec, sweep: str) -> SweepResult:
+    from ray import tune
+
     t = spec.tune
     uri = tracking.configure(spec.runs_dir)
     manifest = orchestrate.prepare(spec)
     orchestrate.ensure_ray(spec)
-    sweep = f"{spec.name}-sweep-{spec.spec_hash()}"
     parent = tracking.start_or_resume_run(
         spec.experiment, sweep, spec.runs_dir / "mlartifacts",
         params=spec.model_dump(mode="json", exclude={"tracking"}),
