@@ -103,16 +103,25 @@ def _run_sweep(spec: PipelineSpec, sweep: str) -> SweepResult:
             "__manifest": manifest.model_dump(mode="json"), "__tracking_uri": uri, "__parent_run_id": parent,
             "__artifacts": str(spec.runs_dir / "mlartifacts"), "__sweep": sweep, "__metric": t.metric, "__mode": t.mode,
         }
-        tuner = tune.Tuner(
-            # The trial function only waits on its TorchTrainer, which reserves the workers' CPUs itself.
-            tune.with_resources(run_trial, {"CPU": 0.01}),
-            param_space=param_space,
-            tune_config=tune.TuneConfig(
-                metric=t.metric, mode=t.mode, num_samples=t.num_samples, max_concurrent_trials=t.max_concurrent_trials,
-                scheduler=_scheduler(t, spec.train.epochs), search_alg=_search_alg(t),
-            ),
-            run_config=tune.RunConfig(name=sweep, storage_path=spec.storage_path, verbose=1),
-        )
+        # The trial function only waits on its TorchTrainer, which reserves the workers' CPUs itself.
+        trainable = tune.with_resources(run_trial, {"CPU": 0.01})
+        state = f"{spec.storage_path.rstrip('/')}/{sweep}"
+        if tune.Tuner.can_restore(state):  # a driver that died mid-sweep: its trials go on, none starts over
+            orchestrate.say(f"tune: resuming sweep {sweep} from {state}")
+            # unfinished trials resume from their checkpoints (same trial ids, so the same child runs);
+            # errored ones stay errored: their error (a diverged loss, a bad spec) would come again
+            tuner = tune.Tuner.restore(state, trainable=trainable, param_space=param_space, resume_unfinished=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space,
+                tune_config=tune.TuneConfig(
+                    metric=t.metric, mode=t.mode, num_samples=t.num_samples,
+                    max_concurrent_trials=t.max_concurrent_trials,
+                    scheduler=_scheduler(t, spec.train.epochs), search_alg=_search_alg(t),
+                ),
+                run_config=tune.RunConfig(name=sweep, storage_path=spec.storage_path, verbose=1),
+            )
         orchestrate.say(f"tune: {t.num_samples} samples, {t.max_concurrent_trials} at a time, "
                         f"{t.metric} ({t.mode}), scheduler {'ASHA' if t.scheduler else 'none'}")
         grid = tuner.fit()
