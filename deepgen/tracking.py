@@ -251,7 +251,9 @@ def log_and_register(run_id: str, model_dir: Path, name: str, tags: dict[str, An
     c = client()
     try:
         c.get_registered_model(name)
-    except MlflowException:
+    except MlflowException as e:
+        if not _not_found(e):
+            raise _registry_error(name, e) from None
         c.create_registered_model(name, description="deepgen model; see version tags for threshold and lineage")
     # model_id: a tracking server refuses a `models:/m-...` source without it (a SQLite store does not)
     version = c.create_model_version(name, info.model_uri, run_id=run_id,
