@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deepgen import tracking
-from deepgen.config import PipelineSpec, TextSpec
+from deepgen.config import NAME_PATTERN, PipelineSpec, TextSpec
 from deepgen.data.dataset import check_normal_rows, normal_mask, split_path
 from deepgen.data.prepare import Manifest, prepare_dataset
 from deepgen.errors import DeepgenError, TrainingError
@@ -82,6 +82,8 @@ def resolve_inputs(spec: PipelineSpec) -> PipelineSpec:
             raise DeepgenError(f"model.pretrained: {ref!r} is neither a folder nor NAME@ALIAS / NAME/VERSION")
         tracking.configure(spec.runs_dir)
         version = tracking.resolve(ref)
+        if not NAME_PATTERN.fullmatch(version.name):  # registered outside deepgen: it names a folder here
+            raise DeepgenError(f"model.pretrained: registered model name {version.name!r} cannot name a folder")
         local = spec.runs_dir / "pretrained" / f"{version.name}-v{version.version}"
         if not (local / TOKENIZER_FILE).is_file():
             with tracking.fetched_model_dir(version) as fetched:
