@@ -158,10 +158,14 @@ class EpochLogger:
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, int(m["epoch"])) for m in self.pending for k, v in m.items() if k != "epoch"]
         epochs = [int(m["epoch"]) for m in self.pending]
-        if self._try(lambda: self.client.log_batch(self.run_id, metrics=batch) or True,
-                     f"log epoch {', '.join(map(str, epochs))}") is not None:
+        if self._try(lambda: self._send(batch), f"log epoch {', '.join(map(str, epochs))}") is not None:
             self.logged_epochs.update(epochs)
             self.pending = []
+
+    def _send(self, batch: list[Metric]) -> bool:
+        for i in range(0, len(batch), 1000):  # MLflow takes at most 1000 metrics per batch
+            self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
+        return True
 
     def _try(self, call, what: str):
         """call()'s result, or None (with a warning) once every attempt failed."""
