@@ -164,3 +164,27 @@ def test_a_plain_run_killed_while_writing_a_checkpoint_resumes_from_the_last_who
     monkeypatch.setattr(env_module.shutil, "copytree", shutil.copytree)
     assert env.latest_checkpoint().name == "checkpoint_000001"
     assert (env.latest_checkpoint() / "state.pt").read_bytes() == b"whole"
+
+
+def test_an_epoch_checkpointed_but_not_logged_before_a_crash_is_logged_on_resume(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from deepgen.tracking import EpochLogger
+
+    spec, manifest = _setup(tmp_path, **{"train.epochs": 4})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = MlflowClient(uri)
+    run_id = c.create_run(c.create_experiment("t")).info.run_id
+    logger = EpochLogger(run_id, uri)
+
+    def dies_before_logging_epoch_2(metrics):  # its checkpoint is written, its metrics are not
+        if metrics["epoch"] == 2:
+            raise KeyboardInterrupt
+        logger(metrics)
+
+    with pytest.raises(KeyboardInterrupt):
+        train_loop(spec, manifest, _env(spec, tmp_path / "ckpt"), on_epoch=dies_before_logging_epoch_2)
+    train_loop(spec, manifest, _env(spec, tmp_path / "ckpt"), on_epoch=EpochLogger(run_id, uri))  # resumes after 2
+    history = c.get_metric_history(run_id, "train_loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]  # each epoch once, epoch 2 too
+    assert "ended_at" not in c.get_run(run_id).data.metrics

@@ -100,6 +100,9 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
             check_checkpoint_spec(resume, spec)
             start_epoch, history = load_checkpoint(resume, models, optimizers, rank=env.world_rank)
             env.say(f"resuming {spec.run_name} after epoch {start_epoch}")
+            if on_epoch is not None:  # epochs checkpointed but not logged when the last attempt died
+                for h in history:
+                    on_epoch({k: v for k, v in h.items() if k != "ended_at"})
 
     autocast = autocast_context(spec, env.device)
     columns = batch_columns(task)
