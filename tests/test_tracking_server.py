@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -95,3 +96,44 @@ def test_a_run_goes_on_and_registers_while_the_tracking_server_is_away_for_epoch
     reg = orchestrate.register(spec, manifest, ev, models, task, run_id)
     assert (reg.version, reg.alias) == ("1", "champion")
     assert str(c.get_model_version_by_alias("t-model", "champion").version) == "1"
+
+
+@pytest.mark.ray
+def test_a_ray_train_run_with_no_restarts_survives_the_server_going_away(server, tmp_path, monkeypatch, ray_local,
+                                                                          capfd):
+    """The failure this guards: rank 0's epoch log raised into the worker, and with max_failures 0 the run
+    was lost. Here the server stops after epoch 1 and comes back some seconds later, during training."""
+    import threading
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    spec = PipelineSpec.from_yaml(write_pipeline(
+        tmp_path / "p.yaml", train={"epochs": 8, "batch_size": 64, "max_failures": 0}))
+    tracking.configure(spec.runs_dir)
+    manifest, _ = prepare_dataset(spec.data, spec.data_dir, log=lambda m: None)
+    run_id = orchestrate.start_run(spec, manifest)
+    c = MlflowClient(server.uri)
+    outage = {}
+
+    def take_the_server_away():  # once epoch 1 is logged: stopped, then back 5 s later
+        while not c.get_metric_history(run_id, "train_loss"):
+            time.sleep(0.1)
+        server.stop()
+        outage["stopped"] = time.time()
+        time.sleep(5)
+        server.start()
+        outage["back"] = time.time()
+
+    helper = threading.Thread(target=take_the_server_away, daemon=True)
+    helper.start()
+    with tracking.finishing(run_id):
+        checkpoint = orchestrate.train(spec, manifest, run_id, server.uri)  # raised TrainingError before
+        helper.join(120)
+        try:
+            ev, models, task = orchestrate.evaluate(spec, manifest, checkpoint)
+        finally:
+            shutil.rmtree(checkpoint, ignore_errors=True)  # train()'s local copy
+        reg = orchestrate.register(spec, manifest, ev, models, task, run_id)
+    assert "stopped" in outage and "back" in outage
+    assert "MLflow did not answer 3 times" in capfd.readouterr().out  # rank 0's warning, through Ray's log
+    assert ev.history[-1]["epoch"] == 8 and (reg.version, reg.alias) == ("1", "champion")
+    assert 1 in {m.step for m in c.get_metric_history(run_id, "train_loss")}
