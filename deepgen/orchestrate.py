@@ -19,7 +19,7 @@ from deepgen import tracking
 from deepgen.config import NAME_PATTERN, PipelineSpec, TextSpec
 from deepgen.data.dataset import check_normal_rows, normal_mask, split_path
 from deepgen.data.prepare import Manifest, prepare_dataset
-from deepgen.errors import DeepgenError, TrainingError
+from deepgen.errors import DeepgenError, RegistryError, TrainingError
 from deepgen.files import copy_into_place
 from deepgen.locks import run_lock
 from deepgen.tasks import Evaluation, Task, build_task
@@ -254,10 +254,17 @@ def evaluate(spec: PipelineSpec, manifest: Manifest, checkpoint_dir: Path) -> tu
 
 
 def score_champion_on(spec: PipelineSpec, version) -> dict[str, float] | None:
-    """Test metrics of an existing version on *this* pipeline's test split, or None if it cannot run on it."""
+    """Test metrics of an existing version on *this* pipeline's test split, or None if it cannot run on it.
+
+    A registry that does not answer, or a champion whose files no longer match their sha256, is raised, not
+    read as "cannot run here": the gate would keep that champion without a word."""
     try:
         predictor = tracking.load_registered(version)
-    except DeepgenError:
+    except tracking.NotADeepgenModel:
+        return None
+    except RegistryError:
+        raise
+    except DeepgenError:  # a family or format this deepgen cannot load
         return None
     return predictor.evaluate(spec.data_dir, spec.anomaly)
 

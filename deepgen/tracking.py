@@ -454,6 +454,10 @@ def resolve(ref: str):
     return max(versions, key=lambda v: int(v.version))
 
 
+class NotADeepgenModel(RegistryError):
+    """A registered version deepgen did not export (no deepgen-model.json)."""
+
+
 @contextlib.contextmanager
 def fetched_model_dir(version):
     """The exported model folder of a registered version, fetched through the registry into a temporary
@@ -463,7 +467,7 @@ def fetched_model_dir(version):
             artifact_uri=f"models:/{version.name}/{version.version}", dst_path=dest)
         found = list(Path(local).rglob("deepgen-model.json"))
         if not found:
-            raise RegistryError(f"{version.name}/{version.version}: not a deepgen model (no deepgen-model.json)")
+            raise NotADeepgenModel(f"{version.name}/{version.version}: not a deepgen model (no deepgen-model.json)")
         check_sha256(version, found[0].parent)
         yield found[0].parent
 

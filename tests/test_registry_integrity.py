@@ -177,3 +177,7 @@ def test_a_model_changed_in_the_artifact_store_is_refused_when_loaded(registry):
     with pytest.raises(RegistryError, match=r"t-model/1: the model's files in the artifact store do not match "
                                             r"their registered model_sha256"):
         tracking.load_registered(version, family="anomaly")
+    # the gate rescoring that champion on other data says so too, instead of keeping it without a word
+    other = manifest.model_copy(update={"fingerprint": "another-dataset"})
+    with pytest.raises(RegistryError, match="do not match their registered model_sha256"):
+        orchestrate.gate(spec, other, {"roc_auc": 0.9})
