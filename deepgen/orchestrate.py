@@ -391,19 +391,7 @@ def _run_pipeline(spec: PipelineSpec, register_model: bool) -> Summary:
     existing = tracking.find_version_for_run(spec.registry.model_name, spec.run_name)
     if existing is not None:
         check_same_spec(spec, f"registered {existing.name} v{existing.version}", existing.tags.get("spec_hash"))
-        how = tracking.settled(existing)
-        if how is None:  # registered, then stopped before its alias moved
-            say(f"register: {spec.run_name} registered {existing.name} v{existing.version} but no alias moved; "
-                "finishing that")
-            metrics = {k.removeprefix("test_"): float(v) for k, v in existing.tags.items()
-                       if k.startswith("test_") and _is_number(v)}
-            reg = settle_alias(spec, manifest, existing, metrics)
-            return Summary(spec, uri, existing.run_id, reg, None, reused=True)
-        say(f"register: {spec.run_name} already registered {existing.name} v{existing.version}, already settled "
-            f"as {how}; nothing to do")
-        reg = tracking.Registered(existing.name, str(existing.version), ", ".join(existing.aliases or []) or "-",
-                                  None, existing.tags.get("gate", ""))
-        return Summary(spec, uri, existing.run_id, reg, None, reused=True)
+        return Summary(spec, uri, existing.run_id, reuse_registered(spec, manifest, existing), None, reused=True)
     run_id = start_run(spec, manifest)
     with tracking.finishing(run_id):
         checkpoint = train(spec, manifest, run_id, uri)
@@ -416,6 +404,22 @@ def _run_pipeline(spec: PipelineSpec, register_model: bool) -> Summary:
         log_evaluation(run_id, ev)
         reg = register(spec, manifest, ev, models, task, run_id) if register_model else None
     return Summary(spec, uri, run_id, reg, ev)
+
+
+def reuse_registered(spec: PipelineSpec, manifest: Manifest, existing) -> tracking.Registered:
+    """The version a run name registered before: its alias is moved only if it never was (the process
+    stopped in between); a settled version is reported as it is, so a rerun never undoes a person's move."""
+    how = tracking.settled(existing)
+    if how is None:
+        say(f"register: {spec.run_name} registered {existing.name} v{existing.version} but no alias moved; "
+            "finishing that")
+        metrics = {k.removeprefix("test_"): float(v) for k, v in existing.tags.items()
+                   if k.startswith("test_") and _is_number(v)}
+        return settle_alias(spec, manifest, existing, metrics)
+    say(f"register: {spec.run_name} already registered {existing.name} v{existing.version}, already settled "
+        f"as {how}; nothing to do")
+    return tracking.Registered(existing.name, str(existing.version), ", ".join(existing.aliases or []) or "-",
+                               None, existing.tags.get("gate", ""))
 
 
 def _is_number(text: str) -> bool:

@@ -140,6 +140,10 @@ def _run_sweep(spec: PipelineSpec, sweep: str) -> SweepResult:
         best_spec = trial_spec(_with_absolute_paths(spec), values, f"{sweep}-{best_name}")
         epoch, best_value, path = _best_epoch(best.metrics_dataframe, t.metric, t.mode)
         orchestrate.say(f"tune: best trial {best_name} {values}: {t.metric}={best_value:.5g} at epoch {epoch}")
+        existing = tracking.find_version_for_run(spec.registry.model_name, best_spec.run_name)
+        if existing is not None:  # a rerun of a finished (restored) sweep registers nothing new
+            registered = orchestrate.reuse_registered(best_spec, manifest, existing)
+            return SweepResult(best_name, values, best_value, trials, registered, None, parent, epoch)
         with tempfile.TemporaryDirectory(prefix="deepgen-best-") as checkpoint:
             _copy_checkpoint(path, Path(checkpoint), spec.storage_path)
             ev, models, task = orchestrate.evaluate(best_spec, manifest, Path(checkpoint))
@@ -199,7 +203,7 @@ def _trial_rows(grid, t: TuneSpec, paths: list[str]) -> list[dict[str, Any]]:
         best = None if seen is None or seen.empty else float(seen.min() if t.mode == "min" else seen.max())
         rows.append({
             "trial": metrics.get("trial_id") or (r.path.rstrip("/").split("/")[-1] if r.path else "?"),
-            "values": {k: r.config.get(k) for k in paths},
+            "values": {k: (r.config or {}).get(k) for k in paths},  # None: a restored trial that never reported
             "status": "error" if r.error else "done",
             "epochs": int(metrics.get("epoch", 0)),
             "metric": metrics.get(t.metric),  # at the last epoch
