@@ -18,9 +18,13 @@ from deepgen.errors import DataError, DeepgenError, first_line
 
 def _load_spec(args):
     from deepgen.config import PipelineSpec
+
+    spec = PipelineSpec.from_yaml(args.pipeline, overrides=args.set or [])
+    if not getattr(spec.model, "pretrained", None):  # orchestrate imports Ray, MLflow and torch: seconds
+        return spec
     from deepgen.orchestrate import resolve_inputs
 
-    return resolve_inputs(PipelineSpec.from_yaml(args.pipeline, overrides=args.set or []))
+    return resolve_inputs(spec)
 
 
 def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
@@ -43,21 +47,26 @@ def cmd_prepare(args) -> int:
 
 def cmd_train(args) -> int:
     from deepgen import orchestrate, tracking
+    from deepgen.locks import run_lock
 
     spec = _load_spec(args)
     uri = tracking.configure(spec.runs_dir)
-    manifest = orchestrate.prepare(spec)
-    with tracking.finishing(orchestrate.start_run(spec, manifest)) as run_id:
-        checkpoint = orchestrate.train(spec, manifest, run_id, uri)
+    with run_lock(spec):
+        manifest = orchestrate.prepare(spec)
+        with tracking.finishing(orchestrate.start_run(spec, manifest)) as run_id:
+            checkpoint = orchestrate.train(spec, manifest, run_id, uri)
     print(f"trained {spec.run_name}; final checkpoint: {checkpoint}")
     return 0
 
 
 def cmd_run(args) -> int:
-    from deepgen import orchestrate
+    from deepgen.locks import run_lock
 
     spec = _load_spec(args)
-    summary = orchestrate.run_pipeline(spec)
+    with run_lock(spec):  # before the imports of Ray, MLflow and torch: a second run is refused at once
+        from deepgen import orchestrate
+
+        summary = orchestrate.run_pipeline(spec)
     print_summary(summary)
     return 0
 
@@ -139,7 +148,7 @@ def cmd_score(args) -> int:
     from deepgen import anomaly, tracking
 
     out = Path(args.output)
-    _check_output(out, Path(args.input))
+    _check_output(out, Path(args.input), force=args.force)
     tracking.configure(args.runs_dir)
     version = tracking.resolve(args.model)
     if "threshold" not in version.tags:
@@ -175,7 +184,7 @@ def cmd_predict(args) -> int:
     if not args.input or not args.output:
         raise DeepgenError(f"{args.model}: a segmentation model needs --input IMAGES and --output MASKS")
     out = Path(args.output)
-    _check_output(out, Path(args.input), folder=out.suffix not in (".npy", ".parquet"))
+    _check_output(out, Path(args.input), folder=out.suffix not in (".npy", ".parquet"), force=args.force)
     masks = predictor.predict(predictor.read_input(args.input))  # (N, H, W) uint8
     write_masks(masks, out)
     print(f"predicted {len(masks)} masks with {version.name} v{version.version} "
@@ -189,7 +198,7 @@ def _predict_texts(args, classifier, version) -> int:
     if args.output:
         if Path(args.output).suffix != ".parquet":
             raise DeepgenError(f"{args.output}: texts are written as Parquet; give --output FILE.parquet")
-        _check_output(Path(args.output), *([Path(args.input)] if args.input else []))
+        _check_output(Path(args.output), *([Path(args.input)] if args.input else []), force=args.force)
     if args.input:
         texts += classifier.read_input(args.input, args.text_column)
     if not texts:
@@ -230,7 +239,7 @@ def cmd_sample(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise DeepgenError(f"{out}: --out is written as a PNG image; give a .png file")
-    _check_output(out)
+    _check_output(out, force=args.force)
     sampler, version = _generator(args)
     try:
         grid = sampler.sample_grid(args.n, args.label, seed=args.seed)
@@ -252,7 +261,7 @@ def cmd_upscale(args) -> int:
     src, out = Path(args.input), Path(args.output)
     if not src.is_dir() and not (src.suffix == ".npy" and src.is_file()):
         raise DataError(f"{src}: give a folder of .png images or a .npy array")
-    _check_output(out, src, folder=out.suffix != ".npy")
+    _check_output(out, src, folder=out.suffix != ".npy", force=args.force)
     sampler, version = _generator(args)
     images, names = _read_images(src, sampler.meta.shape[0])
     if out.suffix == ".npy" and len({img.shape for img in images}) > 1:
@@ -338,12 +347,23 @@ def write_masks(masks, out: Path) -> None:
                                         format="png")
 
 
-def _check_output(out: Path, *inputs: Path, folder: bool = False) -> None:
+def _check_output(out: Path, *inputs: Path, folder: bool = False, force: bool = False) -> None:
     """Refuse, before any work, an output that would replace an input, or a folder output that is a file or
-    already holds files (they would be mixed with, or lost to, the new ones)."""
+    already holds files (they would be mixed with, or lost to, the new ones).
+
+    A file output is a new path, or an existing regular file with --force. The output is renamed into
+    place, so a symbolic link, a device node (/dev/full) or a pipe there would be replaced by a file
+    (as root, the device node itself): those are refused, as is a folder."""
     for src in inputs:
         if out.resolve() == src.resolve():
             raise DeepgenError(f"{out}: the output would replace the input; give another path")
+    if out.is_symlink():
+        raise DeepgenError(f"{out}: is a symbolic link; give the path of a new file (links are not followed "
+                           "or replaced)")
+    if out.exists() and not out.is_dir() and not out.is_file():
+        raise DeepgenError(f"{out}: is not a regular file (a device, pipe or socket); give the path of a new file")
+    if not folder and out.is_file() and not force:
+        raise DeepgenError(f"{out}: already exists; add --force to replace it, or give a new path")
     if folder and out.exists() and not out.is_dir():
         raise DeepgenError(f"{out}: is a file; give a new or empty folder for the images")
     if folder and out.is_dir() and any(out.iterdir()):
@@ -502,8 +522,19 @@ def _when(ms: int | None) -> str:
 # --- parser ----------------------------------------------------------------------------------------
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad flag is one line, `deepgen: error: argument --n: ...`, like every other bad input (argparse
+    prints its usage first); `--help` still shows the usage. Subcommand parsers are of the same class."""
+
+    def error(self, message: str):
+        self.exit(2, f"deepgen: error: {message}\n")
+
+
+MAX_SAMPLES = 4096  # `sample --n`: a grid of 512 rows already; 10**9 would fill the memory before failing
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="deepgen",
         description="Train, evaluate and register deep models with Ray Train and MLflow.",
         epilog="Tracking store: $MLFLOW_TRACKING_URI, else sqlite under the runs folder (deepgen-runs/).",
@@ -540,6 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_model_ref(p)
         p.add_argument("--input", required=True, help=input_help)
         p.add_argument("--output", required=True, help=output_help)
+        _add_force(p)
         p.set_defaults(func=func)
 
     p = sub.add_parser("predict", help="masks for images, or labels for texts, with a registered model",
@@ -552,19 +584,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-column", default="text", help="column of --input tables holding the text")
     p.add_argument("--output", help="masks.npy / masks.parquet / PNG folder; for texts an optional .parquet")
     p.add_argument("--json", action="store_true", help="texts: one JSON object per line")
+    _add_force(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("sample", help="a grid of images drawn from a registered GAN generator")
     _add_model_ref(p)
-    p.add_argument("--n", type=_at_least(1), default=64, help="images in the grid (8 per row)")
+    p.add_argument("--n", type=_at_least(1, MAX_SAMPLES), default=64,
+                   help=f"images in the grid (8 per row), at most {MAX_SAMPLES}")
     p.add_argument("--label", type=int, help="conditional GANs: the class to draw (default: every class in turn)")
     p.add_argument("--seed", type=_at_least(0), default=0, help="noise seed: the same seed gives the same grid")
     p.add_argument("--out", required=True, help="PNG file to write")
+    _add_force(p)
     p.set_defaults(func=cmd_sample)
     p = sub.add_parser("upscale", help="super-resolve images with a registered SRGAN generator")
     _add_model_ref(p)
     p.add_argument("--input", required=True, help="a folder of .png images, or a .npy (N, [C,] h, w)")
     p.add_argument("--output", required=True, help="a folder for the PNGs, or a .npy file")
+    _add_force(p)
     p.set_defaults(func=cmd_upscale)
 
     p = sub.add_parser("corpus", help="write an offline text corpus for the BERT pipelines",
@@ -618,8 +654,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _at_least(minimum: int):
-    """An argparse type: a whole number >= minimum (argparse names the flag when it is not)."""
+def _at_least(minimum: int, maximum: int | None = None):
+    """An argparse type: a whole number >= minimum (and <= maximum; argparse names the flag when it is not)."""
 
     def whole_number(text: str) -> int:
         try:
@@ -628,9 +664,15 @@ def _at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{value} is too small; give {minimum} or more")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{value} is too large; give at most {maximum}")
         return value
 
     return whole_number
+
+
+def _add_force(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="replace an existing output file (a regular file only)")
 
 
 def _add_model_ref(p: argparse.ArgumentParser) -> None:

@@ -265,6 +265,9 @@ def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+MLFLOW_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
 def runtime_env(working_dir: Path, tracking_uri: str | None = None, pip: bool = False,
                 env: dict[str, str] | None = None) -> dict[str, Any]:
     from deepgen.tracking import GIT_COMMIT_ENV, git_commit
@@ -274,6 +277,9 @@ def runtime_env(working_dir: Path, tracking_uri: str | None = None, pip: bool = 
         env_vars[GIT_COMMIT_ENV] = commit
     if tracking_uri:
         env_vars["MLFLOW_TRACKING_URI"] = tracking_uri
+    # a tracking server with basic auth (infra/mlflow/mlflow.yaml): the submitter's user reaches the job.
+    # The job's runtime env is visible to whoever reaches the job API (token auth guards it).
+    env_vars |= {k: os.environ[k] for k in MLFLOW_CREDENTIALS if os.environ.get(k)}
     renv: dict[str, Any] = {"working_dir": str(working_dir), "excludes": UPLOAD_EXCLUDES, "env_vars": env_vars}
     if pip:
         renv["pip"] = {"packages": pip_requirements(), "pip_check": False}

@@ -9,17 +9,40 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from deepgen.errors import SpecError
 
 
 class Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def _a_name(value: str) -> str:
+    # these names become folders (runs, pretrained copies), MLflow names and search filters: no "/", no
+    # "..", no quotes; a scheduled run appends -SLOT (17 characters) and a Ray Train run folder holds 255
+    if not NAME_PATTERN.fullmatch(value):
+        raise ValueError(f"{value!r} is not a name: letters, digits, '.', '_' and '-', starting with a letter "
+                         "or digit, at most 128 characters")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_a_name)]
+
+# Upper bounds where a typo (an extra zero or three) would exhaust the machine before any error came
+MAX_WIDTH = 16384  # a layer's width, channels, code size (bert-large: 1024 wide, 4096 feed-forward)
+MAX_DEPTH = 256  # layers, heads, residual blocks
+MAX_WORKERS = 512  # Ray Train workers, concurrent trials
+MAX_BATCH = 65536  # rows per worker batch
+Width = Annotated[int, Field(gt=0, le=MAX_WIDTH)]
 
 
 # --- data sources (a discriminated union on `kind`) ------------------------------------------------
@@ -64,8 +87,8 @@ class ShapesSource(Spec):
     """Synthetic images of filled shapes with their binary masks (segmentation), generated from a seed."""
 
     kind: Literal["shapes"] = "shapes"
-    num_images: int = Field(default=600, ge=10, description="images to generate")
-    size: int = Field(default=32, ge=8, description="height and width in pixels")
+    num_images: int = Field(default=600, ge=10, le=1_000_000, description="images to generate")
+    size: int = Field(default=32, ge=8, le=1024, description="height and width in pixels")
     seed: int = Field(default=0, description="the same seed gives the same images and masks")
 
 
@@ -121,8 +144,9 @@ Source = Annotated[
 class TextSpec(Spec):
     """How text becomes model input: the tokenizer and the length of one encoded row."""
 
-    max_len: int = Field(default=128, ge=8, description="tokens per row, [CLS] and [SEP]s included")
-    vocab_size: int = Field(default=8000, gt=5, description="WordPiece vocabulary size when one is trained")
+    max_len: int = Field(default=128, ge=8, le=8192, description="tokens per row, [CLS] and [SEP]s included")
+    vocab_size: int = Field(default=8000, gt=5, le=1_000_000,
+                            description="WordPiece vocabulary size when one is trained")
     min_frequency: int = Field(default=2, ge=1, description="fewest occurrences for a merge to enter the vocabulary")
     next_fraction: float = Field(
         default=0.5, gt=0, lt=1, description="NSP: share of pairs whose B is A's next sentence")
@@ -200,8 +224,8 @@ class DenseAutoencoderSpec(Spec):
     """Undercomplete MLP autoencoder: h = f(x) through `hidden` to `latent_dim`, r = g(h) mirrored."""
 
     kind: Literal["dense_autoencoder"] = "dense_autoencoder"
-    hidden: list[Annotated[int, Field(gt=0)]] = Field(default=[64], description="encoder widths before the code")
-    latent_dim: int = Field(default=8, gt=0, description="size of the bottleneck code h")
+    hidden: list[Width] = Field(default=[64], description="encoder widths before the code")
+    latent_dim: int = Field(default=8, gt=0, le=MAX_WIDTH, description="size of the bottleneck code h")
     loss: AutoencoderLoss = Field(default="auto", description=LOSS_HELP)
 
 
@@ -209,8 +233,8 @@ class ConvAutoencoderSpec(Spec):
     """Undercomplete convolutional autoencoder: strided convs down, transposed convs up."""
 
     kind: Literal["conv_autoencoder"] = "conv_autoencoder"
-    channels: list[Annotated[int, Field(gt=0)]] = Field(default=[16, 32], description="channels per stride-2 stage")
-    latent_dim: int = Field(default=16, gt=0, description="size of the bottleneck code h")
+    channels: list[Width] = Field(default=[16, 32], description="channels per stride-2 stage")
+    latent_dim: int = Field(default=16, gt=0, le=MAX_WIDTH, description="size of the bottleneck code h")
     loss: AutoencoderLoss = Field(default="auto", description=LOSS_HELP)
 
 
@@ -225,10 +249,10 @@ class AutoencoderBackboneSpec(Spec):
     architecture: Literal["dense", "conv"] = Field(
         default="dense", description="dense: MLP on flattened rows; conv: strided convs on image rows (C, H, W)"
     )
-    hidden: list[Annotated[int, Field(gt=0)]] = Field(default=[64], description="dense: encoder widths before the code")
-    channels: list[Annotated[int, Field(gt=0)]] = Field(default=[16, 32],
+    hidden: list[Width] = Field(default=[64], description="dense: encoder widths before the code")
+    channels: list[Width] = Field(default=[16, 32],
                                                         description="conv: channels per stride-2 stage")
-    latent_dim: int = Field(default=16, gt=0, description="size of the code h")
+    latent_dim: int = Field(default=16, gt=0, le=MAX_WIDTH, description="size of the code h")
     loss: AutoencoderLoss = Field(default="auto", description=LOSS_HELP)
 
 
@@ -237,7 +261,7 @@ class OvercompleteAutoencoderSpec(AutoencoderBackboneSpec):
     code units and weight decay."""
 
     kind: Literal["overcomplete_autoencoder"] = "overcomplete_autoencoder"
-    hidden: list[Annotated[int, Field(gt=0)]] = Field(
+    hidden: list[Width] = Field(
         default=[], description="dense: encoder widths before the code, none narrower than the input"
     )
     latent_dim: int | None = Field(
@@ -253,7 +277,7 @@ class SparseAutoencoderSpec(AutoencoderBackboneSpec):
     """Sparse autoencoder: a sigmoid code with a penalty on its activity, loss = recon + weight * Omega(h)."""
 
     kind: Literal["sparse_autoencoder"] = "sparse_autoencoder"
-    latent_dim: int = Field(default=32, gt=0, description="size of the code h")
+    latent_dim: int = Field(default=32, gt=0, le=MAX_WIDTH, description="size of the code h")
     penalty: Literal["kl", "l1"] = Field(
         default="kl", description="kl: sum_j KL(rho || mean activation of unit j); l1: sum_j |h_j| per row"
     )
@@ -305,7 +329,7 @@ class UNetSpec(Spec):
     """UNet for binary segmentation: encoder-decoder with skip connections (needs images with masks)."""
 
     kind: Literal["unet"] = "unet"
-    base_channels: int = Field(default=16, gt=0, description="channels at full resolution, doubled per level")
+    base_channels: Width = Field(default=16, description="channels at full resolution, doubled per level")
     depth: int = Field(default=3, ge=1, le=6, description="number of 2x downsamplings")
 
 
@@ -316,10 +340,10 @@ class BertSpec(Spec):
     """A BERT-style encoder (Devlin et al. 2019) and how it is optimised; small by default.
     bert-base is hidden 768, layers 12, heads 12, intermediate 3072."""
 
-    hidden: int = Field(default=128, gt=0, description="model width (a multiple of heads)")
-    layers: int = Field(default=2, gt=0, description="encoder layers")
-    heads: int = Field(default=2, gt=0, description="attention heads per layer")
-    intermediate: int = Field(default=512, gt=0, description="feed-forward width")
+    hidden: int = Field(default=128, gt=0, le=MAX_WIDTH, description="model width (a multiple of heads)")
+    layers: int = Field(default=2, gt=0, le=MAX_DEPTH, description="encoder layers")
+    heads: int = Field(default=2, gt=0, le=MAX_DEPTH, description="attention heads per layer")
+    intermediate: int = Field(default=512, gt=0, le=MAX_WIDTH, description="feed-forward width")
     dropout: float = Field(default=0.1, ge=0, lt=1)
     attention_dropout: float = Field(default=0.1, ge=0, lt=1)
     position: Literal["learned", "sinusoidal"] = Field(default="learned", description="position embeddings")
@@ -381,8 +405,8 @@ class GanSpec(AdversarialSpec):
     """Goodfellow et al. 2014: MLP generator and discriminator on flattened images."""
 
     kind: Literal["gan"] = "gan"
-    nz: int = Field(default=100, gt=0, description="size of the noise z")
-    hidden: list[Annotated[int, Field(gt=0)]] = Field(
+    nz: int = Field(default=100, gt=0, le=MAX_WIDTH, description="size of the noise z")
+    hidden: list[Width] = Field(
         default=[256, 512], min_length=1, description="generator widths from z up; the discriminator's reversed")
 
 
@@ -390,9 +414,9 @@ class DCGANSpec(AdversarialSpec):
     """Radford et al. 2016: strided conv generator and discriminator; square images of side 8, 16, 32, 64..."""
 
     kind: Literal["dcgan"] = "dcgan"
-    nz: int = Field(default=100, gt=0, description="size of the noise z")
-    ngf: int = Field(default=64, gt=0, description="generator channels at its last hidden stage")
-    ndf: int = Field(default=64, gt=0, description="discriminator channels at its first stage")
+    nz: int = Field(default=100, gt=0, le=MAX_WIDTH, description="size of the noise z")
+    ngf: int = Field(default=64, gt=0, le=MAX_WIDTH, description="generator channels at its last hidden stage")
+    ndf: int = Field(default=64, gt=0, le=MAX_WIDTH, description="discriminator channels at its first stage")
 
 
 class CGANSpec(AdversarialSpec):
@@ -401,11 +425,11 @@ class CGANSpec(AdversarialSpec):
     kind: Literal["cgan"] = "cgan"
     architecture: Literal["dcgan", "mlp"] = Field(default="dcgan", description="the conditioned networks")
     num_classes: int = Field(gt=1, description="labels are 0..num_classes-1")
-    embed_dim: int = Field(default=16, gt=0, description="size of the label embedding")
-    nz: int = Field(default=100, gt=0)
-    ngf: int = Field(default=64, gt=0, description="dcgan: generator channels")
-    ndf: int = Field(default=64, gt=0, description="dcgan: discriminator channels")
-    hidden: list[Annotated[int, Field(gt=0)]] = Field(default=[256, 512], min_length=1, description="mlp: widths")
+    embed_dim: int = Field(default=16, gt=0, le=MAX_WIDTH, description="size of the label embedding")
+    nz: int = Field(default=100, gt=0, le=MAX_WIDTH)
+    ngf: int = Field(default=64, gt=0, le=MAX_WIDTH, description="dcgan: generator channels")
+    ndf: int = Field(default=64, gt=0, le=MAX_WIDTH, description="dcgan: discriminator channels")
+    hidden: list[Width] = Field(default=[256, 512], min_length=1, description="mlp: widths")
 
 
 class LapGANSpec(AdversarialSpec):
@@ -413,11 +437,11 @@ class LapGANSpec(AdversarialSpec):
 
     kind: Literal["lapgan"] = "lapgan"
     levels: int = Field(default=3, ge=2, le=6, description="pyramid levels, the coarsest generated from noise")
-    nz: int = Field(default=100, gt=0, description="noise of the coarsest level")
-    hidden: list[Annotated[int, Field(gt=0)]] = Field(default=[256, 512], min_length=1,
+    nz: int = Field(default=100, gt=0, le=MAX_WIDTH, description="noise of the coarsest level")
+    hidden: list[Width] = Field(default=[256, 512], min_length=1,
                                                       description="coarsest level's MLP widths")
-    ngf: int = Field(default=64, gt=0, description="finer levels' generator channels")
-    ndf: int = Field(default=64, gt=0, description="finer levels' discriminator channels")
+    ngf: int = Field(default=64, gt=0, le=MAX_WIDTH, description="finer levels' generator channels")
+    ndf: int = Field(default=64, gt=0, le=MAX_WIDTH, description="finer levels' discriminator channels")
 
 
 class SRGANSpec(AdversarialSpec):
@@ -425,15 +449,15 @@ class SRGANSpec(AdversarialSpec):
 
     kind: Literal["srgan"] = "srgan"
     scale: Literal[2, 4] = Field(default=4, description="upscaling factor")
-    channels: int = Field(default=64, gt=0, description="generator channels")
-    num_blocks: int = Field(default=16, gt=0, description="generator residual blocks")
-    ndf: int = Field(default=64, gt=0, description="discriminator channels at its first stage")
+    channels: int = Field(default=64, gt=0, le=MAX_WIDTH, description="generator channels")
+    num_blocks: int = Field(default=16, gt=0, le=MAX_DEPTH, description="generator residual blocks")
+    ndf: int = Field(default=64, gt=0, le=MAX_WIDTH, description="discriminator channels at its first stage")
     feature_weight: float = Field(default=0.1, ge=0, description="weight of the feature (perceptual) content loss")
     adversarial_weight: float = Field(default=1e-3, ge=0, description="weight of G's adversarial loss")
     warmup_steps: int = Field(default=200, ge=0, description=(
         "steps of the MSE-only phase (SRResNet), in which the content network learns its features; "
         "D and the feature/adversarial losses start after it"))
-    feature_width: int = Field(default=32, gt=0, description="width of the content network (FeatureClassifier)")
+    feature_width: Width = Field(default=32, description="width of the content network (FeatureClassifier)")
     lr_features: float = Field(default=1e-3, gt=0, description="content network's Adam learning rate")
     bicubic_skip: bool = Field(
         default=True, description="G adds a learned residual to bicubic upsampling (false: the paper's G alone)")
@@ -457,14 +481,14 @@ ModelSpec = Annotated[
 
 class TrainSpec(Spec):
     epochs: int = Field(default=10, gt=0)
-    batch_size: int = Field(default=64, gt=0, description="per worker")
+    batch_size: int = Field(default=64, gt=0, le=MAX_BATCH, description="per worker")
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     precision: Literal["auto", "fp32", "bf16"] = Field(
         default="auto", description="auto: bf16 autocast on GPU, fp32 on CPU"
     )
     seed: int = 0
-    run_name: str | None = Field(
+    run_name: Name | None = Field(
         default=None, description="Ray Train run name; the same name resumes. Default: NAME-SPECHASH"
     )
     checkpoints_to_keep: int = Field(default=2, gt=0)
@@ -495,9 +519,9 @@ class TrainSpec(Spec):
 
 
 class ScalingSpec(Spec):
-    num_workers: int = Field(default=2, gt=0, description="Ray Train workers")
+    num_workers: int = Field(default=2, gt=0, le=MAX_WORKERS, description="Ray Train workers")
     use_gpu: bool = Field(default=False, description="one GPU per worker")
-    cpus_per_worker: float = Field(default=1.0, gt=0)
+    cpus_per_worker: float = Field(default=1.0, gt=0, le=MAX_DEPTH)
 
 
 # --- anomaly detection -----------------------------------------------------------------------------
@@ -574,7 +598,7 @@ class AnomalySpec(Spec):
 
 
 class RegistrySpec(Spec):
-    model_name: str = Field(description="registered model name in MLflow")
+    model_name: Name = Field(description="registered model name in MLflow")
     gate_metric: str = Field(default="roc_auc", description="test metric that decides the champion")
     greater_is_better: bool = True
 
@@ -648,7 +672,7 @@ class TuneSpec(Spec):
     search_space: dict[str, Domain] = Field(
         min_length=1, description="dotted spec field -> domain, e.g. train.lr: {type: loguniform, ...}")
     num_samples: int = Field(default=4, gt=0, description="samples of the space (per grid point)")
-    max_concurrent_trials: int = Field(default=2, gt=0)
+    max_concurrent_trials: int = Field(default=2, gt=0, le=MAX_WORKERS)
     metric: str = Field(default="val_loss", description="a metric the family reports each epoch")
     mode: Literal["min", "max"] = "min"
     scheduler: AshaSpec | None = Field(default_factory=AshaSpec, description="null: every trial runs to the end")
@@ -677,7 +701,7 @@ class TuneSpec(Spec):
 
 
 class PipelineSpec(Spec):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: Name = Field(description="the pipeline's name: of its runs, data folder and MLflow experiment")
     data: DataSpec
     model: ModelSpec
     train: TrainSpec = Field(default_factory=TrainSpec)
@@ -752,7 +776,7 @@ class PipelineSpec(Spec):
         """Read and validate a pipeline file; `overrides` are `dotted.field=value` strings."""
         path = Path(path)
         try:
-            raw = yaml.safe_load(path.read_text())
+            raw = load_yaml(path.read_text())
         except FileNotFoundError:
             raise SpecError(f"{path}: no such pipeline file") from None
         except yaml.YAMLError as e:
@@ -773,6 +797,22 @@ class PipelineSpec(Spec):
             raise SpecError(f"{source}: {format_validation_error(e)}") from None
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without aliases: `*a` repeats the anchored node, so a few lines of nested aliases expand to
+    billions of entries (the "billion laughs") before the spec is validated. Pipelines need none."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"aliases (*{event.anchor}) are not allowed",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def apply_override(raw: dict[str, Any], item: str, source: str = "--set") -> None:
     """Set `a.b.c=value` in a nested dict; the value is parsed as a YAML scalar (`3`, `true`, `[1, 2]`)."""
     key, sep, value = item.partition("=")
@@ -788,7 +828,7 @@ def apply_override(raw: dict[str, Any], item: str, source: str = "--set") -> Non
             raise SpecError(f"{source}: --set {key}: {part} is not a section")
         node = child
     try:
-        node[parts[-1]] = yaml.safe_load(value)
+        node[parts[-1]] = load_yaml(value)
     except yaml.YAMLError:
         raise SpecError(f"{source}: --set {key}: cannot parse value {value!r}") from None
 

@@ -304,6 +304,8 @@ def read_rows(path: Path, meta: ModelMeta) -> tuple[np.ndarray, np.ndarray | Non
         raise DataError(f"{path}: unknown input format; give a .npy, .csv or .parquet file, or IDX images "
                         "(*-idx3-ubyte)")
     table = load_table(str(path))
+    if not table.num_rows:
+        raise DataError(f"{path}: no rows; give at least one row")
     if "features" in table.column_names:
         if not pa.types.is_fixed_size_list(table.schema.field("features").type):
             raise DataError(f"{path}: column 'features' is {table.schema.field('features').type}, expected a "
@@ -334,6 +336,8 @@ def read_npy(path: Path) -> np.ndarray:
 def _image_rows(x: np.ndarray, path: Path, meta: ModelMeta) -> np.ndarray:
     if x.ndim == 0:
         raise DataError(f"{path}: a single value, expected an array of rows (N, ...)")
+    if not len(x):
+        raise DataError(f"{path}: no rows (shape {x.shape}); give at least one row")
     return meta.scaler.apply(x.reshape(len(x), -1))
 
 

@@ -19,3 +19,4 @@ def copy_into_place(src: Path, dest: Path) -> None:
         os.replace(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+

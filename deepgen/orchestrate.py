@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deepgen import tracking
-from deepgen.config import PipelineSpec, TextSpec
+from deepgen.config import NAME_PATTERN, PipelineSpec, TextSpec
 from deepgen.data.dataset import check_normal_rows, normal_mask, normal_row_count, split_path
 from deepgen.data.prepare import Manifest, prepare_dataset
-from deepgen.errors import DeepgenError, TrainingError
+from deepgen.errors import DeepgenError, RegistryError, TrainingError
 from deepgen.files import copy_into_place
+from deepgen.locks import run_lock
 from deepgen.tasks import Evaluation, Task, build_task
 
 
@@ -81,6 +82,8 @@ def resolve_inputs(spec: PipelineSpec) -> PipelineSpec:
             raise DeepgenError(f"model.pretrained: {ref!r} is neither a folder nor NAME@ALIAS / NAME/VERSION")
         tracking.configure(spec.runs_dir)
         version = tracking.resolve(ref)
+        if not NAME_PATTERN.fullmatch(version.name):  # registered outside deepgen: it names a folder here
+            raise DeepgenError(f"model.pretrained: registered model name {version.name!r} cannot name a folder")
         local = spec.runs_dir / "pretrained" / f"{version.name}-v{version.version}"
         if not (local / TOKENIZER_FILE).is_file():
             with tracking.fetched_model_dir(version) as fetched:
@@ -258,10 +261,17 @@ def evaluate(spec: PipelineSpec, manifest: Manifest, checkpoint_dir: Path) -> tu
 
 
 def score_champion_on(spec: PipelineSpec, version) -> dict[str, float] | None:
-    """Test metrics of an existing version on *this* pipeline's test split, or None if it cannot run on it."""
+    """Test metrics of an existing version on *this* pipeline's test split, or None if it cannot run on it.
+
+    A registry that does not answer, or a champion whose files no longer match their sha256, is raised, not
+    read as "cannot run here": the gate would keep that champion without a word."""
     try:
         predictor = tracking.load_registered(version)
-    except DeepgenError:
+    except tracking.NotADeepgenModel:
+        return None
+    except RegistryError:
+        raise
+    except DeepgenError:  # a family or format this deepgen cannot load
         return None
     return predictor.evaluate(spec.data_dir, spec.anomaly)
 
@@ -291,6 +301,9 @@ def gate(spec: PipelineSpec, manifest: Manifest, metrics: dict[str, float]) -> t
     if new is None:
         return False, f"the new model has no test metric {metric!r} (is the test split single-class?)", None
     current = tracking.champion(name)
+    if not math.isfinite(new):  # NaN compares false both ways and inf beats everything: neither may win
+        return False, f"the new model's {metric} is {new}, not a finite number", \
+            None if current is None else str(current.version)
     if current is None:
         return True, "no champion yet", None
     same_rows = current.tags.get("data_fingerprint") == manifest.fingerprint
@@ -302,6 +315,8 @@ def gate(spec: PipelineSpec, manifest: Manifest, metrics: dict[str, float]) -> t
         if rescored is None or metric not in rescored:
             return False, f"champion v{current.version} cannot be scored on this test data; kept", str(current.version)
         old = rescored[metric]
+    if not math.isfinite(old):  # a champion with a NaN (or an infinite) score is beaten by any finite one
+        return True, f"{metric} {new:.4f} replaces champion v{current.version}'s non-finite {old}", str(current.version)
     better = new > old if spec.registry.greater_is_better else new < old
     verdict = "beats" if better else "does not beat"
     return better, f"{metric} {new:.4f} {verdict} champion v{current.version} ({old:.4f})", str(current.version)
@@ -351,6 +366,9 @@ def settle_alias(spec: PipelineSpec, manifest: Manifest, version, metrics: dict[
         tracking.move_champion(name, str(version.version), by="gate", reason=reason, action="gate")
     else:
         tracking.set_alias(name, tracking.CHALLENGER, version.version)
+    # after the alias: a rerun of this run name now leaves the version's aliases to people (tracking.settled)
+    tracking.set_version_tag(name, str(version.version), tracking.SETTLED_TAG,
+                             tracking.CHAMPION if promote else tracking.CHALLENGER)
     return tracking.Registered(name, str(version.version), tracking.CHAMPION if promote else tracking.CHALLENGER,
                                previous, reason)
 
@@ -369,23 +387,18 @@ class Summary:
 
 
 def run_pipeline(spec: PipelineSpec, register_model: bool = True) -> Summary:
+    with run_lock(spec):
+        return _run_pipeline(spec, register_model)
+
+
+def _run_pipeline(spec: PipelineSpec, register_model: bool) -> Summary:
     uri = tracking.configure(spec.runs_dir)
     manifest = prepare(spec)
     # Before start_run, which would mark the finished MLflow run RUNNING again and leave it so.
     existing = tracking.find_version_for_run(spec.registry.model_name, spec.run_name)
-    if existing is not None and not existing.aliases:  # registered, then stopped before its alias moved
-        say(f"register: {spec.run_name} registered {existing.name} v{existing.version} but no alias moved; "
-            "finishing that")
-        metrics = {k.removeprefix("test_"): float(v) for k, v in existing.tags.items()
-                   if k.startswith("test_") and _is_number(v)}
-        reg = settle_alias(spec, manifest, existing, metrics)
-        return Summary(spec, uri, existing.run_id, reg, None, reused=True)
     if existing is not None:
-        say(f"register: {spec.run_name} already registered {existing.name} v{existing.version}; nothing to do")
-        aliases = list(existing.aliases or [])
-        reg = tracking.Registered(existing.name, str(existing.version), ", ".join(aliases) or "-", None,
-                                  existing.tags.get("gate", ""))
-        return Summary(spec, uri, existing.run_id, reg, None, reused=True)
+        check_same_spec(spec, f"registered {existing.name} v{existing.version}", existing.tags.get("spec_hash"))
+        return Summary(spec, uri, existing.run_id, reuse_registered(spec, manifest, existing), None, reused=True)
     run_id = start_run(spec, manifest)
     with tracking.finishing(run_id):
         checkpoint = train(spec, manifest, run_id, uri)
@@ -400,6 +413,22 @@ def run_pipeline(spec: PipelineSpec, register_model: bool = True) -> Summary:
     return Summary(spec, uri, run_id, reg, ev)
 
 
+def reuse_registered(spec: PipelineSpec, manifest: Manifest, existing) -> tracking.Registered:
+    """The version a run name registered before: its alias is moved only if it never was (the process
+    stopped in between); a settled version is reported as it is, so a rerun never undoes a person's move."""
+    how = tracking.settled(existing)
+    if how is None:
+        say(f"register: {spec.run_name} registered {existing.name} v{existing.version} but no alias moved; "
+            "finishing that")
+        metrics = {k.removeprefix("test_"): float(v) for k, v in existing.tags.items()
+                   if k.startswith("test_") and _is_number(v)}
+        return settle_alias(spec, manifest, existing, metrics)
+    say(f"register: {spec.run_name} already registered {existing.name} v{existing.version}, already settled "
+        f"as {how}; nothing to do")
+    return tracking.Registered(existing.name, str(existing.version), ", ".join(existing.aliases or []) or "-",
+                               None, existing.tags.get("gate", ""))
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -408,12 +437,23 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def check_same_spec(spec: PipelineSpec, what: str, spec_hash: str | None) -> None:
+    """Refuse to resume or reuse the work of a run name that was done under another spec (a changed model
+    with the same explicit `train.run_name` would otherwise resume its checkpoint or report its version)."""
+    if spec_hash and spec_hash != spec.spec_hash():
+        raise DeepgenError(f"train.run_name {spec.run_name}: {what} from spec {spec_hash}, this spec is "
+                           f"{spec.spec_hash()}; start a new run with --set train.run_name=NEW_NAME "
+                           "(or leave run_name unset: NAME-SPECHASH)")
+
+
 def start_run(spec: PipelineSpec, manifest: Manifest) -> str:
     return tracking.start_or_resume_run(
         spec.experiment, spec.run_name, spec.runs_dir / "mlartifacts",
         params=spec.model_dump(mode="json", exclude={"tracking"}),
         tags={"data_fingerprint": manifest.fingerprint, "spec_hash": spec.spec_hash(),
               "git_commit": tracking.git_commit(), "ray_run_name": spec.run_name},
+        check_found=lambda tags: check_same_spec(spec, f"MLflow run {spec.run_name} was started",
+                                                 tags.get("spec_hash")),
     )
 
 

@@ -53,6 +53,7 @@ CPU_IMAGE = f"{IMAGE_REPOSITORY}:{__version__}-cpu"          # --build-arg TORCH
 GPU_IMAGE = f"{IMAGE_REPOSITORY}:{__version__}-cuda"         # --build-arg TORCH_VARIANT=cuda
 RAY_VERSION = "2.60.0"                                       # constraints.txt
 RAY_TOKEN_SECRET = "deepgen-ray-token"                       # key auth_token; never written by deepgen
+MLFLOW_AUTH_SECRET = "deepgen-mlflow-auth"                   # keys username and password of MLflow's basic auth
 RUNS_VOLUME_CLAIM = "deepgen-runs"                           # ReadWriteMany PVC, mounted at RUNS_MOUNT
 APP_DIR = "/app"                                             # WORKDIR of the image: jobs/, pipelines/
 RUNS_MOUNT = f"{APP_DIR}/deepgen-runs"                       # the pipelines' default runs_dir, shared
@@ -292,7 +293,9 @@ def pipeline_name(pipeline: str | Path) -> str:
     """The `name:` of a pipeline file (unvalidated; the CLI validates the whole file), else its stem."""
     path = Path(pipeline)
     try:
-        raw = yaml.safe_load(path.read_text())
+        from deepgen.config import load_yaml  # no aliases, as the pipeline itself is read
+
+        raw = load_yaml(path.read_text())
     except FileNotFoundError:
         raise ScheduleError(f"{path}: no such pipeline file") from None
     except yaml.YAMLError:
@@ -393,11 +396,24 @@ def _container_security() -> dict[str, Any]:
 def _ray_container(name: str, image: str, *, tracking_uri: str | None, resources: dict[str, Any]) -> dict[str, Any]:
     c: dict[str, Any] = {"name": name, "image": image, "workingDir": APP_DIR}
     if tracking_uri:
-        c["env"] = [{"name": "MLFLOW_TRACKING_URI", "value": tracking_uri}]
+        c["env"] = [{"name": "MLFLOW_TRACKING_URI", "value": tracking_uri}, *mlflow_credentials_env()]
     c["resources"] = resources
     c["securityContext"] = _container_security()
     c["volumeMounts"] = [{"name": "deepgen-runs", "mountPath": RUNS_MOUNT}, {"name": "dshm", "mountPath": "/dev/shm"}]
     return c
+
+
+def mlflow_credentials_env() -> list[dict[str, Any]]:
+    """MLFLOW_TRACKING_USERNAME / PASSWORD from the Secret of the tracking server's basic auth."""
+    return [{"name": f"MLFLOW_TRACKING_{key.upper()}", "valueFrom": {"secretKeyRef": {"name": MLFLOW_AUTH_SECRET,
+                                                                                   "key": key}}}
+            for key in ("username", "password")]
+
+
+def _ray_pod(spec: dict[str, Any]) -> dict[str, Any]:
+    """A Ray pod spec: no service-account token (nothing in a job needs the Kubernetes API, and the job API
+    runs whatever is submitted, so a token there would hand the API to every job)."""
+    return {"automountServiceAccountToken": False, **spec}
 
 
 def _ray_volumes(runs_claim: str) -> list[dict[str, Any]]:
@@ -422,13 +438,13 @@ def ray_cluster_spec(*, image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE, trac
     spec["headGroupSpec"] = {
         "serviceType": "ClusterIP",
         "rayStartParams": {},
-        "template": {"spec": {
+        "template": {"spec": _ray_pod({
             "securityContext": _pod_security(),
             "containers": [_ray_container(
                 "ray-head", image, tracking_uri=tracking_uri,
                 resources={"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"cpu": "4", "memory": "8Gi"}})],
             "volumes": _ray_volumes(runs_claim),
-        }},
+        })},
     }
     gpu = str(gpus_per_worker)
     spec["workerGroupSpecs"] = [{
@@ -437,7 +453,7 @@ def ray_cluster_spec(*, image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE, trac
         "minReplicas": 0,
         "maxReplicas": gpu_workers_max,
         "rayStartParams": {},
-        "template": {"spec": {
+        "template": {"spec": _ray_pod({
             "securityContext": _pod_security(),
             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
             "containers": [_ray_container(
@@ -445,7 +461,7 @@ def ray_cluster_spec(*, image: str = CPU_IMAGE, gpu_image: str = GPU_IMAGE, trac
                 resources={"requests": {"cpu": "7", "memory": "28Gi", "nvidia.com/gpu": gpu},
                            "limits": {"cpu": "8", "memory": "28Gi", "nvidia.com/gpu": gpu}})],
             "volumes": _ray_volumes(runs_claim),
-        }},
+        })},
     }]
     return spec
 
@@ -538,6 +554,8 @@ def render_cronjob(pipeline: str, name: str, cron: str, *, address: str = RAY_AD
             {"name": "RAY_AUTH_MODE", "value": "token"},
             {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": token_secret, "key": "auth_token"}}},
         ]
+    if tracking_uri:  # `deepgen submit` passes them on to the job
+        container.setdefault("env", []).extend(mlflow_credentials_env())
     container["resources"] = {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
     container["securityContext"] = _container_security()
     return {

@@ -53,6 +53,26 @@ def client() -> MlflowClient:
     return MlflowClient()
 
 
+def filter_literal(value: str) -> str:
+    """`value` as a string literal of an MLflow search filter.
+
+    MLflow's filter parser strips the quotes around a value and knows no escapes (`'o''brien'` is searched
+    for as `o''brien`), so the value is quoted with a quote it does not hold; one holding both quotes or a
+    backslash (which ends the literal early) cannot be searched for at all and is refused."""
+    if "\\" not in value:
+        for quote in ("'", '"'):
+            if quote not in value:
+                return f"{quote}{value}{quote}"
+    raise RegistryError(f"{value!r}: a name with both quote marks or a backslash cannot be looked up in MLflow")
+
+
+NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
+def _not_found(e: MlflowException) -> bool:
+    return e.error_code in NOT_FOUND
+
+
 # --- runs ------------------------------------------------------------------------------------------
 
 
@@ -69,14 +89,18 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def start_or_resume_run(experiment: str, run_name: str, artifact_root: Path, params: dict[str, Any],
-                        tags: dict[str, str]) -> str:
-    """The MLflow run of a Ray Train run name: created once, found again when the pipeline is rerun."""
+                        tags: dict[str, str], check_found=None) -> str:
+    """The MLflow run of a Ray Train run name: created once, found again when the pipeline is rerun.
+    `check_found(tags)` sees a found run's tags first and may refuse to resume it by raising."""
     c = client()
     exp = c.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else c.create_experiment(
         experiment, artifact_location=None if _remote_store() else (artifact_root / experiment).resolve().as_uri())
-    found = c.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1)
+    found = c.search_runs([exp_id], filter_string=f"tags.`{RUN_NAME_TAG}` = {filter_literal(run_name)}",
+                          max_results=1)
     if found:
+        if check_found is not None:
+            check_found(found[0].data.tags)
         run_id = found[0].info.run_id
         if found[0].info.status != "RUNNING":
             c.update_run(run_id, status="RUNNING")
@@ -110,22 +134,52 @@ class EpochLogger:
 
     A resumed run starts after its last checkpointed epoch; epochs already in the history are skipped,
     so a restart does not duplicate metric history.
+
+    Best effort: the metrics are a view of the run, the checkpoints are the run. A tracking server that
+    does not answer is tried `attempts` times (each request failing fast instead of MLflow's minutes of
+    backoff), then the epoch is kept for the next call and training goes on with a warning; raising here
+    would end the worker, and with train.max_failures 0 lose the run.
     """
 
-    def __init__(self, run_id: str, tracking_uri: str):
+    def __init__(self, run_id: str, tracking_uri: str, attempts: int = 3, wait_s: float = 1.0,
+                 timeout_s: int = 5):
         self.run_id = run_id
         self.client = MlflowClient(tracking_uri)
-        logged = self.client.get_metric_history(run_id, "train_loss")
-        self.logged_epochs = {m.step for m in logged}
+        self.attempts, self.wait_s, self.timeout_s = attempts, wait_s, timeout_s
+        self.pending: list[dict[str, float]] = []
+        logged = self._try(lambda: self.client.get_metric_history(run_id, "train_loss"), "read the logged epochs")
+        self.logged_epochs = {m.step for m in logged or []}
 
     def __call__(self, metrics: dict[str, float]) -> None:
-        epoch = int(metrics["epoch"])
-        if epoch in self.logged_epochs:
+        if int(metrics["epoch"]) not in self.logged_epochs:
+            self.pending.append(metrics)
+        if not self.pending:
             return
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[
-            Metric(k, float(v), now, epoch) for k, v in metrics.items() if k != "epoch"])
-        self.logged_epochs.add(epoch)
+        batch = [Metric(k, float(v), now, int(m["epoch"])) for m in self.pending for k, v in m.items() if k != "epoch"]
+        epochs = [int(m["epoch"]) for m in self.pending]
+        if self._try(lambda: self._send(batch), f"log epoch {', '.join(map(str, epochs))}") is not None:
+            self.logged_epochs.update(epochs)
+            self.pending = []
+
+    def _send(self, batch: list[Metric]) -> bool:
+        for i in range(0, len(batch), 1000):  # MLflow takes at most 1000 metrics per batch
+            self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
+        return True
+
+    def _try(self, call, what: str):
+        """call()'s result, or None (with a warning) once every attempt failed."""
+        for attempt in range(self.attempts):
+            try:
+                with quick_requests(self.timeout_s):
+                    return call()
+            except Exception as e:  # noqa: BLE001 - any failure to reach the server: requests, MLflow, OS
+                error = e
+                if attempt + 1 < self.attempts:
+                    time.sleep(self.wait_s * 2 ** attempt)
+        print(f"[deepgen] warning: MLflow did not answer {self.attempts} times, could not {what} "
+              f"({first_line(error)[:200]}); training goes on, and the next epoch's log sends it too", flush=True)
+        return None
 
 
 def log_metrics(run_id: str, metrics: dict[str, float], prefix: str = "") -> None:
@@ -156,14 +210,33 @@ class Registered:
 
 
 def find_version_for_run(name: str, run_name: str):
-    """The version a pipeline run already registered, so a rerun does not register twice."""
+    """The version a pipeline run already registered, so a rerun does not register twice; None if it
+    registered none. A registry that does not answer is an error, not "none": a rerun would register twice."""
     try:
-        versions = client().search_model_versions(f"name = '{name}'")
-    except MlflowException:
-        return None
-    for v in versions:
-        if v.tags.get(RUN_NAME_TAG) == run_name:
-            return client().get_model_version(name, v.version)  # search results carry no aliases
+        versions = client().search_model_versions(f"name = {filter_literal(name)}")
+        for v in versions:
+            if v.tags.get(RUN_NAME_TAG) == run_name:
+                return client().get_model_version(name, v.version)  # search results carry no aliases
+    except MlflowException as e:
+        raise _registry_error(name, e) from None
+    return None
+
+
+SETTLED_TAG = "deepgen.settled"  # on a version: the alias its run's gate gave it, set once that alias moved
+
+
+def settled(version) -> str | None:
+    """How a registered version was settled (the aliases it holds, the alias its gate gave it, or its place
+    in the champion history), or None if no alias was ever moved for it: only then may a rerun move one.
+
+    So a rerun never undoes a person's decision: a champion rolled back or replaced, or a challenger
+    overtaken, keeps the aliases it has now."""
+    if version.aliases:
+        return ", ".join(sorted(version.aliases))
+    if version.tags.get(SETTLED_TAG):
+        return f"{version.tags[SETTLED_TAG]} (since moved on)"
+    if any(m.version == str(version.version) for m in _recorded_moves(version.name)[0]):
+        return "champion (since moved on)"
     return None
 
 
@@ -178,15 +251,45 @@ def log_and_register(run_id: str, model_dir: Path, name: str, tags: dict[str, An
             code_paths=[str(Path(__file__).parent)],
             pip_requirements=["torch", "numpy", "pyarrow", "pydantic", "scikit-learn", "pyyaml", "tokenizers"],
         )
+    tags = {**tags, MODEL_SHA256_TAG: model_sha256(model_dir)}
     c = client()
     try:
         c.get_registered_model(name)
-    except MlflowException:
+    except MlflowException as e:
+        if not _not_found(e):
+            raise _registry_error(name, e) from None
         c.create_registered_model(name, description="deepgen model; see version tags for threshold and lineage")
     # model_id: a tracking server refuses a `models:/m-...` source without it (a SQLite store does not)
     version = c.create_model_version(name, info.model_uri, run_id=run_id,
                                      tags={k: str(v) for k, v in tags.items()}, model_id=info.model_id)
     return _wait_ready(name, version.version)
+
+
+MODEL_SHA256_TAG = "model_sha256"  # of the exported folder: weights, metadata, tokenizer
+
+
+def model_sha256(model_dir: Path) -> str:
+    """sha256 over every file of an exported model folder, by relative path and content, in path order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        digest.update(path.relative_to(model_dir).as_posix().encode() + b"\0")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def check_sha256(version, model_dir: Path) -> None:
+    """Refuse a fetched model whose files are not the ones registered (the artifact store was written to
+    since). Versions registered before the tag existed carry none and are not checked."""
+    expected = (version.tags or {}).get(MODEL_SHA256_TAG)
+    if expected and model_sha256(model_dir) != expected:
+        raise RegistryError(f"{version.name}/{version.version}: the model's files in the artifact store do not "
+                            f"match their registered {MODEL_SHA256_TAG}; they were changed after registration, so "
+                            "deepgen does not load them (check who can write to the artifact store)")
 
 
 def _wait_ready(name: str, version: str, timeout_s: float = 60):
@@ -200,10 +303,14 @@ def _wait_ready(name: str, version: str, timeout_s: float = 60):
 
 
 def champion(name: str):
+    """The version `champion` points at, None if there is none; a registry that does not answer raises
+    (read as "no champion", the gate would promote anything)."""
     try:
         return client().get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None
+    except MlflowException as e:
+        if _not_found(e):
+            return None
+        raise _registry_error(name, e) from None
 
 
 def set_alias(name: str, alias: str, version: str) -> None:
@@ -339,12 +446,16 @@ def resolve(ref: str):
         if "/" in ref:
             name, version = ref.rsplit("/", 1)
             return c.get_model_version(name, version)
-        versions = c.search_model_versions(f"name = '{ref}'")
+        versions = c.search_model_versions(f"name = {filter_literal(ref)}")
     except MlflowException as e:
         raise _registry_error(ref, e) from None
     if not versions:
         raise RegistryError(f"{ref}: no such registered model; `deepgen models list` shows what is there")
     return max(versions, key=lambda v: int(v.version))
+
+
+class NotADeepgenModel(RegistryError):
+    """A registered version deepgen did not export (no deepgen-model.json)."""
 
 
 @contextlib.contextmanager
@@ -356,7 +467,8 @@ def fetched_model_dir(version):
             artifact_uri=f"models:/{version.name}/{version.version}", dst_path=dest)
         found = list(Path(local).rglob("deepgen-model.json"))
         if not found:
-            raise RegistryError(f"{version.name}/{version.version}: not a deepgen model (no deepgen-model.json)")
+            raise NotADeepgenModel(f"{version.name}/{version.version}: not a deepgen model (no deepgen-model.json)")
+        check_sha256(version, found[0].parent)
         yield found[0].parent
 
 
@@ -379,7 +491,7 @@ def read_family(model_dir: Path) -> str:
 def _registry_error(ref: str, e: MlflowException) -> RegistryError:
     """Not found (say what is there) told apart from a registry that did not answer (say where to look)."""
     uri = mlflow.get_registry_uri()
-    if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+    if _not_found(e):
         return RegistryError(f"{ref}: not found in the registry at {uri} ({first_line(e)}); "
                              "`deepgen models list` shows what is there")
     return RegistryError(f"the registry at {uri} did not answer ({first_line(e)[:200]}); check that the "

@@ -19,6 +19,7 @@ from deepgen import orchestrate, tracking
 from deepgen.config import PipelineSpec, TuneSpec, apply_override
 from deepgen.data.prepare import manifest_from_dict
 from deepgen.errors import TrainingError
+from deepgen.locks import run_lock
 
 
 def search_space(tune_spec: TuneSpec) -> dict[str, Any]:
@@ -78,15 +79,20 @@ class SweepResult:
 
 def run_sweep(spec: PipelineSpec) -> SweepResult:
     """Prepare, search, evaluate the best trial on test, register it through the gate."""
-    from ray import tune
-
     if spec.tune is None:
         raise TrainingError(f"{spec.name}: the pipeline has no `tune` section")
+    sweep = f"{spec.name}-sweep-{spec.spec_hash()}"
+    with run_lock(spec, sweep):  # one driver per sweep: a second would fight over its state
+        return _run_sweep(spec, sweep)
+
+
+def _run_sweep(spec: PipelineSpec, sweep: str) -> SweepResult:
+    from ray import tune
+
     t = spec.tune
     uri = tracking.configure(spec.runs_dir)
     manifest = orchestrate.prepare(spec)
     orchestrate.ensure_ray(spec)
-    sweep = f"{spec.name}-sweep-{spec.spec_hash()}"
     parent = tracking.start_or_resume_run(
         spec.experiment, sweep, spec.runs_dir / "mlartifacts",
         params=spec.model_dump(mode="json", exclude={"tracking"}),
@@ -97,16 +103,25 @@ def run_sweep(spec: PipelineSpec) -> SweepResult:
             "__manifest": manifest.model_dump(mode="json"), "__tracking_uri": uri, "__parent_run_id": parent,
             "__artifacts": str(spec.runs_dir / "mlartifacts"), "__sweep": sweep, "__metric": t.metric, "__mode": t.mode,
         }
-        tuner = tune.Tuner(
-            # The trial function only waits on its TorchTrainer, which reserves the workers' CPUs itself.
-            tune.with_resources(run_trial, {"CPU": 0.01}),
-            param_space=param_space,
-            tune_config=tune.TuneConfig(
-                metric=t.metric, mode=t.mode, num_samples=t.num_samples, max_concurrent_trials=t.max_concurrent_trials,
-                scheduler=_scheduler(t, spec.train.epochs), search_alg=_search_alg(t),
-            ),
-            run_config=tune.RunConfig(name=sweep, storage_path=spec.storage_path, verbose=1),
-        )
+        # The trial function only waits on its TorchTrainer, which reserves the workers' CPUs itself.
+        trainable = tune.with_resources(run_trial, {"CPU": 0.01})
+        state = f"{spec.storage_path.rstrip('/')}/{sweep}"
+        if tune.Tuner.can_restore(state):  # a driver that died mid-sweep: its trials go on, none starts over
+            orchestrate.say(f"tune: resuming sweep {sweep} from {state}")
+            # unfinished trials resume from their checkpoints (same trial ids, so the same child runs);
+            # errored ones stay errored: their error (a diverged loss, a bad spec) would come again
+            tuner = tune.Tuner.restore(state, trainable=trainable, param_space=param_space, resume_unfinished=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space,
+                tune_config=tune.TuneConfig(
+                    metric=t.metric, mode=t.mode, num_samples=t.num_samples,
+                    max_concurrent_trials=t.max_concurrent_trials,
+                    scheduler=_scheduler(t, spec.train.epochs), search_alg=_search_alg(t),
+                ),
+                run_config=tune.RunConfig(name=sweep, storage_path=spec.storage_path, verbose=1),
+            )
         orchestrate.say(f"tune: {t.num_samples} samples, {t.max_concurrent_trials} at a time, "
                         f"{t.metric} ({t.mode}), scheduler {'ASHA' if t.scheduler else 'none'}")
         grid = tuner.fit()
@@ -125,6 +140,10 @@ def run_sweep(spec: PipelineSpec) -> SweepResult:
         best_spec = trial_spec(_with_absolute_paths(spec), values, f"{sweep}-{best_name}")
         epoch, best_value, path = _best_epoch(best.metrics_dataframe, t.metric, t.mode)
         orchestrate.say(f"tune: best trial {best_name} {values}: {t.metric}={best_value:.5g} at epoch {epoch}")
+        existing = tracking.find_version_for_run(spec.registry.model_name, best_spec.run_name)
+        if existing is not None:  # a rerun of a finished (restored) sweep registers nothing new
+            registered = orchestrate.reuse_registered(best_spec, manifest, existing)
+            return SweepResult(best_name, values, best_value, trials, registered, None, parent, epoch)
         with tempfile.TemporaryDirectory(prefix="deepgen-best-") as checkpoint:
             _copy_checkpoint(path, Path(checkpoint), spec.storage_path)
             ev, models, task = orchestrate.evaluate(best_spec, manifest, Path(checkpoint))
@@ -184,7 +203,7 @@ def _trial_rows(grid, t: TuneSpec, paths: list[str]) -> list[dict[str, Any]]:
         best = None if seen is None or seen.empty else float(seen.min() if t.mode == "min" else seen.max())
         rows.append({
             "trial": metrics.get("trial_id") or (r.path.rstrip("/").split("/")[-1] if r.path else "?"),
-            "values": {k: r.config.get(k) for k in paths},
+            "values": {k: (r.config or {}).get(k) for k in paths},  # None: a restored trial that never reported
             "status": "error" if r.error else "done",
             "epochs": int(metrics.get("epoch", 0)),
             "metric": metrics.get(t.metric),  # at the last epoch

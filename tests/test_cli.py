@@ -51,3 +51,12 @@ def test_counts_and_seeds_out_of_range_are_refused_naming_the_flag(args, message
         build_parser().parse_args([*args, *required, "--out", str(tmp_path / "out.png")])
     assert e.value.code == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(f"error: {message}")
+
+
+def test_a_count_that_would_fill_the_memory_is_refused_in_one_line(capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["sample", "--model", "m@champion", "--n", "1000000000",
+                                   "--out", str(tmp_path / "grid.png")])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "deepgen: error: argument --n: 1000000000 is too large; give at most 4096"]

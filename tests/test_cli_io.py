@@ -8,6 +8,7 @@ Registering a version logs a pyfunc model, so the small untrained models are reg
 from __future__ import annotations
 
 import json
+import os
 import resource
 from pathlib import Path
 
@@ -112,6 +113,8 @@ def _object_npy(p):
     ("torn.parquet", lambda p: p.write_bytes(b"PAR1garbagePAR1"), "cannot read Parquet file"),
     ("rows.bin", lambda p: p.write_bytes(b"\0" * 64), "give a .npy, .csv or .parquet file"),
     ("rows.npy", lambda p: p.mkdir(), "Is a directory"),  # an OSError, caught by main()
+    ("empty.npy", lambda p: np.save(p, np.zeros((0, 64), np.float32)), "no rows (shape (0, 64))"),
+    ("nothing.npy", lambda p: np.save(p, np.zeros((0,), np.float32)), "no rows (shape (0,))"),
 ])
 def test_score_refuses_an_unreadable_input_in_one_line_naming_it(deepgen, tmp_path, name, write, fragment):
     write(tmp_path / name)
@@ -137,6 +140,39 @@ def test_score_names_an_output_folder_it_cannot_create(deepgen, tmp_path):
     _refused(deepgen("score", "--model", "anom@champion", "--input", str(tmp_path / "rows.npy"), "--output", str(out)),
              out, f"cannot create its folder {tmp_path / 'scores'}")
     assert _leftovers(tmp_path) == ["rows.npy", "scores"]
+
+
+def _rows(tmp_path):
+    np.save(tmp_path / "rows.npy", np.zeros((3, 64), np.float32))
+    return str(tmp_path / "rows.npy")
+
+
+@pytest.mark.parametrize("command", [
+    lambda rows, out: ("score", "--model", "anom@champion", "--input", rows, "--output", out),
+    lambda rows, out: ("sample", "--model", "gan@champion", "--n", "2", "--out", out),
+    lambda rows, out: ("predict", "--model", "txt@champion", "--text", "good day", "--output", out)],
+    ids=["score", "sample", "predict"])
+def test_an_output_is_a_new_file_or_a_regular_file_given_with_force(deepgen, tmp_path, command):
+    """`deepgen score --output /dev/full` run as root replaced the device node with a Parquet file."""
+    rows, suffix = _rows(tmp_path), ".png" if command("", "")[0] == "sample" else ".parquet"
+    target = tmp_path / f"target{suffix}"
+    target.write_bytes(b"kept")
+    (tmp_path / f"link{suffix}").symlink_to(target)
+    os.mkfifo(tmp_path / f"pipe{suffix}")
+    (tmp_path / f"folder{suffix}").mkdir()
+    refused = [(f"pipe{suffix}", "is not a regular file"), (f"link{suffix}", "is a symbolic link"),
+               (f"folder{suffix}", "is a folder")]
+    score = command("", "")[0] == "score"  # the others refuse /dev/null for its suffix first
+    for name, fragment in [*refused, ("/dev/null", "is not a regular file")] if score else refused:
+        out = tmp_path / name  # /dev/null as is: an absolute path
+        _refused(deepgen(*command(rows, str(out))), out, fragment)
+        _refused(deepgen(*command(rows, str(out)), "--force"), out, fragment)  # not even with --force
+    _refused(deepgen(*command(rows, str(target))), target, "already exists; add --force")
+    assert target.read_bytes() == b"kept" and (tmp_path / f"link{suffix}").is_symlink()
+    assert sorted(_leftovers(tmp_path)) == sorted(["rows.npy", f"target{suffix}", f"link{suffix}", f"pipe{suffix}",
+                                                   f"folder{suffix}"])
+    assert deepgen(*command(rows, str(target)), "--force")[0] == 0 and target.read_bytes() != b"kept"
+    assert deepgen(*command(rows, str(tmp_path / f"new{suffix}")))[0] == 0
 
 
 # --- upscale -----------------------------------------------------------------------------------------

@@ -821,3 +821,12 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(cluster, faults, 
         want = [r[key] for r in ref]
         assert got == pytest.approx(want, rel=1e-4), key
     assert abs(ref[-1]["train_loss"] - ref[-2]["train_loss"]) > 1e-3 * ref[-1]["train_loss"]
+
+
+def test_submit_passes_the_tracking_servers_credentials_on_to_the_job(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "deepgen")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "from-the-secret")
+    env = dc.runtime_env(tmp_path, tracking_uri="http://deepgen-mlflow:5000")["env_vars"]
+    assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == ("deepgen", "from-the-secret")
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+    assert "MLFLOW_TRACKING_PASSWORD" not in dc.runtime_env(tmp_path)["env_vars"]

@@ -107,3 +107,23 @@ def test_the_optuna_search_algorithm_is_built_when_asked_for():
     space = {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}
     assert _search_alg(TuneSpec(search_space=space)) is None  # Tune's random search
     assert isinstance(_search_alg(TuneSpec(search_space=space, search_alg="optuna")), OptunaSearch)
+
+
+@pytest.mark.parametrize("override, field", [
+    ("scaling.num_workers=2000", "scaling.num_workers"), ("train.batch_size=10000000", "train.batch_size"),
+    ("model.hidden=[64000]", "model.hidden.0"), ("model.latent_dim=800000", "model.latent_dim"),
+    ("tune.max_concurrent_trials=10000", "tune.max_concurrent_trials")])
+def test_sizes_a_typo_would_make_exhaust_the_machine_are_refused_when_loaded(tmp_path, override, field):
+    sweep = {"tune": {"search_space": {"train.lr": {"type": "choice", "values": [0.1]}}}} if "tune" in override else {}
+    with pytest.raises(SpecError, match=rf": {field}: Input should be less than or equal to \d+$"):
+        PipelineSpec.from_yaml(write_pipeline(tmp_path / "p.yaml", **sweep), [override])
+
+
+def test_yaml_aliases_are_refused_in_the_file_and_in_overrides(tmp_path):
+    """Nested aliases expand a few lines into billions of entries before anything is validated."""
+    path = write_pipeline(tmp_path / "p.yaml")
+    path.write_text(path.read_text() + "x: &a [1, 2]\ny: [*a, *a]\n")
+    with pytest.raises(SpecError, match=r"p.yaml: malformed YAML \(line \d+, column \d+\): aliases \(\*a\) are not"):
+        PipelineSpec.from_yaml(path)
+    with pytest.raises(SpecError, match=r"--set train.epochs: cannot parse value '\*a'"):
+        PipelineSpec.from_yaml(write_pipeline(tmp_path / "q.yaml"), ["train.epochs=*a"])

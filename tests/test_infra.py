@@ -38,6 +38,7 @@ PIPELINE_SUBCOMMANDS = {"prepare", "train", "run", "tune", "submit", "schedule"}
 REQUIRED = {
     ("v1", "PersistentVolumeClaim"): ["spec.accessModes", "spec.resources.requests.storage"],
     ("v1", "ServiceAccount"): [],
+    ("v1", "ConfigMap"): ["data"],
     ("v1", "Service"): ["spec.selector", "spec.ports"],
     ("apps/v1", "Deployment"): ["spec.selector.matchLabels", "spec.template.spec.containers"],
     ("batch/v1", "CronJob"): ["spec.schedule", "spec.jobTemplate.spec.template.spec.containers",
@@ -485,7 +486,8 @@ def test_secrets_are_referenced_never_inlined():
         for node in walk(doc):
             if isinstance(node, dict) and isinstance(node.get("envFrom"), list):
                 referenced |= {get(e, "secretRef.name") for e in node["envFrom"] if get(e, "secretRef.name")}
-    assert referenced == {schedule.RAY_TOKEN_SECRET, "deepgen-mlflow-db", "deepgen-mlflow-s3"}
+    assert referenced == {schedule.RAY_TOKEN_SECRET, "deepgen-mlflow-db", "deepgen-mlflow-s3",
+                          schedule.MLFLOW_AUTH_SECRET}
     readme = (INFRA / "README.md").read_text()
     for name in referenced:
         assert f"create secret generic {name}" in readme, f"infra/README.md does not say how to create {name}"
@@ -499,3 +501,51 @@ def test_secrets_are_referenced_never_inlined():
         if doc["kind"] in ("RayJob", "RayCronJob"):
             (spec,) = ray_cluster_specs(doc)
             assert spec["authOptions"] == {"mode": "token"}
+
+
+# --- the tracking server: basic auth, reachable from the Ray pods only --------------------------------
+
+
+def _pod_specs(doc: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for spec in ray_cluster_specs(doc):
+        for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
+            yield group["template"]["spec"]
+
+
+def test_the_tracking_server_runs_basic_auth_with_credentials_from_a_secret():
+    (deployment,) = [d for _, d in k8s_docs() if d["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    (server,) = pod["containers"]
+    assert server["args"][server["args"].index("--app-name") + 1] == "basic-auth"
+    env = {e["name"]: e for e in server["env"]}
+    for name, key in (("MLFLOW_AUTH_ADMIN_USERNAME", "username"), ("MLFLOW_AUTH_ADMIN_PASSWORD", "password"),
+                      ("MLFLOW_FLASK_SERVER_SECRET_KEY", "flask-secret-key")):
+        assert get(env[name], "valueFrom.secretKeyRef") == {"name": schedule.MLFLOW_AUTH_SECRET, "key": key}, name
+    config_dir = env["MLFLOW_AUTH_CONFIG_PATH"]["value"].rsplit("/", 1)[0]
+    mounts = {m["mountPath"]: m["name"] for m in server["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    (config_map,) = [d for _, d in k8s_docs() if d["kind"] == "ConfigMap"]
+    assert volumes[mounts[config_dir]]["configMap"]["name"] == config_map["metadata"]["name"]
+    ini = config_map["data"][env["MLFLOW_AUTH_CONFIG_PATH"]["value"].rsplit("/", 1)[1]]
+    assert "default_permission = NO_PERMISSIONS" in ini
+    user_store = re.search(r"database_uri = sqlite:///(/\S+)/basic_auth.db", ini).group(1)
+    assert "emptyDir" in volumes[mounts[user_store]]  # writable by the non-root server
+
+
+def test_only_ray_pods_reach_the_tracking_server_and_they_carry_its_credentials_not_a_cluster_token():
+    (policy,) = [d for _, d in k8s_docs() if d["kind"] == "NetworkPolicy"]
+    assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "mlflow"
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchExpressions": [
+        {"key": "ray.io/node-type", "operator": "In", "values": ["head", "worker"]}]}}]
+    ray_docs = [(w, d) for w, d in k8s_docs() if d["kind"] in ("RayCluster", "RayJob", "RayCronJob")]
+    assert len(ray_docs) == 3
+    for where, doc in ray_docs:
+        for pod in _pod_specs(doc):
+            assert pod["automountServiceAccountToken"] is False, where
+            for c in pod["containers"]:
+                env = {e["name"]: e for e in c["env"]}
+                for name, key in (("MLFLOW_TRACKING_USERNAME", "username"), ("MLFLOW_TRACKING_PASSWORD", "password")):
+                    assert get(env[name], "valueFrom.secretKeyRef") == {"name": schedule.MLFLOW_AUTH_SECRET,
+                                                                        "key": key}, (where, c["name"], name)

@@ -44,8 +44,12 @@ def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(tmp_
     spec4, manifest = _setup(tmp_path, **{"train.epochs": 4})
     uninterrupted = train_loop(spec4, manifest, _env(spec4, tmp_path / "a"))
 
-    spec2, _ = _setup(tmp_path, **{"train.epochs": 2})
-    train_loop(spec2, manifest, _env(spec2, tmp_path / "b"))
+    def stop_after_epoch_2(metrics):  # the process dies once epoch 2's checkpoint is written
+        if metrics["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_loop(spec4, manifest, _env(spec4, tmp_path / "b"), on_epoch=stop_after_epoch_2)
     resumed = train_loop(spec4, manifest, _env(spec4, tmp_path / "b"))  # same checkpoint folder: resume
 
     assert [h["epoch"] for h in resumed] == [1, 2, 3, 4]
@@ -225,3 +229,27 @@ def test_warmup_and_cosine_decay_reach_every_family_through_the_loop(tmp_path):
     state = torch.load(env.latest_checkpoint() / STATE_FILE, weights_only=True)
     last_lr = state["optimizers"]["model"]["param_groups"][0]["lr"]
     assert 0 < last_lr < 0.01 * 0.01
+
+
+def test_an_epoch_checkpointed_but_not_logged_before_a_crash_is_logged_on_resume(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from deepgen.tracking import EpochLogger
+
+    spec, manifest = _setup(tmp_path, **{"train.epochs": 4})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = MlflowClient(uri)
+    run_id = c.create_run(c.create_experiment("t")).info.run_id
+    logger = EpochLogger(run_id, uri)
+
+    def dies_before_logging_epoch_2(metrics):  # its checkpoint is written, its metrics are not
+        if metrics["epoch"] == 2:
+            raise KeyboardInterrupt
+        logger(metrics)
+
+    with pytest.raises(KeyboardInterrupt):
+        train_loop(spec, manifest, _env(spec, tmp_path / "ckpt"), on_epoch=dies_before_logging_epoch_2)
+    train_loop(spec, manifest, _env(spec, tmp_path / "ckpt"), on_epoch=EpochLogger(run_id, uri))  # resumes after 2
+    history = c.get_metric_history(run_id, "train_loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]  # each epoch once, epoch 2 too
+    assert "ended_at" not in c.get_run(run_id).data.metrics

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -19,6 +21,8 @@ from deepgen import cli
 
 pytestmark = pytest.mark.ray
 MODEL = "e2e-bars"
+EPOCHS = 6  # enough that a kill after epoch 1 lands before the last
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -31,21 +35,38 @@ def pipeline(tmp_path_factory, ray_local):
         root / "bars.yaml", name="bars",
         data={"source": {"kind": "npy", "path": str(root / "x.npy"), "labels": str(root / "y.npy")}},
         model={"kind": "dense_autoencoder", "hidden": [32], "latent_dim": 4, "loss": "bce"},
-        train={"epochs": 3, "batch_size": 32, "lr": 0.01, "run_name": "bars-e2e"},
+        train={"epochs": EPOCHS, "batch_size": 32, "lr": 0.01, "run_name": "bars-e2e"},
         scaling={"num_workers": 2},
         # a score with fitted statistics: what the registered model must carry to score as evaluation did
         anomaly={"normal_labels": [0], "threshold": {"method": "fpr", "target_fpr": 0.05}, "score": "standardized"},
         registry={"model_name": MODEL},
     )
+    # 1) `deepgen train` killed (with its own Ray) once epoch 1 is checkpointed and logged, 2) the whole
+    # pipeline under the same run name and spec: it must resume, not restart (another spec is refused)
+    _train_until_epoch_1_then_kill(root, spec)
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.chdir(root)
-        # 1) two epochs under the run name, 2) the whole pipeline for three: it must resume, not restart
-        assert cli.main(["train", str(spec), "--set", "train.epochs=2"]) == 0
         between = time.time() * 1000
         assert cli.main(["run", str(spec)]) == 0
         yield {"root": root, "spec": spec, "between": between, "uri": f"sqlite:///{root / 'runs' / 'mlflow.db'}",
                "runs_dir": str(root / "runs")}
+
+
+def _train_until_epoch_1_then_kill(root, spec) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env["PYTHONPATH"] = str(ROOT)
+    log = root / "train.log"
+    proc = subprocess.Popen([sys.executable, "-m", "deepgen.cli", "train", str(spec)], cwd=root, env=env,
+                            start_new_session=True, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while f"[deepgen] epoch 1/{EPOCHS} " not in log.read_text():  # said once it is checkpointed and logged
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+        proc.wait(60)
 
 
 def _client(p) -> MlflowClient:
@@ -56,10 +77,13 @@ def test_rerun_with_the_same_run_name_resumed_without_duplicating_history(pipeli
     c = _client(pipeline)
     [run] = c.search_runs([c.get_experiment_by_name("bars").experiment_id])
     history = c.get_metric_history(run.info.run_id, "train_loss")
-    assert sorted(m.step for m in history) == [1, 2, 3]
-    early = [m for m in history if m.step in (1, 2)]
-    assert all(m.timestamp < pipeline["between"] for m in early)  # epochs 1-2 came from the first command
-    assert [m.step for m in history if m.timestamp >= pipeline["between"]] == [3]
+    epochs = list(range(1, EPOCHS + 1))
+    assert sorted(m.step for m in history) == epochs  # each once, also an epoch checkpointed but not logged
+    # the final checkpoint's history: the first epochs ended before the second command started
+    final = max(p for p in (pipeline["root"] / "runs" / "ray" / "bars-e2e").glob("checkpoint_*") if p.is_dir())
+    ended = {h["epoch"]: h["ended_at"] * 1000 for h in json.loads((final / "history.json").read_text())}
+    first = sorted(e for e, t in ended.items() if t < pipeline["between"])
+    assert sorted(ended) == epochs and first == epochs[:len(first)] and 1 <= len(first) < EPOCHS
     artifacts = {a.path for a in c.list_artifacts(run.info.run_id, "plots")}
     assert {"plots/loss_curves.png", "plots/score_histogram.png", "plots/roc_curve.png",
             "plots/reconstructions.png"} <= artifacts

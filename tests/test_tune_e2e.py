@@ -63,6 +63,11 @@ def test_sweep_stops_weak_trials_survives_a_failing_one_and_registers_the_best(r
     assert parent.data.tags["best_trial"] == result.best_trial
     assert "plots/search.png" in {a.path for a in c.list_artifacts(result.parent_run_id, "plots")}
 
+    again = run_sweep(PipelineSpec.from_yaml(path))  # the finished sweep is restored: nothing trains or registers
+    assert (again.best_trial, again.registered.version) == (result.best_trial, result.registered.version)
+    assert len(c.search_model_versions("name = 'sweep-model'")) == 1
+    assert len(c.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{result.parent_run_id}'")) == 4
+
 
 def test_a_sweep_where_every_trial_fails_registers_nothing_and_exits_non_zero(ray_local, tmp_path, monkeypatch,
                                                                                capsys):

@@ -26,6 +26,7 @@ from deepgen.train.optim import Schedule
 
 STATE_FILE = "state.pt"
 BEST_FILE = "best.pt"  # the weights of the best epoch so far by train.monitor: what is evaluated and registered
+SPEC_HASH_FILE = "spec_hash.txt"  # in every checkpoint: the spec_hash() it was trained under
 RANK_RNG_FILE = "rng-rank{rank}.pt"  # the random state of rank > 0 (rank 0's is in STATE_FILE)
 
 
@@ -100,9 +101,13 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
     start_epoch, history, best = 0, [], None
     with env.checkpoint_to_resume() as resume:
         if resume is not None:
+            check_checkpoint_spec(resume, spec)
             start_epoch, history = load_checkpoint(resume, models, optimizers, rank=env.world_rank)
             best = load_best(resume)
             env.say(f"resuming {spec.run_name} after epoch {start_epoch}")
+            if on_epoch is not None:  # epochs checkpointed but not logged when the last attempt died
+                for h in history:
+                    on_epoch({k: v for k, v in h.items() if k != "ended_at"})
     selector = EpochSelector.for_task(spec, task, history)
 
     autocast = autocast_context(spec, env.device)
@@ -158,6 +163,7 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
                 save_checkpoint(Path(tmp), models, optimizers, epoch, history)
                 if best is not None:
                     torch.save(best, Path(tmp) / BEST_FILE)
+                save_checkpoint(Path(tmp), models, optimizers, epoch, history, spec.spec_hash())
                 if hasattr(task, "checkpoint_files"):  # what makes a checkpoint usable on its own
                     task.checkpoint_files(Path(tmp))
             else:  # each rank's random state joins rank 0's files in the same checkpoint folder
@@ -276,7 +282,19 @@ def seed_everything(seed: int) -> None:
 # --- checkpoints -----------------------------------------------------------------------------------
 
 
-def save_checkpoint(directory: Path, models, optimizers, epoch: int, history: list[dict]) -> None:
+def check_checkpoint_spec(directory: Path, spec: PipelineSpec) -> None:
+    """Refuse to resume a checkpoint trained under another spec: the same run name with a changed model
+    or data would otherwise go on from weights of another shape (an error) or, worse, of the same shape."""
+    saved = Path(directory) / SPEC_HASH_FILE
+    found = saved.read_text().strip() if saved.is_file() else None  # None: saved before checkpoints carried it
+    if found is not None and found != spec.spec_hash():
+        raise TrainingError(f"train.run_name {spec.run_name}: its checkpoints are from spec {found}, "
+                            f"this spec is {spec.spec_hash()}; start a new run with --set train.run_name=NEW_NAME "
+                            "(or leave run_name unset: NAME-SPECHASH)")
+
+
+def save_checkpoint(directory: Path, models, optimizers, epoch: int, history: list[dict],
+                    spec_hash: str | None = None) -> None:
     state = {
         "models": {k: unwrap(m).state_dict() for k, m in models.items()},
         "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
@@ -285,6 +303,8 @@ def save_checkpoint(directory: Path, models, optimizers, epoch: int, history: li
     }
     torch.save(state, directory / STATE_FILE)
     (directory / "history.json").write_text(json.dumps(history))
+    if spec_hash is not None:
+        (directory / SPEC_HASH_FILE).write_text(spec_hash)
 
 
 def load_checkpoint(directory: Path, models, optimizers, rank: int = 0) -> tuple[int, list[dict]]:
