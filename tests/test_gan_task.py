@@ -30,16 +30,21 @@ def cgan_spec(root, epochs: int) -> PipelineSpec:
         "tracking": {"runs_dir": str(root / "runs")}})
 
 
-def run(spec, root, name):
+def run(spec, root, name, on_epoch=None):
     manifest, _ = prepare_dataset(spec.data, spec.data_dir, log=lambda m: None)
     env = LocalEnv(spec.data_dir, spec.anomaly, root / name, seed=spec.train.seed)
-    history = train_loop(spec, manifest, env)
+    history = train_loop(spec, manifest, env, on_epoch=on_epoch)
     return history, torch.load(env.latest_checkpoint() / STATE_FILE, weights_only=True), manifest
 
 
 def test_a_resumed_gan_run_continues_the_same_steps_as_an_uninterrupted_one(tmp_path):
     _, straight, _ = run(cgan_spec(tmp_path, 2), tmp_path, "straight")
-    run(cgan_spec(tmp_path, 1), tmp_path, "interrupted")  # stops after epoch 1 ...
+
+    def killed_after_epoch_1(metrics):  # epoch 1 is checkpointed, then the process dies
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(cgan_spec(tmp_path, 2), tmp_path, "interrupted", on_epoch=killed_after_epoch_1)
     history, resumed, _ = run(cgan_spec(tmp_path, 2), tmp_path, "interrupted")  # ... and is run again
     assert [h["epoch"] for h in history] == [1, 2]
     for net in ("generator", "discriminator"):
