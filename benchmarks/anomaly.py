@@ -186,8 +186,11 @@ def pipeline_spec(modality: str, source: dict, normal, seed: int, root: Path, se
     """The shipped pipeline of `modality` with what a user changes: source, normal label, seed (and paths)."""
     import json
 
+    shipped = config.PipelineSpec.from_yaml(PIPELINES[modality])
+    # one process for every worker of the pipeline: the same rows per update (batch_size is per worker)
+    rows_per_update = shipped.train.batch_size * shipped.scaling.num_workers
     overrides = [f"data.source={json.dumps(source)}", f"train.seed={seed}", f"data.seed={seed}",
-                 "scaling.num_workers=1", f"tracking.runs_dir={root / 'runs'}",
+                 "scaling.num_workers=1", f"train.batch_size={rows_per_update}", f"tracking.runs_dir={root / 'runs'}",
                  f"data.output={root / 'data' / Path(source['path']).stem}"]
     if normal is not None:  # None: the data part only (preparing does not depend on the labels)
         overrides += [f"anomaly.normal_labels={json.dumps([normal])}", "anomaly.anomalous_labels=null"]
