@@ -67,6 +67,22 @@ def write_pipeline(path: Path, **sections) -> Path:
     return path
 
 
+@pytest.fixture
+def local_store(tmp_path, monkeypatch):
+    """A prepared small pipeline and a fresh SQLite MLflow store: (spec, manifest, MlflowClient)."""
+    from mlflow.tracking import MlflowClient
+
+    from deepgen import tracking
+    from deepgen.config import PipelineSpec
+    from deepgen.data.prepare import prepare_dataset
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    spec = PipelineSpec.from_yaml(write_pipeline(tmp_path / "p.yaml"))
+    uri = tracking.configure(spec.runs_dir)
+    manifest, _ = prepare_dataset(spec.data, spec.data_dir, log=lambda m: None)
+    return spec, manifest, MlflowClient(uri, uri)
+
+
 def race(monkeypatch, out: Path, other_prepare) -> None:
     """Make `other_prepare()` (another process preparing `out`) swap its copy in just before this one does."""
     real_rename, pending = Path.rename, [other_prepare]

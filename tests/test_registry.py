@@ -9,8 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_pipeline
-from mlflow.tracking import MlflowClient
 
 from deepgen import orchestrate, tracking
 from deepgen.anomaly import threshold_tags
@@ -22,13 +20,9 @@ from deepgen.tasks import Evaluation, build_task
 
 
 @pytest.fixture
-def registry(tmp_path, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    spec = PipelineSpec.from_yaml(write_pipeline(tmp_path / "p.yaml"))
-    uri = tracking.configure(spec.runs_dir)
-    manifest, _ = prepare_dataset(spec.data, spec.data_dir, log=lambda m: None)
-    run_id = orchestrate.start_run(spec, manifest)
-    return spec, manifest, run_id, MlflowClient(uri, uri)
+def registry(local_store):
+    spec, manifest, client = local_store
+    return spec, manifest, orchestrate.start_run(spec, manifest), client
 
 
 def _register(spec, manifest, run_id, roc_auc: float, threshold: float = 0.5):
@@ -208,7 +202,9 @@ def test_lookup_of_unknown_models_says_what_to_do(registry):
 
 
 def test_a_registry_that_does_not_answer_is_not_reported_as_a_missing_model(registry):
-    """A tracking server that is down: one line naming it and what to check, for every registry read."""
+    """A tracking server that is down: one line naming it and what to check, for every registry read,
+    the pipeline's own lookups too ("none registered" would train and register again; "no champion"
+    would promote anything)."""
     import mlflow
 
     from deepgen.errors import RegistryError
@@ -218,7 +214,8 @@ def test_a_registry_that_does_not_answer_is_not_reported_as_a_missing_model(regi
         tracking.configure_uri("http://127.0.0.1:9")  # nothing listens on the discard port
         with tracking.quick_requests():
             for read in (tracking.list_models, lambda: tracking.resolve("t-model@champion"),
-                         lambda: tracking.champion_history("t-model")):
+                         lambda: tracking.champion_history("t-model"), lambda: tracking.champion("t-model"),
+                         lambda: tracking.find_version_for_run("t-model", "r")):
                 with pytest.raises(RegistryError, match=r"registry at http://127.0.0.1:9 did not answer"):
                     read()
     finally:
