@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 SCORES = ("reconstruction", "smoothed", "standardized", "latent", "combined")
+STATELESS = ("reconstruction", "smoothed")  # scores that need no statistics of the normal rows
 SCORE_STATS = "score-stats.npz"
 BATCH = 1024
 
@@ -54,12 +55,14 @@ def parts(model, x: np.ndarray, want: set[str]) -> dict[str, np.ndarray]:
     for xb in _batches(x):
         if "own" in want:
             out["own"].append(model.anomaly_score(xb).double().numpy())
+        if want - {"own"}:
+            forward = model(xb)  # one pass for the code and the reconstruction (eval: a VAE decodes its mean)
+            residual = torch.sigmoid(forward.logits.double()) - xb.double()  # (B, D)
         if "code" in want:
-            out["code"].append(model.encode(xb).double().numpy())
+            out["code"].append(forward.code.double().numpy())
         if "sq_error" in want:
-            out["sq_error"].append((model.reconstruct(xb).double() - xb.double()).pow(2).numpy())
+            out["sq_error"].append(residual.pow(2).numpy())
         if "smoothed" in want:
-            residual = model.reconstruct(xb).double() - xb.double()
             out["smoothed"].append(gaussian_blur(residual, shape).pow(2).mean(1).numpy())
     width = {"own": (), "smoothed": (), "code": (model.config.latent_dim,),
              "sq_error": (x.shape[1] if x.ndim > 1 else 0,)}
@@ -102,12 +105,12 @@ class Scorer:
     @classmethod
     def fit(cls, method: str, model, x_normal: np.ndarray) -> Scorer:
         """Fit the statistics of `method` on normal training rows (N, D)."""
-        if method in ("reconstruction", "smoothed"):
+        if method in STATELESS:
             return cls(method)
         if len(x_normal) < 2:
             raise ValueError(f"anomaly.score {method}: needs at least 2 normal training rows")
-        p = parts(model, x_normal, {"sq_error"} if method != "latent" else set())
-        p |= parts(model, x_normal, {"code"}) if method != "standardized" else {}
+        p = parts(model, x_normal, {"sq_error", "code"} - ({"code"} if method == "standardized" else set())
+                  - ({"sq_error"} if method == "latent" else set()))
         stats: dict[str, np.ndarray] = {}
         if method != "latent":
             mse = p["sq_error"].mean(0)  # (D,)

@@ -42,12 +42,18 @@ def bar_images(n: int, seed: int, anomaly_fraction: float = 0.2, size: int = 8) 
     return images.astype(np.uint8), labels
 
 
+def bars_source(root: Path, n: int, seed: int) -> dict:
+    """`n` bar images and their labels written to ROOT/x.npy and ROOT/y.npy: the pipeline's npy source."""
+    x, y = bar_images(n, seed=seed)
+    np.save(root / "x.npy", x)
+    np.save(root / "y.npy", y)
+    return {"kind": "npy", "path": str(root / "x.npy"), "labels": str(root / "y.npy")}
+
+
 @pytest.fixture
 def bars_npy(tmp_path: Path) -> tuple[Path, Path]:
-    x, y = bar_images(400, seed=1)
-    np.save(tmp_path / "x.npy", x)
-    np.save(tmp_path / "y.npy", y)
-    return tmp_path / "x.npy", tmp_path / "y.npy"
+    source = bars_source(tmp_path, 400, seed=1)
+    return Path(source["path"]), Path(source["labels"])
 
 
 def write_pipeline(path: Path, **sections) -> Path:

@@ -313,3 +313,11 @@ def test_loss_auto_is_bce_for_binary_inputs_and_mse_for_grey_levels(tmp_path):
         assert read_manifest(tmp_path / name).binary_features == (name == "binary")
     assert resolved == {("grey", "auto"): "mse", ("grey", "bce"): "bce", ("grey", "mse"): "mse",
                         ("binary", "auto"): "bce", ("binary", "bce"): "bce", ("binary", "mse"): "mse"}
+
+
+def test_score_auto_is_the_smoothed_error_for_images_and_combined_for_tables():
+    """What benchmarks/anomaly.py chose on validation splits; an explicit score stays."""
+    from deepgen.config import resolve_score
+
+    assert resolve_score("auto", [1, 28, 28]) == "smoothed" and resolve_score("auto", [30]) == "combined"
+    assert resolve_score("latent", [1, 28, 28]) == "latent"

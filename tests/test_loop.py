@@ -217,7 +217,7 @@ def test_a_monitor_the_model_does_not_report_is_one_line(tmp_path):
 
 def test_warmup_and_cosine_decay_reach_every_family_through_the_loop(tmp_path):
     """The autoencoder's optimizer follows the spec's schedule: its last update ran at a learning rate near
-    0 (cosine to the end), and clipping bounds the update."""
+    0 (cosine to the end). Clipping itself: tests/test_optim.py."""
     import torch
 
     from deepgen.train.loop import STATE_FILE

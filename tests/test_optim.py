@@ -94,3 +94,16 @@ def test_under_ddp_gradients_are_all_reduced_once_per_accumulation_window(tmp_pa
 
     mp.start_processes(_accumulate_under_ddp, args=(str(tmp_path),), nprocs=1, start_method="spawn")
     assert json.loads((tmp_path / "reduced.json").read_text()) == [0, 0, 0, 1, 0, 0, 0, 1]
+
+
+def test_clipping_bounds_each_update_to_the_configured_gradient_norm():
+    """SGD at learning rate 1: an update moves the weights by exactly the clipped gradient, norm 0.5."""
+    model = torch.nn.Linear(4, 1, bias=False)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    s = schedule(rows=10, batch_size=10, epochs=1, clip_grad_norm=0.5)
+    before = model.weight.detach().clone()
+    with s.micro_batch(model) as syncing:
+        s.backward(1000 * model(torch.ones(1, 4)).sum())  # gradient norm 2000
+    assert syncing
+    s.step(model, opt)
+    assert (model.weight.detach() - before).norm().item() == pytest.approx(0.5, rel=1e-5)

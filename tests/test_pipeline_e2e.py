@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import bar_images, write_pipeline
+from conftest import bar_images, bars_source, write_pipeline
 from mlflow.tracking import MlflowClient
 
 from deepgen import cli
@@ -28,12 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, ray_local):
     root = tmp_path_factory.mktemp("e2e")
-    x, y = bar_images(600, seed=7)
-    np.save(root / "x.npy", x)
-    np.save(root / "y.npy", y)
     spec = write_pipeline(
-        root / "bars.yaml", name="bars",
-        data={"source": {"kind": "npy", "path": str(root / "x.npy"), "labels": str(root / "y.npy")}},
+        root / "bars.yaml", name="bars", data={"source": bars_source(root, 600, seed=7)},
         model={"kind": "dense_autoencoder", "hidden": [32], "latent_dim": 4, "loss": "bce"},
         train={"epochs": EPOCHS, "batch_size": 32, "lr": 0.01, "run_name": "bars-e2e"},
         scaling={"num_workers": 2},

@@ -1,8 +1,7 @@
 """A real Ray Tune sweep: 4 trials (one TorchTrainer each) on tiny data, ASHA, a planted failing trial."""
 
-import numpy as np
 import pytest
-from conftest import bar_images, write_pipeline
+from conftest import bars_source, write_pipeline
 from mlflow.tracking import MlflowClient
 
 from deepgen import cli
@@ -13,12 +12,8 @@ pytestmark = pytest.mark.ray
 
 
 def _spec(tmp_path, lrs, epochs=3, name="sweep", space=None):
-    x, y = bar_images(300, seed=3)
-    np.save(tmp_path / "x.npy", x)
-    np.save(tmp_path / "y.npy", y)
     return write_pipeline(
-        tmp_path / f"{name}.yaml", name=name,
-        data={"source": {"kind": "npy", "path": str(tmp_path / "x.npy"), "labels": str(tmp_path / "y.npy")}},
+        tmp_path / f"{name}.yaml", name=name, data={"source": bars_source(tmp_path, 300, seed=3)},
         model={"kind": "dense_autoencoder", "hidden": [16], "latent_dim": 4, "loss": "mse"},
         # max_failures -1 ("restart forever"): a trial whose loss diverges must still end, since a restart
         # would diverge again (deepgen.train.loop.train_loop_per_worker)

@@ -10,8 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from conftest import bar_images, write_pipeline
+from conftest import bars_source, write_pipeline
 from mlflow.tracking import MlflowClient
 
 from deepgen.config import PipelineSpec
@@ -20,12 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_a_killed_sweep_resumes_its_trials_and_mlflow_runs_when_rerun(tmp_path):
-    x, y = bar_images(200, seed=3)
-    np.save(tmp_path / "x.npy", x)
-    np.save(tmp_path / "y.npy", y)
     pipeline = write_pipeline(
-        tmp_path / "sweep.yaml", name="sweep",
-        data={"source": {"kind": "npy", "path": str(tmp_path / "x.npy"), "labels": str(tmp_path / "y.npy")}},
+        tmp_path / "sweep.yaml", name="sweep", data={"source": bars_source(tmp_path, 200, seed=3)},
         model={"kind": "dense_autoencoder", "hidden": [16], "latent_dim": 4, "loss": "mse"},
         train={"epochs": 3, "batch_size": 32}, scaling={"num_workers": 1}, anomaly={"normal_labels": [0]},
         registry={"model_name": "sweep-model"},

@@ -21,7 +21,7 @@ from deepgen.export import save_model_dir
 from deepgen.models import AUTOENCODERS, build_autoencoder
 from deepgen.models.autoencoders import Autoencoder, AutoencoderConfig
 from deepgen.models.vae import VAE
-from deepgen.scoring import Scorer
+from deepgen.scoring import STATELESS, Scorer
 from deepgen.tasks import Evaluation, unwrap
 from deepgen.train.optim import ScheduledTask
 
@@ -50,6 +50,7 @@ class AutoencoderTask(ScheduledTask):
         self.manifest = manifest
         self.config = autoencoder_config(spec.model, manifest.shape, manifest.binary_features)
         self.score = resolve_score(spec.anomaly.score, manifest.shape)  # what `auto` is for this data
+        self.scorer: Scorer | None = None  # fitted by evaluate, exported with the model
 
     def build_models(self):
         return {"model": build_autoencoder(self.spec.model.kind, self.config)}
@@ -66,7 +67,8 @@ class AutoencoderTask(ScheduledTask):
         ae: Autoencoder = unwrap(model)
         # forward through the DDP wrapper (it syncs gradients); the objective is the plain module's method;
         # the loss compares with the clean x
-        return self.update(models, optimizers, lambda: ae.objective(x, model(ae.corrupt(x))))
+        terms = self.update(models, optimizers, lambda: ae.objective(x, model(ae.corrupt(x))))
+        return {k: v.detach() for k, v in terms.items()}
 
     def eval_step(self, models, batch):
         model, x = models["model"], batch["features"]
@@ -75,6 +77,8 @@ class AutoencoderTask(ScheduledTask):
 
     def fit_scorer(self, model, data_dir: Path) -> Scorer:
         """The `anomaly.score` statistics, fitted on the normal training rows (the rows the model learnt)."""
+        if self.score in STATELESS:  # nothing to fit: the training split is not read
+            return Scorer(self.score)
         x_train, y_train = load_split(data_dir, "train")
         x_normal = x_train[normal_mask(y_train, self.spec.anomaly, len(x_train))]
         return Scorer.fit(self.score, model, x_normal)
@@ -115,6 +119,6 @@ class AutoencoderTask(ScheduledTask):
     def export(self, dest: Path, models, evaluation: Evaluation) -> Path:
         dest = save_model_dir(dest, "anomaly", self.spec.model, self.manifest, models["model"],
                               evaluation.registry_tags)
-        scorer = getattr(self, "scorer", None) or self.fit_scorer(models["model"].eval(), self.spec.data_dir)
+        scorer = self.scorer or self.fit_scorer(models["model"].eval(), self.spec.data_dir)
         scorer.save(dest)
         return dest

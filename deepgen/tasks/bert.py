@@ -31,7 +31,7 @@ from deepgen.models.bert import (
     mask_tokens,
 )
 from deepgen.tasks import Evaluation, unwrap
-from deepgen.train.optim import Schedule
+from deepgen.train.optim import ScheduledTask
 
 BERT_CONFIG = "bert-config.json"  # written beside every pretraining checkpoint, so it can seed fine-tuning
 EVAL_MASK_SEED = 1234  # val/test masking is fixed, so epochs and models are compared on the same positions
@@ -108,7 +108,7 @@ def pretraining_metrics(model, data_dir: Path, special: SpecialTokens, mask_rate
 
 
 
-class BertPretrainTask:
+class BertPretrainTask(ScheduledTask):
     batch_columns = ("input_ids", "segment_ids", "length", "is_next")
     # metrics that are means over masked tokens, not rows: (numerator, denominator), sums over the batch
     ratio_metrics = {"mlm_loss": ("mlm_loss_sum", "mlm_count"), "mlm_accuracy": ("mlm_correct", "mlm_count")}
@@ -117,7 +117,6 @@ class BertPretrainTask:
         self.spec, self.manifest, self.m = spec, manifest, spec.model
         self.special = special_tokens(manifest)
         self.config = bert_config(self.m, manifest.vocab_size, manifest.max_len, self.special.pad)
-        self.schedule = Schedule(spec.train)  # the loop hands over the run's own (use_schedule)
 
     def build_models(self):
         return {"model": BertForPreTraining(self.config)}
@@ -127,21 +126,12 @@ class BertPretrainTask:
 
     def train_step(self, models, optimizers, batch):
         model = models["model"]
-        with self.schedule.micro_batch(model) as syncing:
-            out = pretraining_forward(model, batch, self.special, self.m.mask_rate)
-            self.schedule.backward(out.loss)
-        if syncing:
-            self.schedule.step(model, optimizers["model"])
+        out = self.update(models, optimizers, lambda: pretraining_forward(model, batch, self.special, self.m.mask_rate),
+                          loss_of=lambda out: out.loss)
         return {"loss": out.loss.detach(), "nsp_loss": out.nsp_loss.detach(),
                 "nsp_accuracy": (out.nsp_correct / out.nsp_count.clamp(min=1)).detach(),
                 "mlm_loss_sum": (out.mlm_loss * out.mlm_count).detach(), "mlm_correct": out.mlm_correct.detach(),
                 "mlm_count": out.mlm_count.detach(), "tokens": batch["length"].sum()}
-
-    def use_schedule(self, schedule: Schedule) -> None:
-        self.schedule = schedule
-
-    def end_epoch(self, models, optimizers) -> None:
-        self.schedule.end_epoch(optimizers["model"])
 
     def eval_step(self, models, batch):
         generator = torch.Generator(device=batch["input_ids"].device).manual_seed(EVAL_MASK_SEED)
@@ -170,7 +160,7 @@ class BertPretrainTask:
 # --- fine-tuning -----------------------------------------------------------------------------------
 
 
-class BertClassifierTask:
+class BertClassifierTask(ScheduledTask):
     batch_columns = ("input_ids", "segment_ids", "length", "label")
 
     def __init__(self, spec: PipelineSpec, manifest):
@@ -189,7 +179,6 @@ class BertClassifierTask:
                                 f"{manifest.vocab_size}; prepare the text with the pretrained model's tokenizer")
         else:
             self.config = bert_config(self.m, manifest.vocab_size, manifest.max_len, special_tokens(manifest).pad)
-        self.schedule = Schedule(spec.train)  # the loop hands over the run's own (use_schedule)
 
     def build_models(self):
         model = BertForSequenceClassification(self.config, self.num_labels, dropout=self.m.classifier_dropout)
@@ -211,19 +200,9 @@ class BertClassifierTask:
 
     def train_step(self, models, optimizers, batch):
         model = models["model"]
-        with self.schedule.micro_batch(model) as syncing:
-            out = self.forward(model, batch)
-            self.schedule.backward(out.loss)
-        if syncing:
-            self.schedule.step(model, optimizers["model"])
+        out = self.update(models, optimizers, lambda: self.forward(model, batch), loss_of=lambda out: out.loss)
         return {"loss": out.loss.detach(), "accuracy": (out.correct / out.count).detach(),
                 "tokens": batch["length"].sum()}
-
-    def use_schedule(self, schedule: Schedule) -> None:
-        self.schedule = schedule
-
-    def end_epoch(self, models, optimizers) -> None:
-        self.schedule.end_epoch(optimizers["model"])
 
     def eval_step(self, models, batch):
         out = self.forward(models["model"], batch)

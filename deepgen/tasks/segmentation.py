@@ -74,7 +74,9 @@ class SegmentationTask(ScheduledTask):
 
     def train_step(self, models, optimizers, batch):
         model = models["model"]
-        return self.update(models, optimizers, lambda: {"loss": UNet.loss(model(batch["features"]), batch["target"])})
+        loss = self.update(models, optimizers, lambda: UNet.loss(model(batch["features"]), batch["target"]),
+                           loss_of=lambda loss: loss)
+        return {"loss": loss.detach()}
 
     def eval_step(self, models, batch):
         logits = models["model"](batch["features"])

@@ -160,10 +160,9 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
         history.append({**metrics, "ended_at": time.time()})  # wall clock, for start-up cost benchmarks
         with tempfile.TemporaryDirectory(prefix="deepgen-ckpt-") as tmp:
             if env.world_rank == 0:
-                save_checkpoint(Path(tmp), models, optimizers, epoch, history)
+                save_checkpoint(Path(tmp), models, optimizers, epoch, history, spec.spec_hash())
                 if best is not None:
                     torch.save(best, Path(tmp) / BEST_FILE)
-                save_checkpoint(Path(tmp), models, optimizers, epoch, history, spec.spec_hash())
                 if hasattr(task, "checkpoint_files"):  # what makes a checkpoint usable on its own
                     task.checkpoint_files(Path(tmp))
             else:  # each rank's random state joins rank 0's files in the same checkpoint folder

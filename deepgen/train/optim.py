@@ -106,15 +106,16 @@ class ScheduledTask:
             self.schedule = Schedule(self.spec.train)
         return self.schedule
 
-    def update(self, models, optimizers, losses) -> dict[str, torch.Tensor]:
-        """Run `losses()` ({"loss": ..., other terms}) as one batch of an update; returns its terms detached."""
+    def update(self, models, optimizers, forward, loss_of=lambda out: out["loss"]):
+        """Run `forward()` as one batch of an update and backpropagate `loss_of` its result (by default its
+        "loss" term); the optimizer steps when the batch ends an accumulation window. Returns the result."""
         model, schedule = models["model"], self.updates()
         with schedule.micro_batch(model) as syncing:
-            terms = losses()
-            schedule.backward(terms["loss"])
+            out = forward()
+            schedule.backward(loss_of(out))
         if syncing:
             schedule.step(model, optimizers["model"])
-        return {k: v.detach() for k, v in terms.items()}
+        return out
 
     def end_epoch(self, models, optimizers) -> None:
         self.updates().end_epoch(optimizers["model"])
