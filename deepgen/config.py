@@ -765,6 +765,15 @@ class PipelineSpec(Spec):
         relevant["data"].pop("output", None)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:10]
 
+    def refuse_other_spec(self, what: str, spec_hash: str | None, error: type[Exception] = SpecError) -> None:
+        """Refuse to resume or reuse the work of this run name done under another spec (`spec_hash`; None:
+        recorded before deepgen recorded it): a changed model under the same explicit `train.run_name` would
+        otherwise resume a checkpoint of the same shape or report the old version as this one."""
+        if spec_hash and spec_hash != self.spec_hash():
+            raise error(f"train.run_name {self.run_name}: {what} from spec {spec_hash}, this spec is "
+                        f"{self.spec_hash()}; start a new run with --set train.run_name=NEW_NAME "
+                        "(or leave run_name unset: NAME-SPECHASH)")
+
     @property
     def run_name(self) -> str:
         return self.train.run_name or f"{self.name}-{self.spec_hash()}"

@@ -255,8 +255,7 @@ def evaluate(spec: PipelineSpec, manifest: Manifest, checkpoint_dir: Path) -> tu
     ev.history = json.loads((checkpoint_dir / "history.json").read_text())
     if ev.history:  # which epoch's weights were evaluated: the best by train.monitor, or the last
         last = ev.history[-1]
-        ev.registry_tags["kept_epoch"] = last.get("best_epoch") if spec.train.keep == "best" and \
-            last.get("best_epoch") else last["epoch"]
+        ev.registry_tags["kept_epoch"] = (spec.train.keep == "best" and last.get("best_epoch")) or last["epoch"]
     return ev, models, task
 
 
@@ -397,7 +396,8 @@ def _run_pipeline(spec: PipelineSpec, register_model: bool) -> Summary:
     # Before start_run, which would mark the finished MLflow run RUNNING again and leave it so.
     existing = tracking.find_version_for_run(spec.registry.model_name, spec.run_name)
     if existing is not None:
-        check_same_spec(spec, f"registered {existing.name} v{existing.version}", existing.tags.get("spec_hash"))
+        spec.refuse_other_spec(f"registered {existing.name} v{existing.version}", existing.tags.get("spec_hash"),
+                               error=DeepgenError)
         return Summary(spec, uri, existing.run_id, reuse_registered(spec, manifest, existing), None, reused=True)
     run_id = start_run(spec, manifest)
     with tracking.finishing(run_id):
@@ -437,23 +437,14 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def check_same_spec(spec: PipelineSpec, what: str, spec_hash: str | None) -> None:
-    """Refuse to resume or reuse the work of a run name that was done under another spec (a changed model
-    with the same explicit `train.run_name` would otherwise resume its checkpoint or report its version)."""
-    if spec_hash and spec_hash != spec.spec_hash():
-        raise DeepgenError(f"train.run_name {spec.run_name}: {what} from spec {spec_hash}, this spec is "
-                           f"{spec.spec_hash()}; start a new run with --set train.run_name=NEW_NAME "
-                           "(or leave run_name unset: NAME-SPECHASH)")
-
-
 def start_run(spec: PipelineSpec, manifest: Manifest) -> str:
     return tracking.start_or_resume_run(
         spec.experiment, spec.run_name, spec.runs_dir / "mlartifacts",
         params=spec.model_dump(mode="json", exclude={"tracking"}),
         tags={"data_fingerprint": manifest.fingerprint, "spec_hash": spec.spec_hash(),
               "git_commit": tracking.git_commit(), "ray_run_name": spec.run_name},
-        check_found=lambda tags: check_same_spec(spec, f"MLflow run {spec.run_name} was started",
-                                                 tags.get("spec_hash")),
+        check_found=lambda tags: spec.refuse_other_spec(f"MLflow run {spec.run_name} was started",
+                                                        tags.get("spec_hash"), error=DeepgenError),
     )
 
 

@@ -285,11 +285,8 @@ def check_checkpoint_spec(directory: Path, spec: PipelineSpec) -> None:
     """Refuse to resume a checkpoint trained under another spec: the same run name with a changed model
     or data would otherwise go on from weights of another shape (an error) or, worse, of the same shape."""
     saved = Path(directory) / SPEC_HASH_FILE
-    found = saved.read_text().strip() if saved.is_file() else None  # None: saved before checkpoints carried it
-    if found is not None and found != spec.spec_hash():
-        raise TrainingError(f"train.run_name {spec.run_name}: its checkpoints are from spec {found}, "
-                            f"this spec is {spec.spec_hash()}; start a new run with --set train.run_name=NEW_NAME "
-                            "(or leave run_name unset: NAME-SPECHASH)")
+    spec.refuse_other_spec("its checkpoints are", saved.read_text().strip() if saved.is_file() else None,
+                           error=TrainingError)
 
 
 def save_checkpoint(directory: Path, models, optimizers, epoch: int, history: list[dict],
