@@ -143,6 +143,10 @@ def test_deepgen_score_and_the_pyfunc_give_the_scores_evaluation_gave(pipeline, 
     scores = np.array(pq.read_table(out).column("score").to_pylist())
     version = _client(pipeline).get_model_version_by_alias(MODEL, "champion")
     assert version.tags["score"] == "standardized"
+    # what the pipeline chose from the data and the validation split, on the version and on its run
+    run_tags = _client(pipeline).get_run(version.run_id).data.tags
+    assert version.tags["resolved_loss"] == run_tags["resolved_loss"] == "bce"  # the spec's explicit loss
+    assert 1 <= int(version.tags["kept_epoch"]) == int(run_tags["kept_epoch"]) <= EPOCHS
     assert roc_auc_score(y != 0, scores) == pytest.approx(float(version.tags["test_roc_auc"]), abs=1e-12)
     mlflow.set_tracking_uri(pipeline["uri"])
     served = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").predict(np.rint(x * 255))
