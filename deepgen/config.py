@@ -202,15 +202,22 @@ LOSS_HELP = ("reconstruction loss: bce (sigmoid + binary cross-entropy) for bina
              "prepare time from the data, recorded in the run as resolved_loss)")
 
 
-def resolve_score(score: str, shape: list[int]) -> str:
+def resolve_score(score: str, shape: list[int], kind: str = "dense_autoencoder") -> str:
     """`anomaly.score: auto` -> the score that won benchmarks/anomaly.py for rows of this shape: the
-    smoothed error for images (C, H, W), TABLE_SCORE for table rows."""
+    smoothed error for images (C, H, W); for table rows a VAE's own -ELBO, and `combined` for the other
+    autoencoders."""
     if score != "auto":
         return score
-    return "smoothed" if len(shape) == 3 else TABLE_SCORE
+    if len(shape) == 3:
+        return "smoothed"
+    return "reconstruction" if kind == "vae" else "combined"
 
 
-TABLE_SCORE = "combined"
+def resolve_input_range(input_range: str, shape: list[int]) -> str:
+    """`anomaly.input_range: auto` -> normal for table rows, prepared for images (benchmarks/anomaly.py)."""
+    if input_range != "auto":
+        return input_range
+    return "prepared" if len(shape) == 3 else "normal"
 
 
 def resolve_loss(loss: str | None, binary_features: bool) -> str:
@@ -581,11 +588,18 @@ class AnomalySpec(Spec):
     threshold: ThresholdSpec = Field(default_factory=FprThreshold)
     score: Literal["auto", "reconstruction", "smoothed", "standardized", "latent", "combined"] = Field(
         default="auto", description=(
-            "autoencoders: auto (smoothed for images, combined for tables: what won benchmarks/anomaly.py), "
+            "autoencoders: auto (what won benchmarks/anomaly.py: smoothed for images; for tables a VAE's "
+            "-ELBO, combined for the other autoencoders), "
             "reconstruction (the model's own error, a VAE's -ELBO), smoothed (images: the "
             "squared residual after a Gaussian blur of side/28 px), standardized (per-feature "
             "errors over their normal-row scale), latent (Mahalanobis distance of the code to the normal "
             "codes) or combined (standardised log error + log latent distance); see deepgen/scoring.py"))
+
+    input_range: Literal["auto", "normal", "prepared"] = Field(default="auto", description=(
+        "what an autoencoder sees as [0, 1], per feature: normal: the normal training rows' min-max range (a "
+        "value beyond every normal row's then cannot be rebuilt by the sigmoid decoder, and scores high); "
+        "prepared: the prepared data's scale (images: pixel / 255 or the source's maximum; tables: min-max "
+        "over every training row); auto: normal for tables, prepared for images (benchmarks/anomaly.py)"))
 
     @model_validator(mode="after")
     def _one_way_to_say_normal(self) -> AnomalySpec:

@@ -57,7 +57,7 @@ def parts(model, x: np.ndarray, want: set[str]) -> dict[str, np.ndarray]:
             out["own"].append(model.anomaly_score(xb).double().numpy())
         if want - {"own"}:
             forward = model(xb)  # one pass for the code and the reconstruction (eval: a VAE decodes its mean)
-            residual = torch.sigmoid(forward.logits.double()) - xb.double()  # (B, D)
+            residual = torch.sigmoid(forward.logits.double()) - model.normalize(xb).double()  # (B, D)
         if "code" in want:
             out["code"].append(forward.code.double().numpy())
         if "sq_error" in want:
