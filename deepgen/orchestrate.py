@@ -26,7 +26,9 @@ from deepgen.tasks import Evaluation, Task, build_task
 
 
 def say(message: str) -> None:
-    print(f"[deepgen] {message}", flush=True)
+    from deepgen.console import say as on_screen
+
+    on_screen(message)
 
 
 # --- Ray -------------------------------------------------------------------------------------------
@@ -43,7 +45,9 @@ def ensure_ray(spec: PipelineSpec | None = None) -> None:
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        from deepgen.ray_access import init_remote
+
+        init_remote(os.environ["RAY_ADDRESS"])
         return
     per_run = 1.0 + (spec.scaling.num_workers * spec.scaling.cpus_per_worker if spec else 1.0)
     need = per_run * (spec.tune.max_concurrent_trials if spec and spec.tune else 1)
@@ -449,13 +453,11 @@ def start_run(spec: PipelineSpec, manifest: Manifest) -> str:
 
 
 def log_evaluation(run_id: str, ev: Evaluation) -> None:
-    from deepgen import plots
 
     tracking.log_metrics(run_id, ev.metrics, prefix="test_")
     numeric = {k: v for k, v in ev.registry_tags.items() if isinstance(v, (int, float))}
     tracking.log_metrics(run_id, numeric)
     # choices made from the data or the validation split, e.g. the loss `auto` resolved to, the kept epoch
     tracking.set_tags(run_id, {k: v for k, v in ev.registry_tags.items() if isinstance(v, (str, int))})
-    tracking.log_figure(run_id, plots.loss_curves(ev.history), "loss_curves")
     for name, figure in ev.figures.items():
         tracking.log_figure(run_id, figure, name)
