@@ -47,8 +47,9 @@ def cmd_prepare(args) -> int:
     spec = _load_spec(args)
     with console.calm(spec.runs_dir, args.verbose):
         manifest = orchestrate.prepare(spec)
-    print(f"dataset: {spec.data_dir}  rows: {manifest.rows}  fingerprint: {manifest.fingerprint[:12]}")
-    return 0
+    return console.report(args, {"dataset": str(spec.data_dir), "rows": manifest.rows,
+                                 "fingerprint": manifest.fingerprint},
+                          f"dataset: {spec.data_dir}  rows: {manifest.rows}  fingerprint: {manifest.fingerprint[:12]}")
 
 
 def cmd_train(args) -> int:
@@ -640,7 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-v", "--verbose", action="store_true",
                        help="show Ray's and MLflow's own lines here too (by default they go to a log file under "
                             "the runs folder, whose path is printed)")
-        if func in (cmd_run, cmd_tune):
+        if func in (cmd_prepare, cmd_run, cmd_tune):
             _add_json(p)
         p.set_defaults(func=func)
 

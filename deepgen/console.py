@@ -181,6 +181,9 @@ def calm(runs_dir: str | Path, verbose: bool = False):
     if verbose or _screen is not None:
         yield None
         return
+    # Ray folds repeated worker lines and prints the fold when the process exits, after the screen is back:
+    # in a log file the fold saves nothing (read when Ray is imported, so before that)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     path = Path(runs_dir) / "logs" / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}.log"
     path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
@@ -197,11 +200,12 @@ def calm(runs_dir: str | Path, verbose: bool = False):
     os.close(log_fd)
     global _ticker
     _ticker = _Ticker(_screen) if _screen.isatty() else None
-    worker_lines = _WorkerLines(_screen)
+    worker_lines = _WorkerLines(_screen, path)
     worker_lines.attach()
     try:
         yield path
     finally:
+        _flush_ray_folds()
         worker_lines.detach()
         if _ticker is not None:
             _ticker.close()
@@ -215,41 +219,70 @@ def calm(runs_dir: str | Path, verbose: bool = False):
         _screen = None
 
 
+def _flush_ray_folds() -> None:
+    """Print Ray's folded repeated lines now, into the log (where Ray was imported before RAY_DEDUP_LOGS=0)."""
+    if "ray" not in sys.modules:
+        return
+    try:
+        from ray._private.ray_logging import stderr_deduplicator, stdout_deduplicator
+        from ray._private.worker import print_worker_logs
+    except ImportError:
+        return
+    for deduplicator, stream in ((stdout_deduplicator, sys.stdout), (stderr_deduplicator, sys.stderr)):
+        for batch in deduplicator.flush():
+            print_worker_logs(batch, stream)
+
+
 class _WorkerLines:
     """Ray hands the driver every line its workers print; deepgen's own (`[deepgen] ...`) go to the screen.
-    Ray's own handler still writes all of them to the log file."""
+    While `calm` holds, Ray's own handler still writes every line to the log file. A worker's line can reach
+    the driver after its step returned, so when the Ray that `calm` started outlives it, this handler takes
+    over from Ray's: deepgen's lines to the screen, the rest appended to the log."""
 
     name = "deepgen_screen"
 
-    def __init__(self, screen):
-        self.screen = screen
+    def __init__(self, screen, log_path: Path):
+        self.screen, self.log_path, self.late = screen, log_path, False
+
+    @staticmethod
+    def _dispatcher():
+        try:
+            from ray._private.ray_logging import global_worker_stdstream_dispatcher
+        except ImportError:  # no Ray: nothing to route
+            return None
+        return global_worker_stdstream_dispatcher
 
     def attach(self) -> None:
-        try:
-            from ray._private.worker import global_worker_stdstream_dispatcher
-        except ImportError:  # no Ray: nothing to route
-            return
-        global_worker_stdstream_dispatcher.add_handler(self.name, self)
+        dispatcher = self._dispatcher()
+        self.ray_had_printer = dispatcher is not None and any(n == "ray_print_logs" for n, _ in dispatcher.handlers)
+        if dispatcher is not None:
+            dispatcher.remove_handler(self.name)  # an earlier command's, in the same process
+            dispatcher.add_handler(self.name, self)
 
     def detach(self) -> None:
-        try:
-            from ray._private.worker import global_worker_stdstream_dispatcher
-
-            global_worker_stdstream_dispatcher.remove_handler(self.name)
-        except (ImportError, KeyError, ValueError):
-            pass
+        dispatcher = self._dispatcher()
+        if dispatcher is None:
+            return
+        if not self.ray_had_printer and any(n == "ray_print_logs" for n, _ in dispatcher.handlers):
+            dispatcher.remove_handler("ray_print_logs")  # ray.init ran under calm: its late lines are ours
+            self.screen, self.late = sys.stdout, True
+        else:
+            dispatcher.remove_handler(self.name)
 
     def __call__(self, data: dict) -> None:
+        rest = []
         for line in data.get("lines", ()):
             at = line.find("[deepgen]")
             if at < 0:
-                continue
-            text = line[at:]
-            if _ticker is not None:
-                _ticker.line(text)
+                rest.append(line)
+            elif _ticker is not None:
+                _ticker.line(line[at:])
             else:
-                self.screen.write(text + "\n")
+                self.screen.write(line[at:] + "\n")
                 self.screen.flush()
+        if self.late and rest:
+            with open(self.log_path, "a") as log:
+                log.write("".join(f"({data.get('pid')}) {line}\n" for line in rest))
 
 
 class _Unclosed:

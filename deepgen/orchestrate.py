@@ -53,8 +53,13 @@ def ensure_ray(spec: PipelineSpec | None = None) -> None:
     need = per_run * (spec.tune.max_concurrent_trials if spec and spec.tune else 1)
     # The dashboard (on this machine only) serves the State API, which Ray Train's placement-group cleaner
     # needs: without it, a trainer that Tune stops (ASHA) keeps its workers' CPUs and a sweep stalls.
-    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), include_dashboard=True,
-             dashboard_host="127.0.0.1")
+    try:
+        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), include_dashboard=True,
+                 dashboard_host="127.0.0.1")
+    except Exception as e:  # noqa: BLE001 - a node that timed out starting, a port taken, ...: one line
+        from deepgen.ray_access import ClusterAccessError
+
+        raise ClusterAccessError(f"could not start a local Ray: {' '.join(str(e).split())[:300]}") from None
 
 
 def _quiet_ray_data() -> None:
