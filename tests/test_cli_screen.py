@@ -46,3 +46,22 @@ def test_json_keeps_stdout_for_the_one_object_while_the_screen_is_calm(tmp_path)
     assert info["rows"] == {"train": 1078, "val": 270, "test": 449}  # the bundled digits, split by the defaults
     assert Path(info["dataset"]).parent == tmp_path / "runs" / "data"
     assert all(line.startswith("[deepgen] ") for line in out.stderr.strip().splitlines()), out.stderr
+
+
+def test_on_a_terminal_a_step_shows_its_time_and_training_a_bar_of_the_epochs():
+    import io
+    import time
+
+    from deepgen.console import _Ticker
+
+    screen = io.StringIO()
+    ticker = _Ticker(screen)
+    try:
+        ticker.line("[deepgen] epoch 3/10 train_loss=0.1")
+        time.sleep(4.5)
+    finally:
+        ticker.close()
+    text = screen.getvalue()
+    assert text.startswith("[deepgen] epoch 3/10 train_loss=0.1\n")
+    assert "[#########.....................] 3/10 epochs, this one 0:0" in text
+    assert text.endswith("\r\033[K")  # the status line is cleared before the next line or the end
