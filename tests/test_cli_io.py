@@ -279,3 +279,22 @@ def test_models_lookup_of_an_unknown_reference_exits_1_in_one_line(deepgen, ref)
     result = deepgen("models", "lookup", ref)
     _refused(result, ref, "`deepgen models list` shows what is there", status=1)
     assert result[1] == ""
+
+
+# --- --json: one object on stdout ------------------------------------------------------------------------
+
+
+def test_score_and_sample_json_is_one_object_naming_the_version_and_the_output(deepgen, tmp_path):
+    np.save(tmp_path / "rows.npy", np.random.default_rng(0).integers(0, 17, (7, 64)).astype(np.float32))
+    code, out, err = deepgen("score", "--model", "anom@champion", "--input", str(tmp_path / "rows.npy"),
+                             "--output", str(tmp_path / "s.parquet"), "--json")
+    info = json.loads(out)  # all of stdout
+    assert code == 0 and info["model"] == "anom" and info["version"] == "1" and info["rows"] == 7
+    assert info["output"] == str(tmp_path / "s.parquet") and info["threshold"] == 0.5
+    assert info["flagged"] == int(pd.read_parquet(tmp_path / "s.parquet")["is_anomaly"].sum())
+    code, out, _ = deepgen("sample", "--model", "gan@champion", "--n", "4", "--out", str(tmp_path / "g.png"), "--json")
+    assert code == 0 and json.loads(out) == {"model": "gan", "version": "1", "images": 4, "label": None, "seed": 0,
+                                             "output": str(tmp_path / "g.png")}
+    code, out, err = deepgen("sample", "--model", "gan@champion", "--out", str(tmp_path / "g.png"), "--json")
+    assert code == 2 and json.loads(out)["exit_status"] == 2 and "already exists" in json.loads(out)["error"]
+    assert err == [f"deepgen: error: {json.loads(out)['error']}"]
