@@ -150,7 +150,8 @@ def test_deepgen_score_and_the_pyfunc_give_the_scores_evaluation_gave(pipeline, 
     assert 1 <= int(version.tags["kept_epoch"]) == int(run_tags["kept_epoch"]) <= EPOCHS
     assert roc_auc_score(y != 0, scores) == pytest.approx(float(version.tags["test_roc_auc"]), abs=1e-12)
     mlflow.set_tracking_uri(pipeline["uri"])
-    served = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").predict(np.rint(x * 255))
+    # raw rows as float64 (N, D): the dtype of the logged signature, which the pyfunc enforces
+    served = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").predict(np.rint(x * 255).astype(np.float64))
     np.testing.assert_allclose(served["score"].to_numpy(), scores, rtol=1e-9)
 
 
