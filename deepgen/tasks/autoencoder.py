@@ -118,6 +118,7 @@ class AutoencoderTask(ScheduledTask):
         figures = {"score_histogram": plots.score_histogram(scores, is_anomaly, threshold)}
         if is_anomaly.any() and not is_anomaly.all():
             figures["roc_curve"] = plots.roc_curve(scores, is_anomaly)
+            figures["pr_curve"] = plots.pr_curve(scores, is_anomaly, threshold)
         if len(self.manifest.shape) == 3:
             with torch.no_grad():
                 recon = model.reconstruct(torch.tensor(x_test[:8])).numpy()
