@@ -138,3 +138,21 @@ def test_trimming_padding_changes_no_prediction():
         full = model(ids, batch["segment_ids"], attention_mask(batch)).logits
         short = model(trimmed["input_ids"], trimmed["segment_ids"], attention_mask(trimmed)).logits
     assert torch.allclose(full, short, atol=1e-5)
+
+
+def test_pretraining_reports_what_guessing_gets(tmp_path):
+    from deepgen.config import TextFilesSource, TextSpec
+    from deepgen.data.text import prepare_pretraining
+    from deepgen.tasks.bert import pretraining_baselines
+
+    # every sentence is "w w w ." with w from a few words: "." is the most frequent token, a quarter of them
+    rng = np.random.default_rng(0)
+    words = ["ka", "lo", "mi", "nu", "po", "ra"]
+    docs = ["\n".join(" ".join(rng.choice(words, 3)) + " ." for _ in range(4)) for _ in range(40)]
+    (tmp_path / "c.txt").write_text("\n\n".join(docs))
+    manifest, _ = prepare_pretraining(TextFilesSource(paths=[str(tmp_path / "c.txt")], sentence_split="lines"),
+                                      tmp_path / "data", TextSpec(max_len=16, vocab_size=60, min_frequency=1),
+                                      log=lambda m: None)
+    guesses = pretraining_baselines(tmp_path / "data", special_tokens(manifest))
+    assert guesses["mlm_accuracy_most_frequent"] == pytest.approx(0.25)
+    assert guesses["nsp_accuracy_majority"] == pytest.approx(0.5, abs=0.03)  # pairs are half "next"

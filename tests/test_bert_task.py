@@ -102,9 +102,6 @@ def test_pretraining_learns_and_reports_its_metrics(pretrained):
     ev = pretrained["task"].evaluate(pretrained["models"], pretrained["spec"].data_dir)
     # knowing a word's group alone gives ln(WORDS_PER_GROUP) nats; not even that: ln(2 * WORDS_PER_GROUP)
     assert ev.metrics["mlm_loss"] < np.log(2 * WORDS_PER_GROUP)
-    # the test figures come with what guessing gets: the most frequent token, the majority NSP class
-    assert ev.metrics["mlm_accuracy"] > ev.metrics["mlm_accuracy_most_frequent"] + 0.1
-    assert 0.5 <= ev.metrics["nsp_accuracy_majority"] < 0.6
 
 
 def test_fine_tuning_from_the_pretrained_encoder_beats_random_initialisation(pretrained):
