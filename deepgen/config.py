@@ -378,6 +378,16 @@ class BertPretrainSpec(BertSpec):
     mask_rate: float = Field(default=0.15, gt=0, lt=1, description="share of tokens to predict (80/10/10)")
 
 
+class DomainAdaptiveSpec(Spec):
+    """Masked-LM on the fine-tuning set's own training texts before the classifier trains (task-adaptive
+    pretraining, Gururangan et al. 2020, "Don't Stop Pretraining"); labels are not read."""
+
+    epochs: int = Field(default=3, gt=0, description="passes of masked-LM over the training texts")
+    lr: float = Field(default=5e-4, gt=0, description="peak learning rate (6% linear warmup, then linear decay)")
+    batch_size: int = Field(default=64, gt=0, le=MAX_BATCH, description="texts per update")
+    mask_rate: float = Field(default=0.15, gt=0, lt=1, description="share of tokens to predict (80/10/10)")
+
+
 class BertClassifierSpec(BertSpec):
     """Sequence classification on [CLS], from a pretrained encoder (transfer) or from scratch."""
 
@@ -387,6 +397,11 @@ class BertClassifierSpec(BertSpec):
         description="NAME@ALIAS or NAME/VERSION of a registered bert_pretrain model, or its exported folder; "
                     "its encoder sizes and tokenizer replace the ones here. null: random initialisation")
     classifier_dropout: float = Field(default=0.1, ge=0, lt=1)
+    domain_adaptive: DomainAdaptiveSpec | None = Field(
+        default=None, description="continue masked-LM pretraining on the training texts first; null: do not")
+    class_weight: Literal["auto", "balanced", "none"] = Field(
+        default="auto", description="balanced: weight each class's loss by rows / (classes * its rows); "
+        "auto: balanced when the largest training class has over 1.5 times the rows of the smallest")
 
 
 # --- GANs ---

@@ -511,16 +511,24 @@ def fake_wordnet(directory: Path) -> Path:
 def test_wordnet_glosses_become_documents_of_related_synsets(tmp_path):
     folder = fake_wordnet(tmp_path / "wordnet")
     summary = corpora.write_wordnet_corpus(tmp_path / "glosses.txt", folder)
-    assert (summary.documents, summary.rows) == (5, 10)
+    assert (summary.documents, summary.rows) == (5, 13)
     assert parse_documents((tmp_path / "glosses.txt").read_text(), "lines") == [
         ["animal: a living organism characterized by voluntary movement.",  # co-hyponyms of entity
          "rock: a lump or mass of hard consolidated mineral matter."],
-        ["dog, domestic dog: a member of the genus Canis.",  # co-hyponyms of animal; examples dropped
-         "cat: feline mammal usually having thick soft fur.", "horse: solid-hoofed herbivorous quadruped."],
+        ["dog, domestic dog: a member of the genus Canis.", "the dog barked all night.",  # gloss, then examples
+         "cat: feline mammal usually having thick soft fur.", "horse: solid-hoofed herbivorous quadruped.",
+         "he rode a horse.", "a fast horse."],
         ["wet: covered or soaked with a liquid such as water.", "damp: slightly wet.", "soggy: soaked through."],
         ["entity: that which is perceived or known or inferred to have its own distinct existence."],  # a root
         ["quickly: with speed."],  # adverbs are grouped by lexicographer file
     ]
+
+
+def test_wordnet_glosses_alone_without_examples(tmp_path):
+    folder = fake_wordnet(tmp_path / "wordnet")
+    summary = corpora.write_wordnet_corpus(tmp_path / "glosses.txt", folder, with_examples=False)
+    assert (summary.documents, summary.rows) == (5, 10)
+    assert "the dog barked all night." not in (tmp_path / "glosses.txt").read_text()
 
 
 def test_missing_corpora_say_what_to_install(tmp_path, monkeypatch):
