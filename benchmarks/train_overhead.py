@@ -164,9 +164,9 @@ def main() -> None:
         import ray
 
         t = time.time()
-        if gpu:  # what a lent GPU machine needs (see the benchmarks README), and no dashboard
-            ray.init(num_cpus=max(4, os.cpu_count() or 1), object_store_memory=2 * 10**9, include_dashboard=False)
-        orchestrate.ensure_ray(spec)
+        # no dashboard (it is for Tune's placement-group cleaner; on a busy machine it can fail to start, and
+        # ray.init with it), and a bounded object store, as a lent GPU machine needs (benchmarks README)
+        ray.init(num_cpus=max(4, os.cpu_count() or 1), object_store_memory=2 * 10**9, include_dashboard=False)
         ray_init_s = time.time() - t
         time.sleep(5)  # let Ray's daemons settle
         idle = run_plain(spec, manifest, root / "idle")
