@@ -521,6 +521,18 @@ class TrainSpec(Spec):
     cache_shards: bool = Field(
         default=True, description="keep each worker's data shard in memory after the first epoch"
     )
+    # How fast the step runs, not what it computes (deepgen.train.accel); left out of spec_hash.
+    compile: Literal["off", "default", "max-autotune"] = Field(default="off", description=(
+        "torch.compile each model once per worker: off, default, or max-autotune (inductor autotunes its "
+        "kernels: a longer first epoch). YAML's bare off/on read as off/default"))
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = Field(default="inductor", description=(
+        "torch.compile's backend: inductor generates the fast kernels; aot_eager and eager only trace the "
+        "model (no speed-up: for debugging a compile failure, and for the CPU tests)"))
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _yaml_off(cls, value):
+        return {False: "off", True: "default"}.get(value, value) if isinstance(value, bool) else value
     # The optimisation every family gets from the one loop (deepgen.train.optim). A GAN's two players keep
     # their own learning rates (model.lr_g, model.lr_d) and take no schedule.
     warmup_fraction: float = Field(default=0.0, ge=0, lt=1, description="share of updates with a linear warmup")
@@ -789,7 +801,8 @@ class PipelineSpec(Spec):
     def spec_hash(self) -> str:
         """Hash of everything that shapes the trained model (not where it is stored or registered)."""
         relevant = self.model_dump(mode="json", include={"data", "model", "train", "anomaly"})
-        for operational in ("run_name", "checkpoints_to_keep", "cache_shards", "max_failures"):
+        for operational in ("run_name", "checkpoints_to_keep", "cache_shards", "max_failures", "compile",
+                            "compile_backend"):
             relevant["train"].pop(operational, None)
         relevant["data"].pop("output", None)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:10]

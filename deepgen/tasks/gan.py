@@ -29,6 +29,7 @@ from deepgen.export import load_weights, read_meta, save_model_dir
 from deepgen.metrics import images as metrics
 from deepgen.models import gans
 from deepgen.tasks import Evaluation, unwrap
+from deepgen.train import accel
 
 GAN_SPECS = (GanSpec, DCGANSpec, CGANSpec, LapGANSpec, SRGANSpec)
 
@@ -156,8 +157,7 @@ class GanTask:
             models = {"generator": gans.DCGANGenerator(c), "discriminator": gans.DCGANDiscriminator(c)}
         else:
             models = {"generator": gans.MLPGenerator(c), "discriminator": gans.MLPDiscriminator(c)}
-        # channels-last: cuDNN runs convs (and bf16 tensor cores) in NHWC natively; NCHW pays transposes
-        return {name: model.to(memory_format=torch.channels_last) for name, model in models.items()}
+        return models  # channels-last on CUDA: the loop's (deepgen.train.accel.memory_format)
 
     def build_optimizers(self, models):
         m = self.spec.model
@@ -347,9 +347,9 @@ class GanTask:
     # -- batch handling -- #
 
     def _images(self, batch) -> torch.Tensor:
-        """(B, C*H*W) rows in [0, 1] -> (B, C, H, W) in [-1, 1], channels-last like the models."""
+        """(B, C*H*W) rows in [0, 1] -> (B, C, H, W) in [-1, 1], in the models' layout (channels-last on CUDA)."""
         x = batch["features"]
-        return (x.view(len(x), *self.shape) * 2 - 1).contiguous(memory_format=torch.channels_last)
+        return accel.conv_input(x.view(len(x), *self.shape) * 2 - 1)
 
     def _unit_images(self, rows: np.ndarray) -> torch.Tensor:
         # a copy: arrays read from Arrow are read-only
