@@ -116,6 +116,49 @@ def load_embedder(ref: str, runs_dir: str, pooling: str) -> TextEmbedder:
         return TextEmbedder.load(folder, pooling, where=ref)
 
 
+@torch.no_grad()
+def embed_pooled(embedder: TextEmbedder, texts: list[str], batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Every pooling's (N, C) unit vectors from one pass of the encoder (as TextEmbedder.embed, per pooling)."""
+    enc = embedder.tokenizer.encode_batch(list(texts), embedder.max_len)
+    out = {pooling: np.zeros((len(enc), embedder.dim), np.float32) for pooling in POOLINGS}
+    order = np.argsort(enc.length, kind="stable")
+    for lo in range(0, len(order), batch_size):
+        rows = order[lo:lo + batch_size]
+        width = int(enc.length[rows].max())
+        ids = torch.from_numpy(enc.input_ids[rows, :width].astype(np.int64))
+        mask = torch.from_numpy(enc.attention_mask[rows, :width]).bool()
+        h, pooled = embedder.bert(ids, None, None if bool(mask.all()) else mask)
+        m = mask[..., None].float()
+        vectors = {"mean": (h * m).sum(1) / m.sum(1), "cls": pooled}
+        for pooling, v in vectors.items():
+            out[pooling][rows] = torch.nn.functional.normalize(v.float(), dim=-1).numpy()
+    return out
+
+
+def centred(docs: np.ndarray, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mu = docs.mean(0)
+    return tuple(v / np.linalg.norm(v, axis=1, keepdims=True).clip(1e-12) for v in (docs - mu, queries - mu))
+
+
+def encoder_hits(embedder: TextEmbedder, glosses, queries, gold, cache: Path) -> dict[str, np.ndarray]:
+    """variant (pooling, and pooling + centring) -> (Q, len(KS)) expected hits; kept in `cache` (a model
+    version's weights never change)."""
+    if cache.is_file():
+        with np.load(cache) as saved:
+            return dict(saved)
+    docs, asked = embed_pooled(embedder, glosses), embed_pooled(embedder, queries)
+    hits = {}
+    for pooling in POOLINGS:
+        hits[pooling] = dense_hits(asked[pooling], docs[pooling], gold)
+        # centred: the documents' mean vector taken away from both sides (Mu and Viswanath 2018; Su et al.
+        # 2021): the vectors of an encoder not trained for similarity share one large common direction
+        d, q = centred(docs[pooling], asked[pooling])
+        hits[f"{pooling}, centred"] = dense_hits(q, d, gold)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, **hits)
+    return hits
+
+
 def random_like(embedder: TextEmbedder, seed: int) -> TextEmbedder:
     """The same architecture and tokenizer, at BERT's random initialisation."""
     from deepgen.models.bert import BertModel, init_bert_weights
@@ -137,6 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--limit-queries", type=int, help="a seeded sample of this many queries (faster)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--random-inits", type=int, default=1,
+                   help="encoders at random initialisation (the control), one per model up to this many")
     p.add_argument("--out", default="benchmarks/out/retrieval.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -154,15 +199,19 @@ def main(argv: list[str] | None = None) -> None:
                       ("BM25", lambda: bm25_hits(glosses, queries, gold))):
         t = time.perf_counter()
         hits[name], seconds[name] = [run()], time.perf_counter() - t
+    cache = Path(args.out).parent / "retrieval-cache"
+    limit = f"-q{len(queries)}"
     for m, ref in enumerate(args.model):
-        for pooling in POOLINGS:
-            trained = load_embedder(ref, args.runs_dir, pooling)
-            for label, embedder in ((f"deepgen, pretrained, {pooling}", trained),
-                                    (f"deepgen, random init, {pooling}", random_like(trained, seed=m))):
-                t = time.perf_counter()
-                docs = embedder.embed(glosses)
-                hits.setdefault(label, []).append(dense_hits(embedder.embed(queries), docs, gold))
-                seconds[label] = seconds.get(label, 0.0) + time.perf_counter() - t
+        trained = load_embedder(ref, args.runs_dir, "mean")
+        slug = ref.replace("/", "-v").replace("@", "-at-").strip("-.")
+        runs = [("pretrained", trained, f"{slug}-{args.documents}{limit}")]
+        if m < args.random_inits:
+            runs.append(("random init", random_like(trained, seed=m), f"random{m}-{args.documents}{limit}"))
+        for label, embedder, key in runs:
+            t = time.perf_counter()
+            for pooling, h in encoder_hits(embedder, glosses, queries, gold, cache / f"{key}.npz").items():
+                hits.setdefault(f"deepgen, {label}, {pooling}", []).append(h)
+            seconds[f"deepgen, {label}"] = seconds.get(f"deepgen, {label}", 0.0) + time.perf_counter() - t
     for name, s in seconds.items():
         print(f"  {name}: {s:.0f} s")
 
@@ -175,8 +224,9 @@ def main(argv: list[str] | None = None) -> None:
             h = per_model[i % len(per_model)]
             for split, rows in halves.items():
                 per_seed[name][split].append(h[rows].mean(0).tolist())
-    chosen = max(POOLINGS, key=lambda pl: np.mean(per_seed[f"deepgen, pretrained, {pl}"]["val"], 0)[1])
-    print(f"\npooling chosen on val (recall@10): {chosen}")
+    variants = [name.removeprefix("deepgen, pretrained, ") for name in per_seed if "pretrained" in name]
+    chosen = max(variants, key=lambda v: np.mean(per_seed[f"deepgen, pretrained, {v}"]["val"], 0)[1])
+    print(f"\nchosen on val (recall@10): {chosen}")
     print("\n| method | val recall@1 | val recall@10 | test recall@1 | test recall@10 |\n|---|---:|---:|---:|---:|")
     for name, splits in per_seed.items():
         cells = []

@@ -65,8 +65,8 @@ class TextEmbedder:
         directory = Path(directory)
         meta = read_meta(directory)
         if meta.family not in TEXT_FAMILIES:
-            raise DataError(f"{where or directory}: a {meta.family} model; embedding needs a bert_pretrain or "
-                            "bert_classifier model")
+            raise DataError(f"{where or directory}: not a BERT encoder (model family {meta.family}); embedding "
+                            "needs a bert_pretrain or bert_classifier model")
         bert = BertModel(BertConfig(**meta.config))
         state = torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True)
         bert.load_state_dict({k[len("bert."):]: v for k, v in state.items() if k.startswith("bert.")})

@@ -87,3 +87,14 @@ def test_an_index_round_trips_and_refuses_another_model(tmp_path):
         check_index_model(index, "v.parquet", ModelIdentity("enc/3", "def"))
     with pytest.raises(DataError, match="no such file"):
         read_index(tmp_path / "missing.parquet")
+
+
+def test_a_model_that_is_not_a_bert_encoder_is_refused_in_one_line(tmp_path):
+    from deepgen.data.prepare import Scaler
+    from deepgen.export import META, ModelMeta
+
+    meta = ModelMeta(family="anomaly", kind="dense_autoencoder", config={}, shape=[4], scaler=Scaler(),
+                     feature_names=None, extra={})
+    (tmp_path / META).write_text(meta.model_dump_json())
+    with pytest.raises(DataError, match=r"detector@champion: not a BERT encoder \(model family anomaly\)"):
+        TextEmbedder.load(tmp_path, where="detector@champion")
