@@ -267,7 +267,7 @@ def cmd_search(args) -> int:
     """The --k texts of an index closest (cosine) to each --query, embedded by the index's own model."""
     from deepgen.retrieval import check_index_model, read_index, top_k
 
-    queries = [q for q in args.query]
+    queries = list(args.query)
     index = read_index(args.index)  # before the registry: a bad file is refused at once
     args.pooling = index.pooling
     embedder, model = _text_embedder(args)

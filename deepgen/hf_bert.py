@@ -252,10 +252,12 @@ def convert_checkpoint(folder: Path, dest: Path) -> Path:
                                 "max_len": model.config.max_len, "tokenizer_fingerprint": tokenizer.fingerprint,
                                 "source": "huggingface"})
         (tmp / META).write_text(meta.model_dump_json(indent=2))
-        if dest.exists():  # a conversion that another process finished first: the same files
-            shutil.rmtree(tmp)
-        else:
+        try:
             os.replace(tmp, dest)
+        except OSError:
+            if not dest.is_dir():
+                raise
+            # another process finished the same conversion first: its files are these
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
