@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
         cells = []
         for split in ("val", "test"):
             r = np.array(splits[split])  # (seeds, len(KS))
-            cells += [f"{m:.3f} ({s:.3f})" for m, s in zip(r.mean(0), r.std(0))]
+            cells += [f"{m:.4f} ({s:.4f})" for m, s in zip(r.mean(0), r.std(0))]
         print(f"| {name} | {' | '.join(cells)} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
