@@ -267,7 +267,14 @@ def cmd_search(args) -> int:
     """The --k texts of an index closest (cosine) to each --query, embedded by the index's own model."""
     from deepgen.retrieval import check_index_model, read_index, top_k
 
-    queries = list(args.query)
+    queries = list(args.query or [])
+    if args.input:
+        from deepgen.export import TextClassifier
+
+        queries += TextClassifier.read_input(args.input, args.text_column)
+    if not queries:
+        raise DeepgenError(f"{args.input or args.index}: no queries; give --query \"...\" (repeatable) or --input "
+                           "FILE (.txt lines, .csv/.parquet)")
     index = read_index(args.index)  # before the registry: a bad file is refused at once
     args.pooling = index.pooling
     embedder, model = _text_embedder(args)
@@ -673,7 +680,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "nearest texts of the index by cosine similarity (exact search).")
     _add_model_ref(p)
     p.add_argument("--index", required=True, help="a Parquet file written by `deepgen embed`")
-    p.add_argument("--query", action="append", required=True, help="a text to search for (repeatable)")
+    p.add_argument("--query", action="append", help="a text to search for (repeatable)")
+    p.add_argument("--input", help="queries: .txt (one per line), .csv or .parquet (--text-column)")
+    p.add_argument("--text-column", default="text", help="column of --input tables holding the queries")
     p.add_argument("--k", type=_at_least(1), default=10, help="texts to return per query (default 10)")
     p.add_argument("--json", action="store_true", help="one JSON object per query")
     p.set_defaults(func=cmd_search)

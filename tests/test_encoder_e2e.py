@@ -79,8 +79,9 @@ def test_embed_and_search_with_a_pretrained_encoder_and_a_classifier_from_a_hf_c
         assert first["hits"][0]["score"] == pytest.approx(1.0, abs=1e-3) and first["hits"][0]["row"] == 3
         assert len(second["hits"]) == 3
         assert [h["score"] for h in second["hits"]] == sorted((h["score"] for h in second["hits"]), reverse=True)
-        assert cli.main(["search", "--model", model, "--index", str(out), "--query", texts[0], "--k", "50"]) == 0
-        assert capsys.readouterr().out.count("  row ") == 5  # k beyond the index: every text once
+        assert cli.main(["search", "--model", model, "--index", str(out), "--input", "texts.txt", "--k", "50"]) == 0
+        printed = capsys.readouterr().out
+        assert printed.count("query: ") == 5 and printed.count("  row ") == 25  # k beyond the index: all of it
 
     # refused in one line, nothing written or replaced
     index = tmp_path / "bert-wordnet.parquet"
@@ -94,6 +95,7 @@ def test_embed_and_search_with_a_pretrained_encoder_and_a_classifier_from_a_hf_c
         (["embed", "--model", "bert-wordnet@champion", "--text", "x", "--output", "v.csv"],
          "give --output FILE.parquet"),
         (["search", "--model", "bert-wordnet@champion", "--index", "texts.txt", "--query", "x"], "not a Parquet file"),
+        (["search", "--model", "bert-wordnet@champion", "--index", str(index)], "no queries; give --query"),
         (["search", "--model", "bert-wordnet@champion", "--index", "labelled.csv", "--query", "x"], "not a Parquet"),
     ]
     for argv, message in cases:
