@@ -291,6 +291,80 @@ def _predict_texts(args, classifier, version) -> int:
     return 0
 
 
+def _text_embedder(args):
+    """The encoder of --model (a registered bert_pretrain or bert_classifier) and who it is."""
+    from deepgen import tracking
+    from deepgen.retrieval import ModelIdentity, TextEmbedder
+
+    tracking.configure(args.runs_dir)
+    version = tracking.resolve(args.model)
+    with tracking.fetched_model_dir(version) as folder:
+        embedder = TextEmbedder.load(folder, args.pooling if "pooling" in args else "mean", where=args.model)
+    return embedder, ModelIdentity(f"{version.name}/{version.version}", (version.tags or {}).get("model_sha256"))
+
+
+def cmd_embed(args) -> int:
+    """Texts -> unit vectors in a Parquet index (row, text, vector), for `deepgen search`."""
+    from deepgen.export import TextClassifier
+    from deepgen.retrieval import index_table
+
+    out = Path(args.output)
+    if out.suffix != ".parquet":
+        raise DeepgenError(f"{out}: vectors are written as Parquet; give --output FILE.parquet")
+    _check_output(out, *([Path(args.input)] if args.input else []), force=args.force)
+    texts = list(args.text or [])
+    if args.input:
+        texts += TextClassifier.read_input(args.input, args.text_column)
+    if not texts:
+        raise DeepgenError(f"{args.input or args.model}: no texts to embed; give --input FILE (.txt lines, "
+                           ".csv/.parquet) or --text \"...\"")
+    embedder, model = _text_embedder(args)
+    vectors = embedder.embed(texts)
+    import pyarrow.parquet as pq
+
+    with _writing(out) as tmp:
+        pq.write_table(index_table(texts, vectors, embedder.pooling, model), tmp)
+    if args.json:
+        print(json.dumps({"output": str(out), "texts": len(texts), "dim": embedder.dim, "model": model.name,
+                          "pooling": embedder.pooling}))
+    else:
+        print(f"embedded {len(texts)} texts with {model.name} ({embedder.pooling}-pooled, {embedder.dim} "
+              f"dimensions) -> {out}")
+    return 0
+
+
+def cmd_search(args) -> int:
+    """The --k texts of an index closest (cosine) to each --query, embedded by the index's own model."""
+    from deepgen.retrieval import check_index_model, read_index, top_k
+
+    queries = list(args.query or [])
+    if args.input:
+        from deepgen.export import TextClassifier
+
+        queries += TextClassifier.read_input(args.input, args.text_column)
+    if not queries:
+        raise DeepgenError(f"{args.input or args.index}: no queries; give --query \"...\" (repeatable) or --input "
+                           "FILE (.txt lines, .csv/.parquet)")
+    index = read_index(args.index)  # before the registry: a bad file is refused at once
+    args.pooling = index.pooling
+    embedder, model = _text_embedder(args)
+    check_index_model(index, args.index, model)
+    if index.vectors.shape[1] != embedder.dim:
+        raise DataError(f"{args.index}: vectors of {index.vectors.shape[1]} dimensions, {model.name} gives "
+                        f"{embedder.dim}; embed the texts again with this model")
+    rows, scores = top_k(embedder.embed(queries), index.vectors, args.k)
+    for query, found, score in zip(queries, rows, scores):
+        hits = [{"rank": r + 1, "score": round(float(s), 4), "row": int(index.rows[i]), "text": index.texts[i]}
+                for r, (i, s) in enumerate(zip(found, score))]
+        if args.json:
+            print(json.dumps({"query": query, "hits": hits}))
+            continue
+        print(f"query: {query}")
+        for h in hits:
+            print(f"  {h['rank']:3d}  {h['score']:.3f}  row {h['row']:<6d} {h['text']}")
+    return 0
+
+
 def _generator(args):
     from deepgen import tracking
 
@@ -685,6 +759,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="texts: one JSON object per line")
     _add_force(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("embed", help="texts -> vectors (Parquet) with a registered BERT encoder, for search",
+                       description="Embed each --text or each text of --input with the encoder of a registered "
+                                   "bert_pretrain or bert_classifier model: unit-length vectors (mean-pooled by "
+                                   "default) with their texts, in a Parquet file that `deepgen search` reads.")
+    _add_model_ref(p)
+    p.add_argument("--input", help="texts: .txt (one per line), .csv or .parquet (--text-column)")
+    p.add_argument("--text", action="append", help="a text to embed (repeatable)")
+    p.add_argument("--text-column", default="text", help="column of --input tables holding the text")
+    p.add_argument("--output", required=True, help="Parquet file to write (row, text, vector)")
+    p.add_argument("--pooling", choices=("mean", "cls"), default="mean",
+                   help="mean of the token vectors (default), or the pooled [CLS] output")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    _add_force(p)
+    p.set_defaults(func=cmd_embed)
+    p = sub.add_parser("search", help="the texts of an index closest to a query (exact cosine)",
+                       description="Embed each --query with the model that embedded the index and print the --k "
+                                   "nearest texts of the index by cosine similarity (exact search).")
+    _add_model_ref(p)
+    p.add_argument("--index", required=True, help="a Parquet file written by `deepgen embed`")
+    p.add_argument("--query", action="append", help="a text to search for (repeatable)")
+    p.add_argument("--input", help="queries: .txt (one per line), .csv or .parquet (--text-column)")
+    p.add_argument("--text-column", default="text", help="column of --input tables holding the queries")
+    p.add_argument("--k", type=_at_least(1), default=10, help="texts to return per query (default 10)")
+    p.add_argument("--json", action="store_true", help="one JSON object per query")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("sample", help="a grid of images drawn from a registered GAN generator")
     _add_model_ref(p)

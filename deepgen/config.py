@@ -394,8 +394,9 @@ class BertClassifierSpec(BertSpec):
     kind: Literal["bert_classifier"] = "bert_classifier"
     pretrained: str | None = Field(
         default=None,
-        description="NAME@ALIAS or NAME/VERSION of a registered bert_pretrain model, or its exported folder; "
-                    "its encoder sizes and tokenizer replace the ones here. null: random initialisation")
+        description="NAME@ALIAS or NAME/VERSION of a registered bert_pretrain model, its exported folder, or "
+                    "a local Hugging Face BERT folder (config.json, model.safetensors, vocab.txt); its encoder "
+                    "sizes and tokenizer replace the ones here. null: random initialisation")
     classifier_dropout: float = Field(default=0.1, ge=0, lt=1)
     domain_adaptive: DomainAdaptiveSpec | None = Field(
         default=None, description="continue masked-LM pretraining on the training texts first; null: do not")

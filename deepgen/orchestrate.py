@@ -79,6 +79,7 @@ def resolve_inputs(spec: PipelineSpec) -> PipelineSpec:
     A fine-tuning pipeline names its pretrained encoder as `NAME@ALIAS`, `NAME/VERSION` or a folder; the
     registered version is fetched once into RUNS_DIR/pretrained/NAME-vVERSION (a stable path, so a rerun
     keeps its run name and resumes), and its tokenizer becomes the one the labelled text is prepared with.
+    A local Hugging Face BERT folder is converted once into RUNS_DIR/pretrained/hf-FOLDER-HASH (deepgen.hf_bert).
     """
     from deepgen.data.tokenizer import TOKENIZER_FILE
 
@@ -101,6 +102,11 @@ def resolve_inputs(spec: PipelineSpec) -> PipelineSpec:
                                        "not a bert_pretrain one")
                 copy_into_place(fetched, local)  # an interrupted fetch leaves no half folder
         say(f"pretrained encoder: {ref} -> {version.name} v{version.version}")
+    from deepgen import hf_bert
+
+    if hf_bert.is_hf_checkpoint(local):  # config.json + weights + vocab.txt: converted once, then as our own
+        local = hf_bert.converted(local, spec.runs_dir / "pretrained")
+        say(f"pretrained encoder: {ref} (Hugging Face) -> {local}")
     local = local.absolute()
     if not (local / TOKENIZER_FILE).is_file():
         raise DeepgenError(f"model.pretrained: {local} has no {TOKENIZER_FILE}; give an exported bert_pretrain "

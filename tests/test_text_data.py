@@ -143,12 +143,25 @@ def test_the_same_texts_train_the_same_vocabulary_in_every_process(tmp_path):
     assert len(runs) == 1
 
 
-def test_tokenizer_with_other_special_ids_is_refused(tmp_path):
+def test_tokenizer_needs_the_special_tokens_and_pad_at_zero(tmp_path):
+    """A Hugging Face vocabulary keeps [UNK] [CLS] [SEP] [MASK] elsewhere (100-103): their ids are read from
+    it. [PAD] must be 0, since rows are padded with zeros, and none of the five may be missing."""
     from tokenizers import Tokenizer, models
+
+    vocab = {t: i for i, t in enumerate(["[PAD]", "a", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])}
+    Tokenizer(models.WordPiece(vocab, unk_token="[UNK]")).save(str(tmp_path / "tokenizer.json"))
+    tok = WordPieceTokenizer.load(tmp_path / "tokenizer.json")
+    assert (tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id) == (0, 2, 3, 4, 5)
+    assert tok.special_ids == {"[PAD]": 0, "[UNK]": 2, "[CLS]": 3, "[SEP]": 4, "[MASK]": 5}
+    assert tok.encode("a", 5).input_ids.tolist() == [3, 1, 4, 0, 0]
 
     vocab = {t: i for i, t in enumerate(["[UNK]", "[PAD]", "[CLS]", "[SEP]", "[MASK]", "a"])}
     Tokenizer(models.WordPiece(vocab, unk_token="[UNK]")).save(str(tmp_path / "tokenizer.json"))
     with pytest.raises(DataError, match=r"\[PAD\] has id 1, expected 0"):
+        WordPieceTokenizer.load(tmp_path / "tokenizer.json")
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a"])}
+    Tokenizer(models.WordPiece(vocab, unk_token="[UNK]")).save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(DataError, match=r"no \[MASK\] token"):
         WordPieceTokenizer.load(tmp_path / "tokenizer.json")
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(DataError, match="bad.json: not a tokenizers JSON file"):
