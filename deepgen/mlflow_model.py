@@ -6,6 +6,8 @@ The exported folder says its family; predict() follows it:
                    -> DataFrame(score, is_anomaly) at the threshold stored with the model
   text_classifier  DataFrame with a `text` column, or a list of strings -> DataFrame(label, probability)
   segmentation     2-D array of scaled image rows -> DataFrame(mask) of flattened binary masks
+  image_classifier DataFrame with a `features` column of scaled rows, or an array of raw images
+                   -> DataFrame(label, probability)
 """
 
 import mlflow
@@ -43,6 +45,14 @@ class DeepgenModel(mlflow.pyfunc.PythonModel):
         if self.family == "segmentation":
             masks = self.predictor.masks_of(self.predictor.model, np.asarray(model_input, dtype=np.float32))
             return pd.DataFrame({"mask": list(masks.astype(np.uint8))})
+        if self.family == "image_classifier":
+            if isinstance(model_input, pd.DataFrame) and "features" in model_input.columns:
+                x = np.stack(model_input["features"].to_numpy()).astype(np.float32)
+            else:
+                raw = np.asarray(model_input, dtype=np.float32)
+                x = self.predictor.meta.scaler.apply(raw.reshape(len(raw), -1))
+            labels, probs = self.predictor.predict(x)
+            return pd.DataFrame({"label": labels, "probability": probs})
         raise TypeError(f"a {self.family} model has no pyfunc predict; use its deepgen command")
 
 

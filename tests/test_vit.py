@@ -181,3 +181,16 @@ def test_anomaly_score_uses_fixed_masks_and_learns_the_normal_data():
 def test_mae_config_needs_a_visible_and_a_masked_patch():
     with pytest.raises(ValueError, match="visible"):
         MAEConfig(input_shape=(1, 8, 8), patch_size=4, mask_ratio=0.9)
+
+
+def test_random_shift_moves_whole_images_by_at_most_the_limit():
+    from deepgen.models.vit import random_shift
+
+    images = torch.zeros(64, 1, 8, 8)
+    images[:, 0, 3, 4] = 1.0  # one lit pixel
+    moved = random_shift(images, 1, torch.Generator().manual_seed(0))
+    where = torch.nonzero(moved[:, 0] == 1.0)  # (B, 3): image, row, column
+    assert len(where) == 64 and moved.sum() == 64  # the pixel survives, nothing else appears
+    assert (where[:, 1] - 3).abs().max() == 1 and (where[:, 2] - 4).abs().max() == 1
+    assert len({(int(r), int(c)) for _, r, c in where}) > 4  # shifts differ between images
+    assert torch.equal(random_shift(images, 0), images)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from deepgen.models.attention import AttentionConfig, MultiHeadSelfAttention, sinusoidal_positions
@@ -89,6 +90,21 @@ def unpatchify(patches: torch.Tensor, p: int, shape: tuple[int, ...]) -> torch.T
     C, H, W = shape
     x = patches.reshape(len(patches), H // p, W // p, p, p, C)  # (B, gh, gw, P, P, C)
     return torch.einsum("bhwpqc->bchpwq", x).reshape(len(patches), C, H, W)
+
+
+def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, C, H, W) each moved by whole pixels, dx and dy uniform in [-max_shift, max_shift], zeros shifted
+    in: the translation a conv net is built to ignore and a ViT on a few thousand images must learn to."""
+    if max_shift <= 0:
+        return images
+    B, _, H, W = images.shape
+    d = torch.randint(-max_shift, max_shift + 1, (B, 2), generator=generator).to(images.device)
+    theta = torch.zeros(B, 2, 3, device=images.device, dtype=images.dtype)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    theta[:, 0, 2] = -2 * d[:, 0] / W  # sample x + dx from x: the image moves by dx
+    theta[:, 1, 2] = -2 * d[:, 1] / H
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
 class PatchEmbedding(nn.Module):
@@ -232,6 +248,11 @@ class MAEConfig(ViTConfig):
         if self.num_visible < 1 or self.num_visible >= self.num_patches:
             raise ValueError(f"mask_ratio {self.mask_ratio} of {self.num_patches} patches leaves "
                              f"{self.num_visible} visible; at least one patch must be visible and one masked")
+
+    @property
+    def loss(self) -> str:
+        """The reconstruction loss, as the autoencoders name theirs (the run's resolved_loss tag)."""
+        return "mse"
 
     @property
     def num_visible(self) -> int:
