@@ -103,6 +103,17 @@ class ImageMaskSource(Spec):
     mask_column: str = Field(default="mask", description="list column of H*W values, nonzero = foreground")
 
 
+class ImageTableSource(Spec):
+    """A Parquet table of images and their labels: each row a flattened image (a list column) and a label."""
+
+    kind: Literal["image_table"] = "image_table"
+    path: str = Field(description=".parquet file (or folder of them)")
+    image_shape: list[Annotated[int, Field(gt=0)]] = Field(
+        min_length=3, max_length=3, description="(C, H, W) of one image")
+    image_column: str = Field(default="image", description="list column of C*H*W pixel values (0..255 or 0..1)")
+    label_column: str | None = Field(default="label", description="column of labels; null: unlabelled")
+
+
 class TextFilesSource(Spec):
     """Plain UTF-8 text files: documents separated by blank lines, sentences split within them."""
 
@@ -135,7 +146,7 @@ class LabelledTextSource(Spec):
 TEXT_SOURCES = ("text_files", "text_table", "labelled_text")
 
 Source = Annotated[
-    DigitsSource | IdxSource | NpySource | TableSource | ShapesSource | ImageMaskSource
+    DigitsSource | IdxSource | NpySource | TableSource | ShapesSource | ImageMaskSource | ImageTableSource
     | TextFilesSource | TextTableSource | LabelledTextSource,
     Field(discriminator="kind"),
 ]

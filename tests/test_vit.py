@@ -194,3 +194,25 @@ def test_random_shift_moves_whole_images_by_at_most_the_limit():
     assert (where[:, 1] - 3).abs().max() == 1 and (where[:, 2] - 4).abs().max() == 1
     assert len({(int(r), int(c)) for _, r, c in where}) > 4  # shifts differ between images
     assert torch.equal(random_shift(images, 0), images)
+
+
+def test_an_image_parquet_source_prepares_labelled_images_for_the_vit(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from conftest import bar_images
+
+    from deepgen.config import PipelineSpec
+    from deepgen.data.prepare import prepare_dataset
+    from deepgen.tasks import build_task
+
+    x, y = bar_images(120, seed=0)
+    pq.write_table(pa.table({"pixels": [r.tolist() for r in x.reshape(120, -1)], "label": y}), tmp_path / "i.parquet")
+    spec = PipelineSpec.validate_dict({
+        "name": "img", "registry": {"model_name": "img"}, "tracking": {"runs_dir": str(tmp_path / "runs")},
+        "data": {"source": {"kind": "image_table", "path": str(tmp_path / "i.parquet"), "image_shape": [1, 8, 8],
+                            "image_column": "pixels"}},
+        "model": {"kind": "vit_classifier", "patch_size": 4, "hidden": 8, "heads": 2, "layers": 1}})
+    manifest, _ = prepare_dataset(spec.data, spec.data_dir, log=lambda m: None)
+    assert manifest.shape == [1, 8, 8] and manifest.label_type == "int"
+    task = build_task(spec, manifest)
+    assert task.num_classes == 2 and task.config.num_patches == 4
