@@ -508,7 +508,7 @@ class ViTClassifierSpec(ViTSpec):
     kind: Literal["vit_classifier"] = "vit_classifier"
     classifier_dropout: float = Field(default=0.0, ge=0, lt=1, description="before the head")
     label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="of the cross-entropy targets")
-    augment_shift: int = Field(default=1, ge=0, le=64, description=(
+    augment_shift: int = Field(default=0, ge=0, le=64, description=(
         "training images moved by up to this many pixels in x and y (0: none); a ViT has no conv's built-in "
         "translation equivariance and learns it from data"))
 
