@@ -216,3 +216,11 @@ def test_an_image_parquet_source_prepares_labelled_images_for_the_vit(tmp_path):
     assert manifest.shape == [1, 8, 8] and manifest.label_type == "int"
     task = build_task(spec, manifest)
     assert task.num_classes == 2 and task.config.num_patches == 4
+    # unlabelled images cannot train a classifier: one line naming what is missing
+    from deepgen.errors import DataError
+
+    unlabelled = spec.model_copy(update={"data": spec.data.model_copy(update={
+        "source": spec.data.source.model_copy(update={"label_column": None}), "output": str(tmp_path / "u")})})
+    manifest, _ = prepare_dataset(unlabelled.data, unlabelled.data_dir, log=lambda m: None)
+    with pytest.raises(DataError, match="integer labels"):
+        build_task(unlabelled, manifest)
