@@ -198,6 +198,8 @@ def next_command(spec, name: str) -> str:
         return f"deepgen predict --model {name}@champion --input images.npy --output masks.npy"
     if kind == "bert_classifier":
         return f'deepgen predict --model {name}@champion --text "..."'
+    if kind == "vit_classifier":
+        return f"deepgen predict --model {name}@champion --input images.npy [--output labels.parquet]"
     if kind == "bert_pretrain":
         return f"fine-tune it with model.pretrained: {name}@champion (pipelines/bert_sentiment.yaml)"
     if kind == "srgan":
@@ -248,8 +250,10 @@ def cmd_predict(args) -> int:
     family = predictor.meta.family
     if family == "text_classifier":
         return _predict_texts(args, predictor, version)
+    if family == "image_classifier":
+        return _predict_images(args, predictor, version)
     if family != "segmentation":
-        raise DeepgenError(f"{args.model}: a {family} model; `deepgen predict` runs segmentation and text "
+        raise DeepgenError(f"{args.model}: a {family} model; `deepgen predict` runs segmentation, image and text "
                            "classification models (use `deepgen score` for anomaly detectors)")
     if not args.input or not args.output:
         raise DeepgenError(f"{args.model}: a segmentation model needs --input IMAGES and --output MASKS")
@@ -259,6 +263,31 @@ def cmd_predict(args) -> int:
     write_masks(masks, out)
     print(f"predicted {len(masks)} masks with {version.name} v{version.version} "
           f"(mean foreground {masks.mean():.3f}) -> {args.output}")
+    return 0
+
+
+def _predict_images(args, classifier, version) -> int:
+    """Label and probability per image: printed (or JSON lines), or written to --output Parquet."""
+    if not args.input:
+        raise DeepgenError(f"{args.model}: an image classifier needs --input IMAGES (.npy, IDX, .parquet)")
+    if args.output:
+        if Path(args.output).suffix != ".parquet":
+            raise DeepgenError(f"{args.output}: labels are written as Parquet; give --output FILE.parquet")
+        _check_output(Path(args.output), Path(args.input), force=args.force)
+    labels, probs = classifier.predict(classifier.read_input(args.input))
+    if args.output:
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        with _writing(Path(args.output)) as tmp:
+            pq.write_table(pa.table({"row": np.arange(len(labels)), "label": labels,
+                                     "probability": probs.astype(float)}), tmp)
+        print(f"labelled {len(labels)} images with {version.name} v{version.version} -> {args.output}")
+    else:
+        for i, (label, p) in enumerate(zip(labels.tolist(), probs.tolist())):
+            print(json.dumps({"row": i, "label": label, "probability": round(p, 4)}) if args.json
+                  else f"{i:6d}  {label:4d}  {p:.3f}")
     return 0
 
 
@@ -747,16 +776,18 @@ def build_parser() -> argparse.ArgumentParser:
         _add_json(p)
         p.set_defaults(func=func)
 
-    p = sub.add_parser("predict", help="masks for images, or labels for texts, with a registered model",
+    p = sub.add_parser("predict", help="masks for images, or labels for images or texts, with a registered model",
                        description="Segmentation models: one mask per input image, written to OUT.npy (N, H, W "
-                                   "uint8), OUT.parquet or a folder of PNGs. Text classifiers: the label and its "
+                                   "uint8), OUT.parquet or a folder of PNGs. Image classifiers: the label and its "
+                                   "probability for each image of --input (printed, or --output OUT.parquet). "
+                                   "Text classifiers: the label and its "
                                    "probability for each --text or each text of --input.")
     _add_model_ref(p)
     p.add_argument("--input", help="images: .npy (N, H, W) / (N, C, H, W) or IDX; texts: .txt lines, .csv, .parquet")
     p.add_argument("--text", action="append", help="a text to classify (repeatable)")
     p.add_argument("--text-column", default="text", help="column of --input tables holding the text")
-    p.add_argument("--output", help="masks.npy / masks.parquet / PNG folder; for texts an optional .parquet")
-    p.add_argument("--json", action="store_true", help="texts: one JSON object per line")
+    p.add_argument("--output", help="masks.npy / masks.parquet / PNG folder; for labels an optional .parquet")
+    p.add_argument("--json", action="store_true", help="labels: one JSON object per line")
     _add_force(p)
     p.set_defaults(func=cmd_predict)
 

@@ -103,6 +103,17 @@ class ImageMaskSource(Spec):
     mask_column: str = Field(default="mask", description="list column of H*W values, nonzero = foreground")
 
 
+class ImageTableSource(Spec):
+    """A Parquet table of images and their labels: each row a flattened image (a list column) and a label."""
+
+    kind: Literal["image_table"] = "image_table"
+    path: str = Field(description=".parquet file (or folder of them)")
+    image_shape: list[Annotated[int, Field(gt=0)]] = Field(
+        min_length=3, max_length=3, description="(C, H, W) of one image")
+    image_column: str = Field(default="image", description="list column of C*H*W pixel values (0..255 or 0..1)")
+    label_column: str | None = Field(default="label", description="column of labels; null: unlabelled")
+
+
 class TextFilesSource(Spec):
     """Plain UTF-8 text files: documents separated by blank lines, sentences split within them."""
 
@@ -135,7 +146,7 @@ class LabelledTextSource(Spec):
 TEXT_SOURCES = ("text_files", "text_table", "labelled_text")
 
 Source = Annotated[
-    DigitsSource | IdxSource | NpySource | TableSource | ShapesSource | ImageMaskSource
+    DigitsSource | IdxSource | NpySource | TableSource | ShapesSource | ImageMaskSource | ImageTableSource
     | TextFilesSource | TextTableSource | LabelledTextSource,
     Field(discriminator="kind"),
 ]
@@ -486,15 +497,79 @@ class SRGANSpec(AdversarialSpec):
         default=True, description="G adds a learned residual to bicubic upsampling (false: the paper's G alone)")
 
 
+# --- attention on images ---
+
+
+class ViTSpec(Spec):
+    """A Vision Transformer (Dosovitskiy et al. 2021) over P x P patches; small by default (ViT-B/16 is
+    hidden 768, layers 12, heads 12, mlp_ratio 4, patch 16 on 224 x 224)."""
+
+    patch_size: int = Field(default=2, gt=0, le=MAX_WIDTH,
+                            description="P: the image side (after data.resize) must be a multiple of it")
+    hidden: int = Field(default=64, gt=0, le=MAX_WIDTH, description="model width (a multiple of heads)")
+    layers: int = Field(default=4, gt=0, le=MAX_DEPTH, description="pre-norm encoder blocks")
+    heads: int = Field(default=4, gt=0, le=MAX_DEPTH, description="attention heads per block")
+    mlp_ratio: float = Field(default=2.0, gt=0, le=64, description="feed-forward width over model width")
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="on embeddings and residual branches")
+    attention_dropout: float = Field(default=0.0, ge=0, lt=1)
+    pool: Literal["cls", "mean"] = Field(
+        default="cls", description="the image's representation: a [CLS] token's final state, or the mean patch")
+    position: Literal["learned", "sinusoidal"] = Field(
+        default="learned", description="2-D patch positions: a learned table, or fixed sines per axis")
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self):
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+        return self
+
+
+class ViTClassifierSpec(ViTSpec):
+    """Image classification with a ViT: a linear head on the pooled representation, cross-entropy; needs
+    integer labels. Judged by accuracy and macro F1 on test."""
+
+    kind: Literal["vit_classifier"] = "vit_classifier"
+    classifier_dropout: float = Field(default=0.0, ge=0, lt=1, description="before the head")
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="of the cross-entropy targets")
+    augment_shift: int = Field(default=0, ge=0, le=64, description=(
+        "training images moved by up to this many pixels in x and y (0: none); a ViT has no conv's built-in "
+        "translation equivariance and learns it from data"))
+
+
+class MAESpec(ViTSpec):
+    """Masked autoencoder (He et al. 2021) as an anomaly detector: the ViT encoder sees the visible patches,
+    a light decoder predicts the masked ones, the loss counts masked patches only; an image's score is its
+    masked-patch error averaged over `eval_masks` fixed masks."""
+
+    kind: Literal["mae"] = "mae"
+    mask_ratio: float = Field(default=0.75, gt=0, lt=1, description="share of patches masked (MAE: 0.75)")
+    decoder_hidden: int = Field(default=32, gt=0, le=MAX_WIDTH, description="the decoder's width")
+    decoder_layers: int = Field(default=1, gt=0, le=MAX_DEPTH, description="the decoder's blocks")
+    decoder_heads: int = Field(default=2, gt=0, le=MAX_DEPTH, description="the decoder's attention heads")
+    norm_pix_loss: bool = Field(
+        default=False, description="targets normalised by each patch's mean and std (MAE's option)")
+    eval_masks: int = Field(default=8, gt=0, le=1024, description="K fixed masks an image's score averages over")
+    mask_seed: int = Field(default=0, ge=0, description="draws the K fixed masks (the same for every image)")
+
+    @model_validator(mode="after")
+    def _decoder_heads_divide_width(self):
+        if self.decoder_hidden % self.decoder_heads:
+            raise ValueError(f"decoder_hidden ({self.decoder_hidden}) must be a multiple of decoder_heads "
+                             f"({self.decoder_heads})")
+        return self
+
+
 AUTOENCODER_KINDS = ("dense_autoencoder", "conv_autoencoder", "overcomplete_autoencoder", "sparse_autoencoder",
                      "denoising_autoencoder", "vae")
 GAN_KINDS = ("gan", "dcgan", "cgan", "lapgan", "srgan")
+DETECTOR_KINDS = (*AUTOENCODER_KINDS, "mae")  # anomaly detectors: normal/anomalous labels, thresholds
 
 ModelSpec = Annotated[
     DenseAutoencoderSpec | ConvAutoencoderSpec | OvercompleteAutoencoderSpec | SparseAutoencoderSpec
     | DenoisingAutoencoderSpec | VAESpec | UNetSpec
     | BertPretrainSpec | BertClassifierSpec
-    | GanSpec | DCGANSpec | CGANSpec | LapGANSpec | SRGANSpec,
+    | GanSpec | DCGANSpec | CGANSpec | LapGANSpec | SRGANSpec
+    | ViTClassifierSpec | MAESpec,
     Field(discriminator="kind"),
 ]
 
@@ -763,8 +838,8 @@ class PipelineSpec(Spec):
             raise ValueError(f"data.source.kind {source} is text; model.kind {kind} reads images or tables "
                              "(text goes with bert_pretrain or bert_classifier)")
         labelled = self.anomaly.normal_labels is not None or self.anomaly.anomalous_labels is not None
-        if labelled and kind not in AUTOENCODER_KINDS:
-            raise ValueError(f"anomaly: normal/anomalous labels only apply to autoencoders, not {kind}")
+        if labelled and kind not in DETECTOR_KINDS:
+            raise ValueError(f"anomaly: normal/anomalous labels only apply to anomaly detectors, not {kind}")
         return self
 
     # -- derived paths and names -- #

@@ -298,6 +298,10 @@ def loader(family: str):
         from deepgen.tasks.gan import GeneratorSampler
 
         return GeneratorSampler
+    if family == "image_classifier":  # likewise deepgen.tasks.vit
+        from deepgen.tasks.vit import ImageClassifier
+
+        return ImageClassifier
     loaders = {"anomaly": AnomalyScorer, "segmentation": SegmentationPredictor, "text_classifier": TextClassifier,
                "bert_encoder": BertEncoder}
     if family not in loaders:

@@ -64,7 +64,7 @@ def parts(model, x: np.ndarray, want: set[str]) -> dict[str, np.ndarray]:
             out["sq_error"].append(residual.pow(2).numpy())
         if "smoothed" in want:
             out["smoothed"].append(gaussian_blur(residual, shape).pow(2).mean(1).numpy())
-    width = {"own": (), "smoothed": (), "code": (model.config.latent_dim,),
+    width = {"own": (), "smoothed": (), "code": (getattr(model.config, "latent_dim", 0),),  # an MAE has no code
              "sq_error": (x.shape[1] if x.ndim > 1 else 0,)}
     return {k: np.concatenate(v) if v else np.zeros((0, *width[k])) for k, v in out.items()}
 

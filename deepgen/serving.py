@@ -6,6 +6,7 @@ family, the input example logged with it, and its MLflow signature.
                    columns by name (any order, extra ones ignored)   threshold registered with the model
   segmentation     raw image rows (N, C*H*W)                          masks (N, H, W) uint8 in {0, 1}
   text_classifier  DataFrame(text)                                    DataFrame(label, probability)
+  image_classifier raw image rows (N, C*H*W)                          DataFrame(label, probability)
   bert_encoder     DataFrame(text)                                    (N, hidden) embeddings: mean of the last
                                                                       layer over each text's tokens
   generator        DataFrame(seed[, label]): one image per row        (N, C, H, W) images in [0, 1]
@@ -32,6 +33,9 @@ def answer(family: str, predictor, model_input) -> pd.DataFrame | np.ndarray:
     if family == "text_classifier":
         labels, probs = predictor.predict(_texts(model_input))
         return pd.DataFrame({"label": labels, "probability": probs.astype(np.float64)})
+    if family == "image_classifier":
+        labels, probs = predictor.predict(predictor.meta.scaler.apply(_rows(model_input)))
+        return pd.DataFrame({"label": labels, "probability": np.asarray(probs, np.float64)})
     if family == "bert_encoder":
         return predictor.embed(_texts(model_input))
     if family == "generator" and predictor.meta.kind == "srgan":
@@ -88,7 +92,7 @@ def _generated(sampler, model_input) -> np.ndarray:
 def example_input(family: str, predictor) -> Any:
     """Two rows a served model answers, logged beside it (MLflow's input example)."""
     meta = predictor.meta
-    if family in ("anomaly", "segmentation"):
+    if family in ("anomaly", "segmentation", "image_classifier"):
         raw = meta.scaler.invert(np.full((2, meta.num_features), 0.5, np.float32)).astype(np.float64)
         if family == "anomaly" and meta.feature_names:
             return pd.DataFrame(raw, columns=meta.feature_names)
