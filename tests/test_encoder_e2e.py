@@ -86,20 +86,22 @@ def test_embed_and_search_with_a_pretrained_encoder_and_a_classifier_from_a_hf_c
     # refused in one line, nothing written or replaced
     index = tmp_path / "bert-wordnet.parquet"
     before = index.read_bytes()
-    cases = [
+    cases = [  # (argv, message, exit status: 2 a usage error, 1 unusable data)
         (["search", "--model", "bert-sentiment@champion", "--index", str(index), "--query", "x"],
-         "embedded with bert-wordnet/1, not bert-sentiment/1"),
-        (["embed", "--model", "bert-wordnet@champion", "--text", "x", "--output", str(index)], "already exists"),
+         "embedded with bert-wordnet/1, not bert-sentiment/1", 1),
+        (["embed", "--model", "bert-wordnet@champion", "--text", "x", "--output", str(index)], "already exists", 2),
         (["embed", "--model", "bert-wordnet@champion", "--input", "nope.txt", "--output", "new.parquet"],
-         "nope.txt: no such file"),
+         "nope.txt: no such file", 1),
         (["embed", "--model", "bert-wordnet@champion", "--text", "x", "--output", "v.csv"],
-         "give --output FILE.parquet"),
-        (["search", "--model", "bert-wordnet@champion", "--index", "texts.txt", "--query", "x"], "not a Parquet file"),
-        (["search", "--model", "bert-wordnet@champion", "--index", str(index)], "no queries; give --query"),
-        (["search", "--model", "bert-wordnet@champion", "--index", "labelled.csv", "--query", "x"], "not a Parquet"),
+         "give --output FILE.parquet", 2),
+        (["search", "--model", "bert-wordnet@champion", "--index", "texts.txt", "--query", "x"],
+         "not a Parquet file", 1),
+        (["search", "--model", "bert-wordnet@champion", "--index", str(index)], "no queries; give --query", 2),
+        (["search", "--model", "bert-wordnet@champion", "--index", "labelled.csv", "--query", "x"],
+         "not a Parquet", 1),
     ]
-    for argv, message in cases:
-        assert cli.main(argv) == 2, argv
+    for argv, message, status in cases:
+        assert cli.main(argv) == status, argv
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("deepgen: error:") and message in err, err
     assert index.read_bytes() == before and not (tmp_path / "new.parquet").exists()

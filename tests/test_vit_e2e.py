@@ -83,4 +83,4 @@ def test_vit_classifier_registers_accuracy_and_predicts_labels_of_images(ray_loc
     np.save(tmp_path / "big.npy", np.zeros((2, 16, 16), np.uint8))
     bad = subprocess.run([sys.executable, "-m", "deepgen.cli", "predict", "--model", "vit-bars@champion",
                           "--input", str(tmp_path / "big.npy")], env=env, capture_output=True, text=True)
-    assert bad.returncode == 2 and bad.stderr.strip().startswith("deepgen: error:") and "big.npy" in bad.stderr
+    assert bad.returncode == 1 and bad.stderr.strip().startswith("deepgen: error:") and "big.npy" in bad.stderr
