@@ -138,7 +138,7 @@ def test_watching_a_gan_train_logs_a_sample_grid_per_epoch_and_the_frechet_dista
     manifest, _ = prepare_dataset(spec.data, spec.data_dir, log=lambda m: None)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     c = MlflowClient(uri)
-    run_id = c.create_run(c.create_experiment("t")).info.run_id
+    run_id = c.create_run(c.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())).info.run_id
     env = LocalEnv(spec.data_dir, spec.anomaly, tmp_path / "ckpt", seed=0)
     train_loop(spec, manifest, env, on_epoch=EpochLogger(run_id, uri))
     assert [m.step for m in c.get_metric_history(run_id, "val_frechet_distance")] == [2, 3]  # every 2nd, the last
