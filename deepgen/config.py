@@ -103,6 +103,17 @@ class ImageMaskSource(Spec):
     mask_column: str = Field(default="mask", description="list column of H*W values, nonzero = foreground")
 
 
+class ImageTableSource(Spec):
+    """A Parquet table of images and their labels: each row a flattened image (a list column) and a label."""
+
+    kind: Literal["image_table"] = "image_table"
+    path: str = Field(description=".parquet file (or folder of them)")
+    image_shape: list[Annotated[int, Field(gt=0)]] = Field(
+        min_length=3, max_length=3, description="(C, H, W) of one image")
+    image_column: str = Field(default="image", description="list column of C*H*W pixel values (0..255 or 0..1)")
+    label_column: str | None = Field(default="label", description="column of labels; null: unlabelled")
+
+
 class TextFilesSource(Spec):
     """Plain UTF-8 text files: documents separated by blank lines, sentences split within them."""
 
@@ -135,7 +146,7 @@ class LabelledTextSource(Spec):
 TEXT_SOURCES = ("text_files", "text_table", "labelled_text")
 
 Source = Annotated[
-    DigitsSource | IdxSource | NpySource | TableSource | ShapesSource | ImageMaskSource
+    DigitsSource | IdxSource | NpySource | TableSource | ShapesSource | ImageMaskSource | ImageTableSource
     | TextFilesSource | TextTableSource | LabelledTextSource,
     Field(discriminator="kind"),
 ]
@@ -202,15 +213,22 @@ LOSS_HELP = ("reconstruction loss: bce (sigmoid + binary cross-entropy) for bina
              "prepare time from the data, recorded in the run as resolved_loss)")
 
 
-def resolve_score(score: str, shape: list[int]) -> str:
+def resolve_score(score: str, shape: list[int], kind: str = "dense_autoencoder") -> str:
     """`anomaly.score: auto` -> the score that won benchmarks/anomaly.py for rows of this shape: the
-    smoothed error for images (C, H, W), TABLE_SCORE for table rows."""
+    smoothed error for images (C, H, W); for table rows a VAE's own -ELBO, and `combined` for the other
+    autoencoders."""
     if score != "auto":
         return score
-    return "smoothed" if len(shape) == 3 else TABLE_SCORE
+    if len(shape) == 3:
+        return "smoothed"
+    return "reconstruction" if kind == "vae" else "combined"
 
 
-TABLE_SCORE = "combined"
+def resolve_input_range(input_range: str, shape: list[int]) -> str:
+    """`anomaly.input_range: auto` -> normal for table rows, prepared for images (benchmarks/anomaly.py)."""
+    if input_range != "auto":
+        return input_range
+    return "prepared" if len(shape) == 3 else "normal"
 
 
 def resolve_loss(loss: str | None, binary_features: bool) -> str:
@@ -371,15 +389,31 @@ class BertPretrainSpec(BertSpec):
     mask_rate: float = Field(default=0.15, gt=0, lt=1, description="share of tokens to predict (80/10/10)")
 
 
+class DomainAdaptiveSpec(Spec):
+    """Masked-LM on the fine-tuning set's own training texts before the classifier trains (task-adaptive
+    pretraining, Gururangan et al. 2020, "Don't Stop Pretraining"); labels are not read."""
+
+    epochs: int = Field(default=3, gt=0, description="passes of masked-LM over the training texts")
+    lr: float = Field(default=5e-4, gt=0, description="peak learning rate (6% linear warmup, then linear decay)")
+    batch_size: int = Field(default=64, gt=0, le=MAX_BATCH, description="texts per update")
+    mask_rate: float = Field(default=0.15, gt=0, lt=1, description="share of tokens to predict (80/10/10)")
+
+
 class BertClassifierSpec(BertSpec):
     """Sequence classification on [CLS], from a pretrained encoder (transfer) or from scratch."""
 
     kind: Literal["bert_classifier"] = "bert_classifier"
     pretrained: str | None = Field(
         default=None,
-        description="NAME@ALIAS or NAME/VERSION of a registered bert_pretrain model, or its exported folder; "
-                    "its encoder sizes and tokenizer replace the ones here. null: random initialisation")
+        description="NAME@ALIAS or NAME/VERSION of a registered bert_pretrain model, its exported folder, or "
+                    "a local Hugging Face BERT folder (config.json, model.safetensors, vocab.txt); its encoder "
+                    "sizes and tokenizer replace the ones here. null: random initialisation")
     classifier_dropout: float = Field(default=0.1, ge=0, lt=1)
+    domain_adaptive: DomainAdaptiveSpec | None = Field(
+        default=None, description="continue masked-LM pretraining on the training texts first; null: do not")
+    class_weight: Literal["auto", "balanced", "none"] = Field(
+        default="auto", description="balanced: weight each class's loss by rows / (classes * its rows); "
+        "auto: balanced when the largest training class has over 1.5 times the rows of the smallest")
 
 
 # --- GANs ---
@@ -486,15 +520,79 @@ class SRGANSpec(AdversarialSpec):
         default=True, description="G adds a learned residual to bicubic upsampling (false: the paper's G alone)")
 
 
+# --- attention on images ---
+
+
+class ViTSpec(Spec):
+    """A Vision Transformer (Dosovitskiy et al. 2021) over P x P patches; small by default (ViT-B/16 is
+    hidden 768, layers 12, heads 12, mlp_ratio 4, patch 16 on 224 x 224)."""
+
+    patch_size: int = Field(default=2, gt=0, le=MAX_WIDTH,
+                            description="P: the image side (after data.resize) must be a multiple of it")
+    hidden: int = Field(default=64, gt=0, le=MAX_WIDTH, description="model width (a multiple of heads)")
+    layers: int = Field(default=4, gt=0, le=MAX_DEPTH, description="pre-norm encoder blocks")
+    heads: int = Field(default=4, gt=0, le=MAX_DEPTH, description="attention heads per block")
+    mlp_ratio: float = Field(default=2.0, gt=0, le=64, description="feed-forward width over model width")
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="on embeddings and residual branches")
+    attention_dropout: float = Field(default=0.0, ge=0, lt=1)
+    pool: Literal["cls", "mean"] = Field(
+        default="cls", description="the image's representation: a [CLS] token's final state, or the mean patch")
+    position: Literal["learned", "sinusoidal"] = Field(
+        default="learned", description="2-D patch positions: a learned table, or fixed sines per axis")
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self):
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+        return self
+
+
+class ViTClassifierSpec(ViTSpec):
+    """Image classification with a ViT: a linear head on the pooled representation, cross-entropy; needs
+    integer labels. Judged by accuracy and macro F1 on test."""
+
+    kind: Literal["vit_classifier"] = "vit_classifier"
+    classifier_dropout: float = Field(default=0.0, ge=0, lt=1, description="before the head")
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="of the cross-entropy targets")
+    augment_shift: int = Field(default=0, ge=0, le=64, description=(
+        "training images moved by up to this many pixels in x and y (0: none); a ViT has no conv's built-in "
+        "translation equivariance and learns it from data"))
+
+
+class MAESpec(ViTSpec):
+    """Masked autoencoder (He et al. 2021) as an anomaly detector: the ViT encoder sees the visible patches,
+    a light decoder predicts the masked ones, the loss counts masked patches only; an image's score is its
+    masked-patch error averaged over `eval_masks` fixed masks."""
+
+    kind: Literal["mae"] = "mae"
+    mask_ratio: float = Field(default=0.75, gt=0, lt=1, description="share of patches masked (MAE: 0.75)")
+    decoder_hidden: int = Field(default=32, gt=0, le=MAX_WIDTH, description="the decoder's width")
+    decoder_layers: int = Field(default=1, gt=0, le=MAX_DEPTH, description="the decoder's blocks")
+    decoder_heads: int = Field(default=2, gt=0, le=MAX_DEPTH, description="the decoder's attention heads")
+    norm_pix_loss: bool = Field(
+        default=False, description="targets normalised by each patch's mean and std (MAE's option)")
+    eval_masks: int = Field(default=8, gt=0, le=1024, description="K fixed masks an image's score averages over")
+    mask_seed: int = Field(default=0, ge=0, description="draws the K fixed masks (the same for every image)")
+
+    @model_validator(mode="after")
+    def _decoder_heads_divide_width(self):
+        if self.decoder_hidden % self.decoder_heads:
+            raise ValueError(f"decoder_hidden ({self.decoder_hidden}) must be a multiple of decoder_heads "
+                             f"({self.decoder_heads})")
+        return self
+
+
 AUTOENCODER_KINDS = ("dense_autoencoder", "conv_autoencoder", "overcomplete_autoencoder", "sparse_autoencoder",
                      "denoising_autoencoder", "vae")
 GAN_KINDS = ("gan", "dcgan", "cgan", "lapgan", "srgan")
+DETECTOR_KINDS = (*AUTOENCODER_KINDS, "mae")  # anomaly detectors: normal/anomalous labels, thresholds
 
 ModelSpec = Annotated[
     DenseAutoencoderSpec | ConvAutoencoderSpec | OvercompleteAutoencoderSpec | SparseAutoencoderSpec
     | DenoisingAutoencoderSpec | VAESpec | UNetSpec
     | BertPretrainSpec | BertClassifierSpec
-    | GanSpec | DCGANSpec | CGANSpec | LapGANSpec | SRGANSpec,
+    | GanSpec | DCGANSpec | CGANSpec | LapGANSpec | SRGANSpec
+    | ViTClassifierSpec | MAESpec,
     Field(discriminator="kind"),
 ]
 
@@ -522,6 +620,18 @@ class TrainSpec(Spec):
     cache_shards: bool = Field(
         default=True, description="keep each worker's data shard in memory after the first epoch"
     )
+    # How fast the step runs, not what it computes (deepgen.train.accel); left out of spec_hash.
+    compile: Literal["off", "default", "max-autotune"] = Field(default="off", description=(
+        "torch.compile each model once per worker: off, default, or max-autotune (inductor autotunes its "
+        "kernels: a longer first epoch). YAML's bare off/on read as off/default"))
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = Field(default="inductor", description=(
+        "torch.compile's backend: inductor generates the fast kernels; aot_eager and eager only trace the "
+        "model (no speed-up: for debugging a compile failure, and for the CPU tests)"))
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _yaml_off(cls, value):
+        return {False: "off", True: "default"}.get(value, value) if isinstance(value, bool) else value
     # The optimisation every family gets from the one loop (deepgen.train.optim). A GAN's two players keep
     # their own learning rates (model.lr_g, model.lr_d) and take no schedule.
     warmup_fraction: float = Field(default=0.0, ge=0, lt=1, description="share of updates with a linear warmup")
@@ -604,11 +714,18 @@ class AnomalySpec(Spec):
     threshold: ThresholdSpec = Field(default_factory=FprThreshold)
     score: Literal["auto", "reconstruction", "smoothed", "standardized", "latent", "combined"] = Field(
         default="auto", description=(
-            "autoencoders: auto (smoothed for images, combined for tables: what won benchmarks/anomaly.py), "
+            "autoencoders: auto (what won benchmarks/anomaly.py: smoothed for images; for tables a VAE's "
+            "-ELBO, combined for the other autoencoders), "
             "reconstruction (the model's own error, a VAE's -ELBO), smoothed (images: the "
             "squared residual after a Gaussian blur of side/28 px), standardized (per-feature "
             "errors over their normal-row scale), latent (Mahalanobis distance of the code to the normal "
             "codes) or combined (standardised log error + log latent distance); see deepgen/scoring.py"))
+
+    input_range: Literal["auto", "normal", "prepared"] = Field(default="auto", description=(
+        "what an autoencoder sees as [0, 1], per feature: normal: the normal training rows' min-max range (a "
+        "value beyond every normal row's then cannot be rebuilt by the sigmoid decoder, and scores high); "
+        "prepared: the prepared data's scale (images: pixel / 255 or the source's maximum; tables: min-max "
+        "over every training row); auto: normal for tables, prepared for images (benchmarks/anomaly.py)"))
 
     @model_validator(mode="after")
     def _one_way_to_say_normal(self) -> AnomalySpec:
@@ -744,8 +861,8 @@ class PipelineSpec(Spec):
             raise ValueError(f"data.source.kind {source} is text; model.kind {kind} reads images or tables "
                              "(text goes with bert_pretrain or bert_classifier)")
         labelled = self.anomaly.normal_labels is not None or self.anomaly.anomalous_labels is not None
-        if labelled and kind not in AUTOENCODER_KINDS:
-            raise ValueError(f"anomaly: normal/anomalous labels only apply to autoencoders, not {kind}")
+        if labelled and kind not in DETECTOR_KINDS:
+            raise ValueError(f"anomaly: normal/anomalous labels only apply to anomaly detectors, not {kind}")
         return self
 
     # -- derived paths and names -- #
@@ -783,7 +900,8 @@ class PipelineSpec(Spec):
     def spec_hash(self) -> str:
         """Hash of everything that shapes the trained model (not where it is stored or registered)."""
         relevant = self.model_dump(mode="json", include={"data", "model", "train", "anomaly"})
-        for operational in ("run_name", "checkpoints_to_keep", "cache_shards", "max_failures"):
+        for operational in ("run_name", "checkpoints_to_keep", "cache_shards", "max_failures", "compile",
+                            "compile_backend"):
             relevant["train"].pop(operational, None)
         relevant["data"].pop("output", None)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:10]

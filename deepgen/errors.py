@@ -2,7 +2,11 @@
 
 
 class DeepgenError(Exception):
-    """An error the user can fix; the CLI prints its message on one line and exits non-zero."""
+    """An error the user can fix; the CLI prints its message on one line and exits with `exit_status`:
+    2 for a usage or spec error (a flag, a file argument, the wrong kind of model), 1 for a failure at run time
+    (data, training, registry, cluster)."""
+
+    exit_status = 2
 
 
 class SpecError(DeepgenError):
@@ -12,13 +16,25 @@ class SpecError(DeepgenError):
 class DataError(DeepgenError):
     """Input data is missing, malformed or unusable."""
 
+    exit_status = 1
+
 
 class RegistryError(DeepgenError):
     """A model, version or alias cannot be found or used."""
 
+    exit_status = 1
+
 
 class TrainingError(DeepgenError):
     """Training failed in a way the user should hear about (diverged, no rows, ...)."""
+
+    exit_status = 1
+
+
+class BusyError(DeepgenError):
+    """Another process holds what this one needs (a run of the same name); a failure at run time."""
+
+    exit_status = 1
 
 
 def first_line(e: BaseException) -> str:
@@ -35,5 +51,5 @@ def as_report(error: DeepgenError) -> str:
 def from_report(text: str) -> DeepgenError:
     """The error `as_report` wrote (a TrainingError if the class is not one of ours)."""
     name, _, message = text.partition(": ")
-    cls = {c.__name__: c for c in (SpecError, DataError, RegistryError, TrainingError)}.get(name)
+    cls = {c.__name__: c for c in (SpecError, DataError, RegistryError, TrainingError, BusyError)}.get(name)
     return cls(message) if cls else TrainingError(text)

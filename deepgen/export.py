@@ -259,6 +259,25 @@ class BertEncoder:
     def load(cls, directory: str | Path) -> BertEncoder:
         return cls(Path(directory), read_meta(directory))
 
+    @torch.no_grad()
+    def embed(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
+        """(N, hidden) float32 text embeddings: the mean of the encoder's last-layer states over each text's
+        real tokens ([CLS] text [SEP], padding left out), as Sentence-BERT pools."""
+        if not hasattr(self, "_model"):
+            from deepgen.data.tokenizer import WordPieceTokenizer
+            from deepgen.models.bert import BertConfig, BertForPreTraining
+
+            model = BertForPreTraining(BertConfig(**self.meta.config))
+            self._model = load_weights(self.directory, model).bert
+            self._tokenizer = WordPieceTokenizer.load(self.directory)
+        out = []
+        for i in range(0, len(texts), batch_size):
+            enc = self._tokenizer.encode_batch(texts[i:i + batch_size], self.meta.extra["max_len"])
+            mask = torch.from_numpy(enc.attention_mask).float()  # (B, T)
+            states = self._model(torch.from_numpy(enc.input_ids.astype(np.int64)), None, mask).sequence_output
+            out.append(((states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)).float().numpy())  # (B, C)
+        return np.concatenate(out) if out else np.zeros((0, self.meta.config["hidden"]), np.float32)
+
     def evaluate(self, data_dir: Path, anomaly_spec=None) -> dict[str, float] | None:
         """Test MLM/NSP metrics on another pretraining dataset with the same tokenizer, else None."""
         from deepgen.data.text import read_text_manifest
@@ -279,6 +298,10 @@ def loader(family: str):
         from deepgen.tasks.gan import GeneratorSampler
 
         return GeneratorSampler
+    if family == "image_classifier":  # likewise deepgen.tasks.vit
+        from deepgen.tasks.vit import ImageClassifier
+
+        return ImageClassifier
     loaders = {"anomaly": AnomalyScorer, "segmentation": SegmentationPredictor, "text_classifier": TextClassifier,
                "bert_encoder": BertEncoder}
     if family not in loaders:

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from deepgen.config import PipelineSpec
-from deepgen.errors import DeepgenError
+from deepgen.errors import BusyError
 
 LOCK_FILE = "deepgen-run.lock"
 _held: set[Path] = set()  # locks this process holds: taking one again (the CLI, then run_pipeline) is a no-op
@@ -50,7 +50,7 @@ def held_lock(path: Path, what: str):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 300, 0).decode(errors="replace").strip() or "another process"
-            raise DeepgenError(f"{what} is already running ({holder}); wait for it to end or stop it "
+            raise BusyError(f"{what} is already running ({holder}); wait for it to end or stop it "
                                f"(lock {path})") from None
         os.ftruncate(fd, 0)
         since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -26,7 +26,9 @@ from deepgen.tasks import Evaluation, Task, build_task
 
 
 def say(message: str) -> None:
-    print(f"[deepgen] {message}", flush=True)
+    from deepgen.console import say as on_screen
+
+    on_screen(message)
 
 
 # --- Ray -------------------------------------------------------------------------------------------
@@ -43,14 +45,21 @@ def ensure_ray(spec: PipelineSpec | None = None) -> None:
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        from deepgen.ray_access import init_remote
+
+        init_remote(os.environ["RAY_ADDRESS"])
         return
     per_run = 1.0 + (spec.scaling.num_workers * spec.scaling.cpus_per_worker if spec else 1.0)
     need = per_run * (spec.tune.max_concurrent_trials if spec and spec.tune else 1)
     # The dashboard (on this machine only) serves the State API, which Ray Train's placement-group cleaner
     # needs: without it, a trainer that Tune stops (ASHA) keeps its workers' CPUs and a sweep stalls.
-    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), include_dashboard=True,
-             dashboard_host="127.0.0.1")
+    try:
+        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), include_dashboard=True,
+                 dashboard_host="127.0.0.1")
+    except Exception as e:  # noqa: BLE001 - a node that timed out starting, a port taken, ...: one line
+        from deepgen.ray_access import ClusterAccessError
+
+        raise ClusterAccessError(f"could not start a local Ray: {' '.join(str(e).split())[:300]}") from None
 
 
 def _quiet_ray_data() -> None:
@@ -70,6 +79,7 @@ def resolve_inputs(spec: PipelineSpec) -> PipelineSpec:
     A fine-tuning pipeline names its pretrained encoder as `NAME@ALIAS`, `NAME/VERSION` or a folder; the
     registered version is fetched once into RUNS_DIR/pretrained/NAME-vVERSION (a stable path, so a rerun
     keeps its run name and resumes), and its tokenizer becomes the one the labelled text is prepared with.
+    A local Hugging Face BERT folder is converted once into RUNS_DIR/pretrained/hf-FOLDER-HASH (deepgen.hf_bert).
     """
     from deepgen.data.tokenizer import TOKENIZER_FILE
 
@@ -92,6 +102,11 @@ def resolve_inputs(spec: PipelineSpec) -> PipelineSpec:
                                        "not a bert_pretrain one")
                 copy_into_place(fetched, local)  # an interrupted fetch leaves no half folder
         say(f"pretrained encoder: {ref} -> {version.name} v{version.version}")
+    from deepgen import hf_bert
+
+    if hf_bert.is_hf_checkpoint(local):  # config.json + weights + vocab.txt: converted once, then as our own
+        local = hf_bert.converted(local, spec.runs_dir / "pretrained")
+        say(f"pretrained encoder: {ref} (Hugging Face) -> {local}")
     local = local.absolute()
     if not (local / TOKENIZER_FILE).is_file():
         raise DeepgenError(f"model.pretrained: {local} has no {TOKENIZER_FILE}; give an exported bert_pretrain "
@@ -449,13 +464,11 @@ def start_run(spec: PipelineSpec, manifest: Manifest) -> str:
 
 
 def log_evaluation(run_id: str, ev: Evaluation) -> None:
-    from deepgen import plots
 
     tracking.log_metrics(run_id, ev.metrics, prefix="test_")
     numeric = {k: v for k, v in ev.registry_tags.items() if isinstance(v, (int, float))}
     tracking.log_metrics(run_id, numeric)
     # choices made from the data or the validation split, e.g. the loss `auto` resolved to, the kept epoch
     tracking.set_tags(run_id, {k: v for k, v in ev.registry_tags.items() if isinstance(v, (str, int))})
-    tracking.log_figure(run_id, plots.loss_curves(ev.history), "loss_curves")
     for name, figure in ev.figures.items():
         tracking.log_figure(run_id, figure, name)

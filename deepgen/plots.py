@@ -14,17 +14,6 @@ def subplots(rows: int = 1, columns: int = 1, **kwargs):
     return fig, fig.subplots(rows, columns, **kwargs)
 
 
-def loss_curves(history: list[dict]):
-    fig, ax = subplots(figsize=(5, 3.2))
-    epochs = [h["epoch"] for h in history]
-    for key in ("train_loss", "val_loss"):
-        ax.plot(epochs, [h[key] for h in history], marker="o", label=key)
-    ax.set(xlabel="epoch", ylabel="loss", title="loss curves")
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
 def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, class_names: list[str]):
     """Rows: true class, columns: predicted class; each cell the share of its row, with the count."""
     k = len(class_names)
@@ -67,6 +56,26 @@ def roc_curve(scores: np.ndarray, is_anomaly: np.ndarray):
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
     ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title="ROC (test)")
     ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def pr_curve(scores: np.ndarray, is_anomaly: np.ndarray, threshold: float):
+    """Precision against recall over every threshold (anomalies the positive class), with the registered
+    threshold's point marked and the share of anomalies (a random detector's precision) as the floor."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    from deepgen.anomaly import evaluate_scores
+
+    precision, recall, _ = precision_recall_curve(is_anomaly, scores)
+    at = evaluate_scores(scores, is_anomaly, threshold)  # the registered precision and recall
+    at_p, at_r = at["precision"], at["recall"]
+    fig, ax = subplots(figsize=(4, 4))
+    ax.plot(recall, precision, label=f"AP {average_precision_score(is_anomaly, scores):.3f}")
+    ax.axhline(is_anomaly.mean(), color="grey", linestyle=":", label=f"anomaly share {is_anomaly.mean():.3f}")
+    ax.plot([at_r], [at_p], "ko", label=f"threshold: P {at_p:.2f} R {at_r:.2f}")
+    ax.set(xlabel="recall", ylabel="precision", title="precision-recall (test)", xlim=(0, 1.02), ylim=(0, 1.02))
+    ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -57,14 +57,14 @@ def parts(model, x: np.ndarray, want: set[str]) -> dict[str, np.ndarray]:
             out["own"].append(model.anomaly_score(xb).double().numpy())
         if want - {"own"}:
             forward = model(xb)  # one pass for the code and the reconstruction (eval: a VAE decodes its mean)
-            residual = torch.sigmoid(forward.logits.double()) - xb.double()  # (B, D)
+            residual = torch.sigmoid(forward.logits.double()) - model.normalize(xb).double()  # (B, D)
         if "code" in want:
             out["code"].append(forward.code.double().numpy())
         if "sq_error" in want:
             out["sq_error"].append(residual.pow(2).numpy())
         if "smoothed" in want:
             out["smoothed"].append(gaussian_blur(residual, shape).pow(2).mean(1).numpy())
-    width = {"own": (), "smoothed": (), "code": (model.config.latent_dim,),
+    width = {"own": (), "smoothed": (), "code": (getattr(model.config, "latent_dim", 0),),  # an MAE has no code
              "sq_error": (x.shape[1] if x.ndim > 1 else 0,)}
     return {k: np.concatenate(v) if v else np.zeros((0, *width[k])) for k, v in out.items()}
 

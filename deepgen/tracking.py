@@ -248,8 +248,29 @@ def settled(version) -> str | None:
     return None
 
 
+# What the pyfunc imports (deepgen.mlflow_model, deepgen.export and the model code): pinned to the versions
+# installed here, which trained the model, so `mlflow models serve` rebuilds the same environment.
+SERVING_REQUIREMENTS = ("torch", "numpy", "pandas", "pyarrow", "mlflow", "pydantic", "pyyaml", "scikit-learn",
+                        "scipy", "tokenizers")
+
+
+def pinned_requirements() -> list[str]:
+    """`name==version` of each serving requirement as installed (a local build tag such as +cpu dropped: the
+    package index has the plain version)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in SERVING_REQUIREMENTS]
+
+
 def log_and_register(run_id: str, model_dir: Path, name: str, tags: dict[str, Any]):
-    """Log the exported model as a models-from-code pyfunc (no pickle) and register a new version."""
+    """Log the exported model as a models-from-code pyfunc (no pickle), with its signature, an input example
+    and pinned requirements, and register a new version."""
+    from deepgen import serving
+    from deepgen.export import load_exported, read_meta
+
+    family = read_meta(model_dir).family
+    predictor = load_exported(model_dir)
+    example = serving.example_input(family, predictor)
     with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # type-hint advice for PythonModel.predict; our input is a DataFrame
         info = mlflow.pyfunc.log_model(
@@ -257,7 +278,9 @@ def log_and_register(run_id: str, model_dir: Path, name: str, tags: dict[str, An
             python_model=str(PYFUNC_CODE),
             artifacts={"model_dir": str(model_dir)},
             code_paths=[str(Path(__file__).parent)],
-            pip_requirements=["torch", "numpy", "pyarrow", "pydantic", "scikit-learn", "pyyaml", "tokenizers"],
+            pip_requirements=pinned_requirements(),
+            signature=serving.signature(family, predictor, example),
+            input_example=example,
         )
     tags = {**tags, MODEL_SHA256_TAG: model_sha256(model_dir)}
     c = client()

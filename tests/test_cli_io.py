@@ -78,10 +78,11 @@ def deepgen(runs_dir, monkeypatch, capsys):
     return run
 
 
-def _refused(result, where, *fragments: str) -> None:
-    """Exit 2 with one line `deepgen: error: WHERE: ...` holding each fragment."""
+def _refused(result, where, *fragments: str, status: int = 2) -> None:
+    """Exit `status` (2 a usage error, 1 unusable data or registry) with one line `deepgen: error: WHERE: ...`
+    holding each fragment."""
     code, _, err = result
-    assert code == 2 and len(err) == 1, err
+    assert code == status and len(err) == 1, (code, err)
     assert err[0].startswith(f"deepgen: error: {where}: "), err
     for fragment in fragments:
         assert fragment in err[0], err
@@ -120,7 +121,7 @@ def test_score_refuses_an_unreadable_input_in_one_line_naming_it(deepgen, tmp_pa
     write(tmp_path / name)
     result = deepgen("score", "--model", "anom@champion", "--input", str(tmp_path / name),
                      "--output", str(tmp_path / "scores.parquet"))
-    _refused(result, tmp_path / name, fragment)
+    _refused(result, tmp_path / name, fragment, status=1)  # unusable data: a failure at run time
     assert not (tmp_path / "scores.parquet").exists()
 
 
@@ -182,7 +183,7 @@ def test_upscale_names_a_damaged_png_and_creates_no_output(deepgen, tmp_path):
     src = _pngs(tmp_path / "small", {"a": 8})
     (src / "b.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     _refused(deepgen("upscale", "--model", "sr@champion", "--input", str(src), "--output", str(tmp_path / "big")),
-             src / "b.png", "not a readable PNG image")
+             src / "b.png", "not a readable PNG image", status=1)
     assert _leftovers(tmp_path) == ["small"]
 
 
@@ -190,7 +191,8 @@ def test_upscale_names_a_damaged_png_and_creates_no_output(deepgen, tmp_path):
 def test_upscale_of_an_empty_npy_is_refused_before_anything_is_written(deepgen, tmp_path, output):
     np.save(tmp_path / "none.npy", np.zeros((0,), np.float32))
     _refused(deepgen("upscale", "--model", "sr@champion", "--input", str(tmp_path / "none.npy"),
-                     "--output", str(tmp_path / output)), tmp_path / "none.npy", "expected images (N, h, w)")
+                     "--output", str(tmp_path / output)), tmp_path / "none.npy", "expected images (N, h, w)",
+             status=1)
     assert _leftovers(tmp_path) == ["none.npy"]
 
 
@@ -217,7 +219,7 @@ def test_an_upscale_that_fails_while_writing_leaves_no_output(deepgen, tmp_path,
         result = deepgen("upscale", "--model", "sr@champion", "--input", str(src), "--output", str(tmp_path / output))
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-    _refused(result, tmp_path / output, "cannot write it: ")  # File too large, or numpy's bytes written
+    _refused(result, tmp_path / output, "cannot write it: ", status=1)  # File too large, or numpy's bytes written
     assert _leftovers(tmp_path) == ["small"]  # no output, no hidden temporary
     assert deepgen("upscale", "--model", "sr@champion", "--input", str(src),
                    "--output", str(tmp_path / "new" / output))[0] == 0  # without the limit, it is written
@@ -239,7 +241,7 @@ def test_sample_refuses_an_image_format_it_cannot_write_before_drawing(deepgen, 
 def test_predict_refuses_a_text_input_that_is_not_utf8(deepgen, tmp_path):
     (tmp_path / "texts.txt").write_bytes(bytes(range(256)))
     _refused(deepgen("predict", "--model", "txt@champion", "--input", str(tmp_path / "texts.txt")),
-             tmp_path / "texts.txt", "not UTF-8 text")
+             tmp_path / "texts.txt", "not UTF-8 text", status=1)
 
 
 def test_predict_writes_labels_into_a_new_folder_and_refuses_a_non_parquet_output(deepgen, tmp_path):
@@ -273,7 +275,26 @@ def test_models_lookup_prints_the_version_and_its_uri_on_one_line(deepgen, ref):
 
 
 @pytest.mark.parametrize("ref", ["anom@nope", "anom/9", "nope@champion"])
-def test_models_lookup_of_an_unknown_reference_exits_2_in_one_line(deepgen, ref):
+def test_models_lookup_of_an_unknown_reference_exits_1_in_one_line(deepgen, ref):
     result = deepgen("models", "lookup", ref)
-    _refused(result, ref, "`deepgen models list` shows what is there")
+    _refused(result, ref, "`deepgen models list` shows what is there", status=1)
     assert result[1] == ""
+
+
+# --- --json: one object on stdout ------------------------------------------------------------------------
+
+
+def test_score_and_sample_json_is_one_object_naming_the_version_and_the_output(deepgen, tmp_path):
+    np.save(tmp_path / "rows.npy", np.random.default_rng(0).integers(0, 17, (7, 64)).astype(np.float32))
+    code, out, err = deepgen("score", "--model", "anom@champion", "--input", str(tmp_path / "rows.npy"),
+                             "--output", str(tmp_path / "s.parquet"), "--json")
+    info = json.loads(out)  # all of stdout
+    assert code == 0 and info["model"] == "anom" and info["version"] == "1" and info["rows"] == 7
+    assert info["output"] == str(tmp_path / "s.parquet") and info["threshold"] == 0.5
+    assert info["flagged"] == int(pd.read_parquet(tmp_path / "s.parquet")["is_anomaly"].sum())
+    code, out, _ = deepgen("sample", "--model", "gan@champion", "--n", "4", "--out", str(tmp_path / "g.png"), "--json")
+    assert code == 0 and json.loads(out) == {"model": "gan", "version": "1", "images": 4, "label": None, "seed": 0,
+                                             "output": str(tmp_path / "g.png")}
+    code, out, err = deepgen("sample", "--model", "gan@champion", "--out", str(tmp_path / "g.png"), "--json")
+    assert code == 2 and json.loads(out)["exit_status"] == 2 and "already exists" in json.loads(out)["error"]
+    assert err == [f"deepgen: error: {json.loads(out)['error']}"]

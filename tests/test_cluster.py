@@ -312,7 +312,7 @@ def test_a_job_api_that_fails_midway_is_one_line_naming_it(command, monkeypatch,
             raise ConnectionError("Connection aborted.")  # what requests raises when the head goes away
 
     monkeypatch.setattr(dc, "connect", lambda address: Failing({}))
-    assert cli.main(["jobs", *command, "--address", "http://h:8265"]) == 2
+    assert cli.main(["jobs", *command, "--address", "http://h:8265"]) == 1  # a failure at run time
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("deepgen: error: the Ray job API at http://h:8265: ")
 
@@ -494,7 +494,7 @@ def test_a_bad_spec_fails_before_the_cluster_is_contacted(capsys):
     assert cli.main(["submit", str(ROOT / "pipelines/quickstart.yaml"), "--address", "http://127.0.0.1:9",
                      "--slot", "tomorrow"]) == 2
     assert "slot 'tomorrow'" in capsys.readouterr().err
-    assert cli.main(["submit", str(ROOT / "pipelines/quickstart.yaml"), "--address", "http://127.0.0.1:9"]) == 2
+    assert cli.main(["submit", str(ROOT / "pipelines/quickstart.yaml"), "--address", "http://127.0.0.1:9"]) == 1
     assert "cannot reach the Ray job API at http://127.0.0.1:9" in capsys.readouterr().err
 
 

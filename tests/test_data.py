@@ -315,9 +315,61 @@ def test_loss_auto_is_bce_for_binary_inputs_and_mse_for_grey_levels(tmp_path):
                         ("binary", "auto"): "bce", ("binary", "bce"): "bce", ("binary", "mse"): "mse"}
 
 
-def test_score_auto_is_the_smoothed_error_for_images_and_combined_for_tables():
+def test_score_auto_is_the_smoothed_error_for_images_and_for_tables_the_vae_elbo_or_combined():
     """What benchmarks/anomaly.py chose on validation splits; an explicit score stays."""
-    from deepgen.config import resolve_score
+    from deepgen.config import resolve_input_range, resolve_score
 
     assert resolve_score("auto", [1, 28, 28]) == "smoothed" and resolve_score("auto", [30]) == "combined"
-    assert resolve_score("latent", [1, 28, 28]) == "latent"
+    assert resolve_score("auto", [30], "vae") == "reconstruction"  # the VAE's own -ELBO
+    assert resolve_score("auto", [1, 28, 28], "vae") == "smoothed"
+    assert resolve_score("latent", [1, 28, 28]) == "latent" and resolve_score("latent", [30], "vae") == "latent"
+    assert resolve_input_range("auto", [30]) == "normal" and resolve_input_range("auto", [1, 8, 8]) == "prepared"
+    assert resolve_input_range("prepared", [30]) == "prepared"
+
+
+def test_a_table_autoencoder_sees_the_normal_training_rows_range_and_carries_it(tmp_path):
+    """input_range auto on a table: the model maps the normal training rows' min-max range of each feature
+    to [0, 1] (anomalous training rows do not widen it), keeps it through a checkpoint's state dict, and a
+    value beyond it is rebuilt with a larger error than the same row inside it."""
+    import pandas as pd
+    import torch
+
+    from deepgen.config import PipelineSpec
+    from deepgen.data.dataset import load_split
+    from deepgen.tasks import build_task
+
+    rng = np.random.default_rng(0)
+    normal = rng.uniform(0, 1, size=(300, 3))
+    anomalies = rng.uniform(5, 6, size=(60, 3))  # far beyond every normal value
+    table = pd.DataFrame(np.vstack([normal, anomalies]), columns=["a", "b", "c"])
+    table["label"] = ["ok"] * 300 + ["bad"] * 60
+    table.to_csv(tmp_path / "t.csv", index=False)
+    runs = str(tmp_path / "runs")
+    spec = PipelineSpec.model_validate({
+        "name": "t", "data": {"source": {"kind": "table", "path": str(tmp_path / "t.csv"), "label_column": "label"}},
+        "model": {"kind": "vae", "hidden": [8], "latent_dim": 2}, "anomaly": {"normal_labels": ["ok"]},
+        "registry": {"model_name": "t"}, "tracking": {"runs_dir": runs}})
+    manifest, _ = prepare_dataset(spec.data, spec.data_dir, log=lambda m: None)
+    task = build_task(spec, manifest)
+    assert (task.input_range, task.score) == ("normal", "reconstruction")
+    model = task.build_models()["model"]
+    x, y = load_split(spec.data_dir, "train")
+    seen = model.normalize(torch.from_numpy(x[y == "ok"]))
+    assert seen.min().item() == pytest.approx(0, abs=1e-6) and seen.max().item() == pytest.approx(1, abs=1e-6)
+    assert model.normalize(torch.from_numpy(x[y == "bad"])).min() > 1  # outside what normal rows span
+
+    fresh = build_task(spec, manifest)  # a model restored from a checkpoint keeps the range it trained with
+    restored = type(model)(model.config)
+    restored.load_state_dict(model.state_dict())
+    assert torch.equal(restored.input_low, model.input_low) and torch.equal(restored.input_span, model.input_span)
+    assert fresh.input_range == "normal"
+
+    # a state dict from before the input range (no buffers) loads as the identity
+    old = {k: v for k, v in model.state_dict().items() if not k.endswith(("input_low", "input_span"))}
+    restored.load_state_dict(old)
+    assert restored.input_low.item() == 0 and restored.input_span.item() == 1
+
+    prepared = PipelineSpec.model_validate(spec.model_dump() | {"anomaly": {"normal_labels": ["ok"],
+                                                                           "input_range": "prepared"}})
+    model_p = build_task(prepared, manifest).build_models()["model"]
+    assert model_p.input_low.item() == 0 and model_p.input_span.item() == 1  # the prepared scale, unchanged

@@ -58,7 +58,8 @@ def test_registered_model_loads_without_unpickling_and_keeps_its_threshold(regis
     import mlflow.pyfunc
 
     pyfunc = mlflow.pyfunc.load_model("models:/t-model@champion")  # models-from-code, no pickle
-    out = pyfunc.predict(np.random.default_rng(0).integers(0, 17, (3, 64)).astype(np.float32))
+    # raw rows as float64 (N, D), the dtype of the logged signature and of JSON numbers
+    out = pyfunc.predict(np.random.default_rng(0).integers(0, 17, (3, 64)).astype(np.float64))
     assert list(out.columns) == ["score", "is_anomaly"] and len(out) == 3
 
 

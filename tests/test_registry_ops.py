@@ -129,18 +129,18 @@ def test_rollback_restores_the_previous_champion_then_the_one_before(store):
     assert code == 0 and store.champion() == "3" and out.strip() == f"{NAME}: champion v2 -> v3 (rollback by carol)"
     assert store.deepgen("models", "rollback", NAME, "--by", "carol")[0] == 0 and store.champion() == "1"
     code, _, err = store.deepgen("models", "rollback", NAME)  # v1 was the first champion
-    assert code == 2 and store.champion() == "1"
+    assert code == 1 and store.champion() == "1"
     assert err.strip() == (f"deepgen: error: {NAME}: no previous champion to roll back to (v1 is the first "
                            f"champion on record); `deepgen models promote {NAME} VERSION` moves champion "
                            "to any version")
 
 
-def test_rollback_with_no_previous_champion_exits_2_with_one_line_and_moves_nothing(one_champion):
+def test_rollback_with_no_previous_champion_exits_1_with_one_line_and_moves_nothing(one_champion):
     before = one_champion.json("models", "history", NAME)
     env = {**os.environ, "MLFLOW_TRACKING_URI": one_champion.uri}
     out = subprocess.run([sys.executable, "-m", "deepgen.cli", "models", "rollback", NAME],
                          capture_output=True, text=True, env=env)
-    assert out.returncode == 2 and out.stdout == ""
+    assert out.returncode == 1 and out.stdout == ""
     [line] = out.stderr.strip().splitlines()
     assert line.startswith(f"deepgen: error: {NAME}: no previous champion") and "deepgen models promote" in line
     assert one_champion.champion() == "1" and one_champion.json("models", "history", NAME) == before
@@ -149,11 +149,11 @@ def test_rollback_with_no_previous_champion_exits_2_with_one_line_and_moves_noth
 def test_promote_of_a_missing_version_or_model_fails_clearly_and_moves_nothing(store):
     before = store.json("models", "history", NAME)
     code, _, err = store.deepgen("models", "promote", NAME, "9")
-    assert code == 2 and err.strip() == (f"deepgen: error: {NAME}: no version 9; `deepgen models show {NAME}` "
+    assert code == 1 and err.strip() == (f"deepgen: error: {NAME}: no version 9; `deepgen models show {NAME}` "
                                          "shows the latest, `deepgen models list` the models")
     code, _, err = store.deepgen("models", "promote", "nope", "1")
     [line] = err.strip().splitlines()
-    assert code == 2 and line.startswith("deepgen: error: nope: not found in the registry at sqlite:")
+    assert code == 1 and line.startswith("deepgen: error: nope: not found in the registry at sqlite:")
     assert line.endswith("(Registered Model with name=nope not found); `deepgen models list` shows what is there")
     assert store.champion() == "3" and store.json("models", "history", NAME) == before
 

@@ -143,12 +143,25 @@ def test_the_same_texts_train_the_same_vocabulary_in_every_process(tmp_path):
     assert len(runs) == 1
 
 
-def test_tokenizer_with_other_special_ids_is_refused(tmp_path):
+def test_tokenizer_needs_the_special_tokens_and_pad_at_zero(tmp_path):
+    """A Hugging Face vocabulary keeps [UNK] [CLS] [SEP] [MASK] elsewhere (100-103): their ids are read from
+    it. [PAD] must be 0, since rows are padded with zeros, and none of the five may be missing."""
     from tokenizers import Tokenizer, models
+
+    vocab = {t: i for i, t in enumerate(["[PAD]", "a", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])}
+    Tokenizer(models.WordPiece(vocab, unk_token="[UNK]")).save(str(tmp_path / "tokenizer.json"))
+    tok = WordPieceTokenizer.load(tmp_path / "tokenizer.json")
+    assert (tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id) == (0, 2, 3, 4, 5)
+    assert tok.special_ids == {"[PAD]": 0, "[UNK]": 2, "[CLS]": 3, "[SEP]": 4, "[MASK]": 5}
+    assert tok.encode("a", 5).input_ids.tolist() == [3, 1, 4, 0, 0]
 
     vocab = {t: i for i, t in enumerate(["[UNK]", "[PAD]", "[CLS]", "[SEP]", "[MASK]", "a"])}
     Tokenizer(models.WordPiece(vocab, unk_token="[UNK]")).save(str(tmp_path / "tokenizer.json"))
     with pytest.raises(DataError, match=r"\[PAD\] has id 1, expected 0"):
+        WordPieceTokenizer.load(tmp_path / "tokenizer.json")
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a"])}
+    Tokenizer(models.WordPiece(vocab, unk_token="[UNK]")).save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(DataError, match=r"no \[MASK\] token"):
         WordPieceTokenizer.load(tmp_path / "tokenizer.json")
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(DataError, match="bad.json: not a tokenizers JSON file"):
@@ -511,16 +524,24 @@ def fake_wordnet(directory: Path) -> Path:
 def test_wordnet_glosses_become_documents_of_related_synsets(tmp_path):
     folder = fake_wordnet(tmp_path / "wordnet")
     summary = corpora.write_wordnet_corpus(tmp_path / "glosses.txt", folder)
-    assert (summary.documents, summary.rows) == (5, 10)
+    assert (summary.documents, summary.rows) == (5, 13)
     assert parse_documents((tmp_path / "glosses.txt").read_text(), "lines") == [
         ["animal: a living organism characterized by voluntary movement.",  # co-hyponyms of entity
          "rock: a lump or mass of hard consolidated mineral matter."],
-        ["dog, domestic dog: a member of the genus Canis.",  # co-hyponyms of animal; examples dropped
-         "cat: feline mammal usually having thick soft fur.", "horse: solid-hoofed herbivorous quadruped."],
+        ["dog, domestic dog: a member of the genus Canis.", "the dog barked all night.",  # gloss, then examples
+         "cat: feline mammal usually having thick soft fur.", "horse: solid-hoofed herbivorous quadruped.",
+         "he rode a horse.", "a fast horse."],
         ["wet: covered or soaked with a liquid such as water.", "damp: slightly wet.", "soggy: soaked through."],
         ["entity: that which is perceived or known or inferred to have its own distinct existence."],  # a root
         ["quickly: with speed."],  # adverbs are grouped by lexicographer file
     ]
+
+
+def test_wordnet_glosses_alone_without_examples(tmp_path):
+    folder = fake_wordnet(tmp_path / "wordnet")
+    summary = corpora.write_wordnet_corpus(tmp_path / "glosses.txt", folder, with_examples=False)
+    assert (summary.documents, summary.rows) == (5, 10)
+    assert "the dog barked all night." not in (tmp_path / "glosses.txt").read_text()
 
 
 def test_missing_corpora_say_what_to_install(tmp_path, monkeypatch):

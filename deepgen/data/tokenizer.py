@@ -27,7 +27,7 @@ import numpy as np
 from deepgen.errors import DataError, first_line
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
-SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)  # their ids are their positions: [PAD]=0 ... [MASK]=4
+SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)  # trained vocabularies hold them at ids 0-4, in this order
 TOKENIZER_FILE = "tokenizer.json"
 _CHUNK = 8192  # rows assembled at a time
 _ENCODE_CHUNK = 50_000  # texts tokenized at a time: the library's Encoding objects take ~3 KB each
@@ -111,14 +111,19 @@ class WordPieceTokenizer:
     """Fixed-length BERT encodings from a `tokenizers.Tokenizer`, with the special ids at hand."""
 
     def __init__(self, tokenizer):
-        for expected, token in enumerate(SPECIAL_TOKENS):
-            if tokenizer.token_to_id(token) != expected:
-                raise DataError(f"tokenizer: {token} has id {tokenizer.token_to_id(token)}, expected {expected} "
-                                f"(special tokens must be {', '.join(SPECIAL_TOKENS)} at ids 0-4)")
+        # the five special tokens must be there; deepgen's own vocabularies hold them at 0-4, a Hugging Face
+        # BERT's elsewhere ([UNK] 100, [CLS] 101, ...). [PAD] must be 0: rows are padded with zeros.
+        for token in SPECIAL_TOKENS:
+            if tokenizer.token_to_id(token) is None:
+                raise DataError(f"tokenizer: no {token} token (BERT needs {', '.join(SPECIAL_TOKENS)})")
+        if tokenizer.token_to_id(PAD) != 0:
+            raise DataError(f"tokenizer: {PAD} has id {tokenizer.token_to_id(PAD)}, expected 0 (rows are padded "
+                            "with id 0)")
         tokenizer.no_truncation()
         tokenizer.no_padding()
         self._tok = tokenizer
-        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = range(len(SPECIAL_TOKENS))
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (tokenizer.token_to_id(t)
+                                                                            for t in SPECIAL_TOKENS)
 
     # --- building, saving, loading -----------------------------------------------------------------
 
@@ -162,7 +167,7 @@ class WordPieceTokenizer:
 
     @property
     def special_ids(self) -> dict[str, int]:
-        return {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+        return {token: self._tok.token_to_id(token) for token in SPECIAL_TOKENS}
 
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)

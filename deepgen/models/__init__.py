@@ -21,14 +21,18 @@ from deepgen.models.autoencoders import (
     SparseConfig,
 )
 from deepgen.models.vae import VAE, VAEConfig
+from deepgen.models.vit import MAEConfig, MaskedAutoencoderViT
 
-AUTOENCODERS: dict[str, tuple[type[Autoencoder], type[AutoencoderConfig]]] = {
+AUTOENCODERS: dict[str, tuple[type, type]] = {  # kind -> (model class, config dataclass)
     "dense_autoencoder": (DenseAutoencoder, AutoencoderConfig),
     "conv_autoencoder": (ConvAutoencoder, AutoencoderConfig),
     "overcomplete_autoencoder": (OvercompleteAutoencoder, OvercompleteConfig),
     "sparse_autoencoder": (SparseAutoencoder, SparseConfig),
     "denoising_autoencoder": (DenoisingAutoencoder, DenoisingConfig),
     "vae": (VAE, VAEConfig),
+    # not an Autoencoder subclass, but the same detector contract (anomaly_score, config.input_shape), so
+    # the exported `anomaly` folder, `deepgen score` and the pyfunc load it like the others
+    "mae": (MaskedAutoencoderViT, MAEConfig),
 }
 
 

@@ -49,9 +49,38 @@ class AutoencoderOutput(NamedTuple):
 
 
 class Autoencoder(nn.Module):
-    """Shared behaviour: forward, reconstruction, the training objective and the anomaly score."""
+    """Shared behaviour: forward, reconstruction, the training objective and the anomaly score.
+
+    Every autoencoder first maps its input x to x' = (x - input_low) / input_span, per feature, and
+    reconstructs x'. The range is the identity (0, 1) unless the task sets it (`set_input_range`) to the
+    normal training rows' range: then a normal row lies in [0, 1], and a value beyond every normal row's
+    lies outside what the sigmoid decoder can produce, so it is rebuilt with an error however simple the
+    row is otherwise. The range is a buffer: it travels with the weights into checkpoints and exports.
+    """
 
     config: AutoencoderConfig
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("input_low", torch.zeros(()))  # () or (D,)
+        self.register_buffer("input_span", torch.ones(()))
+
+    def set_input_range(self, low: torch.Tensor, high: torch.Tensor) -> None:
+        """Map [low, high] (D,) of each feature to [0, 1]; a constant feature keeps span 1."""
+        span = high - low
+        self.input_low = low.float().clone()
+        self.input_span = torch.where(span > 0, span, torch.ones_like(span)).float()
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, D) as the model sees and rebuilds it."""
+        return (x - self.input_low) / self.input_span
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints and exports from before the input range: the identity; a (D,) range replaces the ()
+        for name, identity in (("input_low", torch.zeros(())), ("input_span", torch.ones(()))):
+            value = state_dict.setdefault(prefix + name, identity)
+            setattr(self, name, torch.empty_like(value, device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, D) -> the encoder's last representation before the code layer, (B, F)."""
@@ -73,8 +102,8 @@ class Autoencoder(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> AutoencoderOutput:
-        """x (B, D) flattened, in [0, 1] -> reconstruction logits (B, D) and the code (B, latent)."""
-        h = self.encode(x)
+        """x (B, D) flattened -> logits (B, D) of its normalised reconstruction, and the code (B, latent)."""
+        h = self.encode(self.normalize(x))
         return AutoencoderOutput(self.decode(h), h)
 
     def corrupt(self, x: torch.Tensor) -> torch.Tensor:
@@ -82,11 +111,15 @@ class Autoencoder(nn.Module):
         return x
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self(x).logits)
+        """r (B, D) in the units of x."""
+        return self.denormalize(torch.sigmoid(self(x).logits))
+
+    def denormalize(self, r: torch.Tensor) -> torch.Tensor:
+        return r * self.input_span + self.input_low
 
     def reconstruction_error(self, x: torch.Tensor, out: AutoencoderOutput) -> torch.Tensor:
         """Per-row error (B,) under the configured loss, averaged over features."""
-        logits = out.logits.float()
+        logits, x = out.logits.float(), self.normalize(x)
         if self.config.loss == "bce":
             # BCE needs targets in [0, 1]; table rows beyond the training range are clamped.
             return F.binary_cross_entropy_with_logits(logits, x.clamp(0, 1), reduction="none").mean(1)

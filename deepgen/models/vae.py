@@ -59,14 +59,14 @@ class VAE(Autoencoder):
         return self.net.encoder_widths()
 
     def forward(self, x: torch.Tensor) -> AutoencoderOutput:
-        mu, logvar = self.posterior(x)
+        mu, logvar = self.posterior(self.normalize(x))
         # Training draws h ~ q(h|x); eval decodes the mean, so scores and reconstructions are deterministic.
         h = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu) if self.training else mu
         return AutoencoderOutput(self.decode(h), h, mu, logvar)
 
     def reconstruction_error(self, x: torch.Tensor, out: AutoencoderOutput) -> torch.Tensor:
-        """-log p(x|h) per row (B,), summed over features."""
-        logits = out.logits.float()
+        """-log p(x|h) per row (B,), summed over features (of x as the model sees it, `normalize`d)."""
+        logits, x = out.logits.float(), self.normalize(x)
         if self.config.decoder == "bernoulli":
             return F.binary_cross_entropy_with_logits(logits, x.clamp(0, 1), reduction="none").sum(1)
         log_sigma = self.log_sigma.float().clamp(min=MIN_LOG_SIGMA)
@@ -91,11 +91,11 @@ class VAE(Autoencoder):
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n draws h ~ p(h) = N(0, I), decoded to the mean of p(x|h): (n, D) in [0, 1]."""
+        """n draws h ~ p(h) = N(0, I), decoded to the mean of p(x|h): (n, D) in the units of x."""
         was_training = self.training
         self.eval()  # batch norm in a conv decoder must use its running statistics
         device = self.to_logvar.weight.device
         h = torch.randn(n, self.config.latent_dim, generator=generator, device=device)
-        samples = torch.sigmoid(self.decode(h).float())
+        samples = self.denormalize(torch.sigmoid(self.decode(h).float()))
         self.train(was_training)
         return samples

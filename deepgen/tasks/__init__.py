@@ -76,6 +76,10 @@ def task_class(kind: str) -> type:
         from deepgen.tasks.bert import BertClassifierTask as cls
     elif kind in GAN_KINDS:
         from deepgen.tasks.gan import GanTask as cls
+    elif kind == "vit_classifier":
+        from deepgen.tasks.vit import ViTClassifierTask as cls
+    elif kind == "mae":
+        from deepgen.tasks.vit import MAETask as cls
     else:
         raise ValueError(f"no task for model.kind {kind!r}")
     return cls

@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from deepgen import anomaly
-from deepgen.config import PipelineSpec, resolve_loss, resolve_score
-from deepgen.data.dataset import load_split, normal_mask
+from deepgen.config import PipelineSpec, resolve_input_range, resolve_loss, resolve_score
+from deepgen.data.dataset import load_split, normal_mask, normal_train_mask
 from deepgen.data.prepare import Manifest
 from deepgen.export import save_model_dir
 from deepgen.models import AUTOENCODERS, build_autoencoder
@@ -49,11 +49,21 @@ class AutoencoderTask(ScheduledTask):
         self.spec = spec
         self.manifest = manifest
         self.config = autoencoder_config(spec.model, manifest.shape, manifest.binary_features)
-        self.score = resolve_score(spec.anomaly.score, manifest.shape)  # what `auto` is for this data
+        self.score = resolve_score(spec.anomaly.score, manifest.shape, spec.model.kind)  # `auto` for this data
+        self.input_range = resolve_input_range(spec.anomaly.input_range, manifest.shape)
         self.scorer: Scorer | None = None  # fitted by evaluate, exported with the model
 
     def build_models(self):
-        return {"model": build_autoencoder(self.spec.model.kind, self.config)}
+        model = build_autoencoder(self.spec.model.kind, self.config)
+        if self.input_range == "normal":
+            model.set_input_range(*self.normal_range())
+        return {"model": model}
+
+    def normal_range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-feature (min, max) over the normal training rows, (D,) each: the rows the model learns."""
+        x_train, y_train = load_split(self.spec.data_dir, "train")
+        x_normal = x_train[normal_train_mask(y_train, self.spec.anomaly, len(x_train))]
+        return torch.from_numpy(x_normal.min(0)), torch.from_numpy(x_normal.max(0))
 
     def build_optimizers(self, models):
         t = self.spec.train
@@ -96,8 +106,8 @@ class AutoencoderTask(ScheduledTask):
         scores = self.scorer.score(model, x_test)
         is_anomaly = ~normal_mask(y_test, spec.anomaly, len(x_test))
         metrics = anomaly.evaluate_scores(scores, is_anomaly, threshold)
-        tags = anomaly.threshold_tags(threshold, method) | {"score": self.score,
-                                                             "resolved_loss": self.config.loss}
+        tags = anomaly.threshold_tags(threshold, method) | {"score": self.score, "resolved_loss": self.config.loss,
+                                                             "input_range": self.input_range}
         ev = Evaluation(metrics, registry_tags=tags)
         ev.figures = self._figures(model, x_test, scores, is_anomaly, threshold)
         return ev
@@ -108,6 +118,7 @@ class AutoencoderTask(ScheduledTask):
         figures = {"score_histogram": plots.score_histogram(scores, is_anomaly, threshold)}
         if is_anomaly.any() and not is_anomaly.all():
             figures["roc_curve"] = plots.roc_curve(scores, is_anomaly)
+            figures["pr_curve"] = plots.pr_curve(scores, is_anomaly, threshold)
         if len(self.manifest.shape) == 3:
             with torch.no_grad():
                 recon = model.reconstruct(torch.tensor(x_test[:8])).numpy()

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+import torch.nn.functional as F
 
 from deepgen.config import BertSpec, PipelineSpec
 from deepgen.data.dataset import split_path
@@ -29,6 +30,7 @@ from deepgen.models.bert import (
     BertForSequenceClassification,
     SpecialTokens,
     mask_tokens,
+    strip_wrappers,
 )
 from deepgen.tasks import Evaluation, unwrap
 from deepgen.train.optim import ScheduledTask
@@ -57,6 +59,19 @@ def attention_mask(batch) -> torch.Tensor | None:
     return torch.arange(ids.shape[1], device=ids.device)[None, :] < length[:, None]
 
 
+def trim_padding(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch cut to its longest row: rows are stored padded to max_len, and on short texts (a gloss, a
+    tweet) most of a row is padding that attention and the feed-forward would still compute. On the host
+    only, as attention_mask: on a GPU the length check would wait for the steps queued before it."""
+    ids, length = batch["input_ids"], batch["length"]
+    if length.device.type != "cpu" or len(length) == 0:
+        return batch
+    longest = int(length.max())
+    if longest >= ids.shape[1]:
+        return batch
+    return {k: v[:, :longest] if v.dim() == 2 and v.shape[1] == ids.shape[1] else v for k, v in batch.items()}
+
+
 def read_split(data_dir: Path, split: str, columns: tuple[str, ...]) -> dict[str, torch.Tensor]:
     from deepgen.train.env import arrow_tensors
 
@@ -78,6 +93,7 @@ def batches_of(data: dict[str, torch.Tensor], batch_size: int = 256):
 def pretraining_forward(model, batch, special: SpecialTokens, mask_rate: float,
                         generator: torch.Generator | None = None):
     """Mask the batch afresh (80/10/10) and run MLM + NSP on it."""
+    batch = trim_padding(batch)
     vocab_size = unwrap(model).config.vocab_size
     masked, labels = mask_tokens(batch["input_ids"], special, vocab_size, mask_rate, generator=generator)
     # NSP labels as BertForPreTraining wants them: 0 = IsNext, 1 = NotNext
@@ -105,6 +121,26 @@ def pretraining_metrics(model, data_dir: Path, special: SpecialTokens, mask_rate
                "nsp_accuracy": sums["nsp_correct"] / rows}
     metrics["perplexity"] = math.exp(min(metrics["mlm_loss"], 50))
     return metrics
+
+
+def pretraining_baselines(data_dir: Path, special: SpecialTokens) -> dict[str, float]:
+    """What guessing gets on the test split: MLM accuracy of always answering the training split's most
+    frequent token (over real, non-special tokens, which is what masking picks from), and NSP accuracy of
+    always answering the majority class of the test pairs (0.5 for balanced pairs)."""
+    train = read_split(data_dir, "train", ("input_ids", "length"))
+    test = read_split(data_dir, "test", ("input_ids", "length", "is_next"))
+    specials = torch.tensor(special.ids)
+
+    def real_tokens(data):
+        ids = data["input_ids"]
+        real = torch.arange(ids.shape[1])[None, :] < data["length"][:, None]
+        return ids[real & ~torch.isin(ids, specials)]
+
+    most_frequent = int(torch.bincount(real_tokens(train).long()).argmax())
+    test_tokens = real_tokens(test)
+    next_share = float(test["is_next"].float().mean())
+    return {"mlm_accuracy_most_frequent": float((test_tokens == most_frequent).float().mean()),
+            "nsp_accuracy_majority": max(next_share, 1 - next_share)}
 
 
 
@@ -144,6 +180,7 @@ class BertPretrainTask(ScheduledTask):
     def evaluate(self, models, data_dir: Path) -> Evaluation:
         model = unwrap(models["model"]).eval()
         metrics = pretraining_metrics(model, data_dir, self.special, self.m.mask_rate)
+        metrics.update(pretraining_baselines(data_dir, self.special))
         return Evaluation(metrics, registry_tags={"vocab_size": self.config.vocab_size,
                                                   "max_len": self.config.max_len})
 
@@ -179,11 +216,17 @@ class BertClassifierTask(ScheduledTask):
                                 f"{manifest.vocab_size}; prepare the text with the pretrained model's tokenizer")
         else:
             self.config = bert_config(self.m, manifest.vocab_size, manifest.max_len, special_tokens(manifest).pad)
+        self.class_weights = class_weights(manifest.label_counts["train"] if manifest.label_counts else None,
+                                           self.m.class_weight)
 
     def build_models(self):
         model = BertForSequenceClassification(self.config, self.num_labels, dropout=self.m.classifier_dropout)
-        if self.pretrained is not None:
-            result = model.load_encoder_state(pretrained_state(self.pretrained))
+        state = pretrained_state(self.pretrained) if self.pretrained is not None else None
+        if self.m.domain_adaptive is not None:
+            state = domain_adaptive_pretraining(self.config, state, self.spec.data_dir, special_tokens(self.manifest),
+                                                self.m.domain_adaptive, self.spec.train.seed)
+        if state is not None:
+            result = model.load_encoder_state(state)
             if result.missing_keys or result.unexpected_keys:  # else an encoder left at its random init
                 raise DataError(f"model.pretrained: {self.pretrained} does not hold this encoder (missing "
                                 f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})")
@@ -196,7 +239,14 @@ class BertClassifierTask(ScheduledTask):
                                               self.spec.train.lr)}
 
     def forward(self, model, batch):
-        return model(batch["input_ids"], batch["segment_ids"], attention_mask(batch), labels=batch["label"])
+        """Cross-entropy on the [CLS] classifier, each class weighted by `class_weights` (None: all 1)."""
+        batch = trim_padding(batch)
+        out = model(batch["input_ids"], batch["segment_ids"], attention_mask(batch), labels=batch["label"])
+        if self.class_weights is None:
+            return out
+        weight = self.class_weights.to(out.logits.device)
+        loss = F.cross_entropy(out.logits.float(), batch["label"], weight=weight)
+        return out._replace(loss=loss)
 
     def train_step(self, models, optimizers, batch):
         model = models["model"]
@@ -225,6 +275,52 @@ class BertClassifierTask(ScheduledTask):
     def export(self, dest: Path, models, evaluation: Evaluation) -> Path:
         return save_text_model_dir(dest, "text_classifier", self.spec, self.manifest, unwrap(models["model"]),
                                    {"class_names": self.manifest.class_names, "num_labels": self.num_labels})
+
+
+def class_weights(counts: list[int] | None, rule: str) -> torch.Tensor | None:
+    """Per-class loss weights rows / (classes * rows of the class) (King & Zeng 2001; scikit-learn's
+    "balanced"), so every class weighs as much in the loss as it would in a balanced set; None: all 1.
+    "auto" weights only when the classes are unbalanced: the largest over 1.5 times the smallest."""
+    if counts is None or rule == "none":
+        return None
+    n = torch.tensor(counts, dtype=torch.float32).clamp(min=1)
+    if rule == "auto" and n.max() <= 1.5 * n.min():
+        return None
+    return n.sum() / (len(n) * n)
+
+
+def domain_adaptive_pretraining(config: BertConfig, state: dict[str, torch.Tensor] | None, data_dir: Path,
+                                special: SpecialTokens, spec, seed: int) -> dict[str, torch.Tensor]:
+    """Task-adaptive pretraining (Gururangan et al. 2020): continue masked-LM on the training split's texts.
+
+    objective: min over theta of E_x E_mask[ -sum_{i masked} log p_theta(x_i | x without the masked) ], x the
+    unlabelled training texts ([CLS] text [SEP]; single texts, so there is no NSP term). Starts from `state`
+    (a pretrained BertForPreTraining's, heads included) or from random initialisation; returns the adapted
+    state. Seeded on its own RNG stream, so every worker computes the same weights (DDP broadcasts rank 0's).
+    """
+    from deepgen.config import TrainSpec
+    from deepgen.train.optim import Schedule
+
+    data = read_split(data_dir, "train", ("input_ids", "segment_ids", "length"))
+    rows = len(data["input_ids"])
+    train = TrainSpec(epochs=spec.epochs, lr=spec.lr, warmup_fraction=0.06, lr_decay="linear", clip_grad_norm=1.0)
+    schedule = Schedule(train, max(1, math.ceil(rows / spec.batch_size)))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BertForPreTraining(config)
+        if state is not None:
+            model.load_state_dict({strip_wrappers(k): v for k, v in state.items()})
+        optimizer = model.configure_optimizers(0.01, spec.lr)
+        model.train()
+        for _ in range(spec.epochs):
+            order = torch.randperm(rows)
+            for lo in range(0, rows, spec.batch_size):
+                batch = trim_padding({k: v[order[lo:lo + spec.batch_size]] for k, v in data.items()})
+                masked, labels = mask_tokens(batch["input_ids"], special, config.vocab_size, spec.mask_rate)
+                out = model(masked, batch["segment_ids"], attention_mask(batch), mlm_labels=labels)
+                schedule.backward(out.mlm_loss)
+                schedule.step(model, optimizer)
+    return model.state_dict()
 
 
 def classification_metrics(truth: np.ndarray, probs: np.ndarray, num_labels: int) -> dict[str, float]:

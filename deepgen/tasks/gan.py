@@ -31,6 +31,7 @@ from deepgen.metrics import images as metrics
 from deepgen.metrics.judge import load_or_train as load_or_train_judge
 from deepgen.models import gans
 from deepgen.tasks import Evaluation, unwrap
+from deepgen.train import accel
 
 GAN_SPECS = (GanSpec, DCGANSpec, CGANSpec, LapGANSpec, SRGANSpec)
 
@@ -159,8 +160,7 @@ class GanTask:
         else:
             models = {"generator": gans.MLPGenerator(c), "discriminator": gans.MLPDiscriminator(c)}
         models |= self._stabilisers(models)
-        # channels-last: cuDNN runs convs (and bf16 tensor cores) in NHWC natively; NCHW pays transposes
-        return {name: model.to(memory_format=torch.channels_last) for name, model in models.items()}
+        return models  # channels-last on CUDA: the loop's (deepgen.train.accel.memory_format)
 
     def _stabilisers(self, models) -> dict:
         """model.spectral_norm: D's weights spectrally normalised (in place). model.ema_decay > 0: a copy of G,
@@ -398,9 +398,9 @@ class GanTask:
     # -- batch handling -- #
 
     def _images(self, batch) -> torch.Tensor:
-        """(B, C*H*W) rows in [0, 1] -> (B, C, H, W) in [-1, 1], channels-last like the models."""
+        """(B, C*H*W) rows in [0, 1] -> (B, C, H, W) in [-1, 1], in the models' layout (channels-last on CUDA)."""
         x = batch["features"]
-        return (x.view(len(x), *self.shape) * 2 - 1).contiguous(memory_format=torch.channels_last)
+        return accel.conv_input(x.view(len(x), *self.shape) * 2 - 1)
 
     def _unit_images(self, rows: np.ndarray) -> torch.Tensor:
         # a copy: arrays read from Arrow are read-only

@@ -24,6 +24,7 @@ from deepgen.config import AnomalySpec
 from deepgen.data.dataset import normal_mask, normal_train_mask, split_path
 from deepgen.errors import DataError
 from deepgen.files import copy_into_place
+from deepgen.train.accel import place_split
 
 SHUFFLE_BUFFER_ROWS = 4096
 
@@ -55,10 +56,14 @@ def arrow_tensors(table, columns: tuple[str, ...] = TENSOR_COLUMNS) -> Batch:
 
 def tensor_batches(data: Batch, batch_size: int, epoch: int, seed: int, shuffle: bool,
                    device: torch.device) -> Iterator[Batch]:
-    """Batches of an in-memory split; the shuffle order depends only on (seed, epoch), so a resumed
-    run sees the same order an uninterrupted one would."""
-    n = len(next(iter(data.values())))
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)) if shuffle else None
+    """Batches of an in-memory split (on the device already where it fits: `accel.place_split`); the
+    shuffle order depends only on (seed, epoch), so a resumed run sees the same order an uninterrupted one
+    would."""
+    first = next(iter(data.values()))
+    n = len(first)
+    # drawn on the CPU whatever the device, so the order is the same on every device; moved once per epoch
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).to(first.device) \
+        if shuffle else None
     for i in range(0, n, batch_size):
         idx = order[i:i + batch_size] if shuffle else slice(i, i + batch_size)
         yield {k: v[idx].to(device, non_blocking=True) for k, v in data.items()}
@@ -96,7 +101,7 @@ class LocalEnv:
     def batches(self, split: str, batch_size: int, epoch: int,
                 columns: tuple[str, ...] = TENSOR_COLUMNS) -> Iterator[Batch]:
         if (split, columns) not in self._splits:
-            self._splits[split, columns] = arrow_tensors(self._tables[split], columns)
+            self._splits[split, columns] = place_split(arrow_tensors(self._tables[split], columns), self.device)
         return tensor_batches(self._splits[split, columns], batch_size, epoch, self.seed, split == "train",
                               self.device)
 
@@ -161,7 +166,7 @@ class RayTrainEnv:
             if split not in self._cache:
                 parts = [arrow_tensors(b, columns)
                          for b in shard.iter_batches(batch_size=8192, batch_format="pyarrow")]
-                self._cache[split] = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+                self._cache[split] = place_split({k: torch.cat([p[k] for p in parts]) for k in parts[0]}, self.device)
             return tensor_batches(self._cache[split], batch_size, epoch, self.seed + self.world_rank,
                                   split == "train", self.device)
         return self._stream(shard, split, batch_size, epoch, columns)

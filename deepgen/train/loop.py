@@ -22,6 +22,7 @@ from deepgen.config import PipelineSpec
 from deepgen.data.prepare import Manifest, manifest_from_dict
 from deepgen.errors import DeepgenError, TrainingError, as_report, from_report
 from deepgen.tasks import Task, build_task, unwrap
+from deepgen.train import accel
 from deepgen.train.optim import Schedule
 
 STATE_FILE = "state.pt"
@@ -96,7 +97,10 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
     if hasattr(task, "use_schedule"):  # warmup, decay, accumulation and clipping, sized to this run's batches
         task.use_schedule(Schedule(t, train_batches(env.num_rows("train"), t.batch_size, env.world_size)))
     seed_everything(t.seed + env.world_rank)
-    models = {name: env.prepare_model(m, getattr(task, "ddp_options", None)) for name, m in task.build_models().items()}
+    # channels-last on CUDA, DDP under Ray Train with several workers, then torch.compile: once per worker
+    models = {name: accel.compile_model(env.prepare_model(accel.memory_format(m, env.device),
+                                                          getattr(task, "ddp_options", None)), t)
+              for name, m in task.build_models().items()}
     optimizers = task.build_optimizers(models)
     start_epoch, history, best = 0, [], None
     with env.checkpoint_to_resume() as resume:
@@ -108,6 +112,7 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
             if on_epoch is not None:  # epochs checkpointed but not logged when the last attempt died
                 for h in history:
                     on_epoch({k: v for k, v in h.items() if k != "ended_at"})
+    accel.fuse_optimizers(optimizers, env.device)  # after a resume: a checkpoint's groups carry its device's
     selector = EpochSelector.for_task(spec, task, history)
 
     autocast = autocast_context(spec, env.device)
