@@ -422,9 +422,12 @@ class BertClassifierSpec(BertSpec):
 class AdversarialSpec(Spec):
     """What every GAN variant shares: the losses, the two Adam optimizers and the failure rule."""
 
-    loss: Literal["non_saturating", "minimax"] = Field(
+    loss: Literal["non_saturating", "minimax", "hinge"] = Field(
         default="non_saturating",
-        description="G's loss: non_saturating minimises -log D(G(z)); minimax minimises log(1 - D(G(z)))")
+        description="the adversarial objective. non_saturating: D minimises BCE(D(x), 1) + BCE(D(G(z)), 0), "
+                    "G minimises -log D(G(z)); minimax: G minimises log(1 - D(G(z))) instead; hinge: D "
+                    "minimises E[max(0, 1 - D(x))] + E[max(0, 1 + D(G(z)))], G minimises -E[D(G(z))] on the "
+                    "logits (SN-GAN, BigGAN)")
     lr_g: float = Field(default=2e-4, gt=0, description="generator Adam learning rate (train.lr is not used)")
     lr_d: float = Field(default=2e-4, gt=0, description="discriminator Adam learning rate")
     betas: tuple[float, float] = Field(default=(0.5, 0.999), description="Adam betas of both optimizers (DCGAN: 0.5)")
@@ -435,7 +438,23 @@ class AdversarialSpec(Spec):
         default=10, ge=1, description="consecutive steps below collapse_d_loss before training stops")
 
 
-class GanSpec(AdversarialSpec):
+class ImageGanSpec(AdversarialSpec):
+    """What the noise-to-image GANs (gan, dcgan, cgan, lapgan) add: the stabilisers of D and G."""
+
+    spectral_norm: bool = Field(default=False, description=(
+        "D's conv and linear weights divided by their largest singular value (Miyato et al. 2018), batch norm "
+        "dropped from D: D stays 1-Lipschitz per layer, so it cannot outrun G; pairs with loss hinge"))
+    ema_decay: float = Field(default=0.0, ge=0, lt=1, description=(
+        "an exponential moving average of G's weights, theta_ema <- beta theta_ema + (1 - beta) theta after "
+        "every G update (beta = min(ema_decay, (1 + t) / (10 + t))), is what evaluation, `deepgen sample` and "
+        "export use (Karras et al. 2018, BigGAN); 0: G's own weights"))
+    watch_every: int = Field(default=5, ge=0, description=(
+        "every this many epochs (and the last), the Frechet distance of the sampling G on the validation split "
+        "(up to 500 images, in the judge's features) is logged as val_frechet_distance; the fixed-noise sample "
+        "grid is logged every epoch. 0: neither"))
+
+
+class GanSpec(ImageGanSpec):
     """Goodfellow et al. 2014: MLP generator and discriminator on flattened images."""
 
     kind: Literal["gan"] = "gan"
@@ -444,7 +463,7 @@ class GanSpec(AdversarialSpec):
         default=[256, 512], min_length=1, description="generator widths from z up; the discriminator's reversed")
 
 
-class DCGANSpec(AdversarialSpec):
+class DCGANSpec(ImageGanSpec):
     """Radford et al. 2016: strided conv generator and discriminator; square images of side 8, 16, 32, 64..."""
 
     kind: Literal["dcgan"] = "dcgan"
@@ -453,20 +472,24 @@ class DCGANSpec(AdversarialSpec):
     ndf: int = Field(default=64, gt=0, le=MAX_WIDTH, description="discriminator channels at its first stage")
 
 
-class CGANSpec(AdversarialSpec):
+class CGANSpec(ImageGanSpec):
     """Mirza & Osindero 2014: G and D both see a label embedding; needs integer labels 0..num_classes-1."""
 
     kind: Literal["cgan"] = "cgan"
     architecture: Literal["dcgan", "mlp"] = Field(default="dcgan", description="the conditioned networks")
     num_classes: int = Field(gt=1, description="labels are 0..num_classes-1")
     embed_dim: int = Field(default=16, gt=0, le=MAX_WIDTH, description="size of the label embedding")
+    conditioning: Literal["concat", "projection"] = Field(default="concat", description=(
+        "how D sees the label (dcgan architecture). concat: the label embedding as constant maps beside the "
+        "image; projection: D(x, y) = psi(phi(x)) + <e(y), phi(x)> (Miyato & Koyama 2018). G always takes "
+        "the embedding appended to z"))
     nz: int = Field(default=100, gt=0, le=MAX_WIDTH)
     ngf: int = Field(default=64, gt=0, le=MAX_WIDTH, description="dcgan: generator channels")
     ndf: int = Field(default=64, gt=0, le=MAX_WIDTH, description="dcgan: discriminator channels")
     hidden: list[Width] = Field(default=[256, 512], min_length=1, description="mlp: widths")
 
 
-class LapGANSpec(AdversarialSpec):
+class LapGANSpec(ImageGanSpec):
     """Denton et al. 2015: a Laplacian pyramid of GANs; image sides divisible by 2^(levels-1)."""
 
     kind: Literal["lapgan"] = "lapgan"

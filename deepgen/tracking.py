@@ -162,6 +162,14 @@ class EpochLogger:
             self.logged_epochs.update(epochs)
             self.pending = []
 
+    def log_images(self, images: dict[str, Any], step: int) -> None:
+        """Pictures of this epoch (uint8 arrays), each under its key with the epoch as its step: the run
+        page shows them with a step slider. Best effort, as the metrics."""
+        for key, image in images.items():
+            self._try(lambda image=image, key=key: self.client.log_image(self.run_id, image, key=key, step=step,
+                                                                         synchronous=True),
+                      f"log the image {key} of epoch {step}")
+
     def _send(self, batch: list[Metric]) -> bool:
         for i in range(0, len(batch), 1000):  # MLflow takes at most 1000 metrics per batch
             self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])

@@ -33,6 +33,11 @@ TINY = {
     "cgan": lambda: CGANSpec(num_classes=2, nz=8, ngf=4, ndf=4, embed_dim=4),
     "cgan_mlp": lambda: CGANSpec(architecture="mlp", num_classes=2, nz=8, hidden=[32], embed_dim=4),
     "lapgan": lambda: LapGANSpec(levels=3, nz=8, hidden=[32], ngf=4, ndf=4),
+    "dcgan_hinge_sn_ema": lambda: DCGANSpec(nz=8, ngf=4, ndf=4, loss="hinge", spectral_norm=True, ema_decay=0.9),
+    "cgan_projection_sn_ema": lambda: CGANSpec(num_classes=2, nz=8, ngf=4, ndf=4, embed_dim=4, loss="hinge",
+                                               conditioning="projection", spectral_norm=True, ema_decay=0.9),
+    "lapgan_sn_ema": lambda: LapGANSpec(levels=3, nz=8, hidden=[32], ngf=4, ndf=4, spectral_norm=True,
+                                        ema_decay=0.9),
     "srgan": lambda: SRGANSpec(scale=2, channels=4, num_blocks=1, ndf=2, feature_width=4, warmup_steps=0),
 }
 

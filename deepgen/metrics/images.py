@@ -139,11 +139,14 @@ def rotation_batch(x: torch.Tensor, generator: torch.Generator | None = None) ->
 
 def train_classifier(images: torch.Tensor, labels: torch.Tensor | None = None, num_classes: int | None = None,
                      epochs: int = 3, batch_size: int = 128, lr: float = 2e-3, width: int = 32, seed: int = 0,
-                     max_rows: int = 20_000, min_steps: int = 200) -> FeatureClassifier:
+                     max_rows: int = 20_000, min_steps: int = 200, cosine: bool = False,
+                     max_steps: int | None = None) -> FeatureClassifier:
     """A FeatureClassifier trained on images (N, C, H, W) in [0, 1]: on the labels when given, otherwise on
     predicting rotations (square images). Deterministic for a seed; the global RNG is left untouched.
     At most `max_rows` rows (a seeded subset) keep evaluation at seconds to a minute on a CPU; at least
-    `min_steps` updates (more epochs on a small train split: 30 updates on digits left it at chance)."""
+    `min_steps` updates (more epochs on a small train split: 30 updates on digits left it at chance).
+    At most `max_steps` updates (fewer epochs on a large split), where given.
+    cosine: the learning rate decays from `lr` to 0 along a half cosine over all updates."""
     gen = torch.Generator().manual_seed(seed)
     if len(images) > max_rows:
         keep = torch.randperm(len(images), generator=gen)[:max_rows]
@@ -154,7 +157,13 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor | None = None, n
         model = FeatureClassifier(images.shape[1], classes, width)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
-    epochs = max(epochs, math.ceil(min_steps / math.ceil(len(images) / batch_size)))
+    per_epoch = math.ceil(len(images) / batch_size)
+    epochs = max(epochs, math.ceil(min_steps / per_epoch))
+    if max_steps is not None:
+        epochs = max(min(epochs, math.ceil(max_steps / per_epoch)), 1)
+    total = epochs * per_epoch
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(t / total, 1.0))) if cosine else 1.0)
     for _ in range(epochs):
         order = torch.randperm(len(images), generator=gen)
         for i in range(0, len(images), batch_size):
@@ -167,6 +176,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor | None = None, n
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            schedule.step()
     return model.eval()
 
 

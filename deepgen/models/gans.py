@@ -34,12 +34,22 @@ from torch import nn
 from deepgen.metrics.images import FeatureClassifier
 
 # --- the adversarial losses ------------------------------------------------------------------------
+# `loss` picks the pair (D's loss, G's loss):
+#   non_saturating  D: BCE(D(x), 1) + BCE(D(G(z)), 0)      G: -log D(G(z))     (Goodfellow et al. 2014)
+#   minimax         D: the same                             G: log(1 - D(G(z)))
+#   hinge           D: E[max(0, 1 - D(x))] + E[max(0, 1 + D(G(z)))]   G: -E[D(G(z))]
+#                   (Lim & Ye 2017; Miyato et al. 2018, SN-GAN; BigGAN), D(.) the logit
 
 
-def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """D maximises log D(x) + log(1 - D(G(z))), i.e. minimises BCE(D(x), 1) + BCE(D(G(z)), 0).
-    Equal to -V(D, G); log 4 = 1.386 where D cannot tell real from fake (D = 1/2 everywhere)."""
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor,
+                       loss: str = "non_saturating") -> torch.Tensor:
+    """What D minimises. BCE losses: D maximises log D(x) + log(1 - D(G(z))), i.e. minimises
+    BCE(D(x), 1) + BCE(D(G(z)), 0) = -V(D, G); log 4 = 1.386 where D cannot tell real from fake.
+    hinge: max(0, 1 - D(x)) + max(0, 1 + D(G(z))) on the logits; 2 where all logits are 0, and 0 once D
+    puts real above +1 and generated below -1 (it then stops pushing them further)."""
     real_logits, fake_logits = real_logits.float(), fake_logits.float()
+    if loss == "hinge":
+        return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
     return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
             + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
 
@@ -50,13 +60,47 @@ def generator_loss(fake_logits: torch.Tensor, loss: str = "non_saturating") -> t
                                               confidently, which is where G starts out
         non_saturating:  -log D(G(z))      =  BCE(D(G(z)), 1); the same fixed point, strong gradients early
                                               (Goodfellow et al. 2014, section 3)
+        hinge:           -E[D(G(z))]        on the logits (SN-GAN, BigGAN)
     """
     fake_logits = fake_logits.float()
     if loss == "minimax":
         return -F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
     if loss == "non_saturating":
         return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
-    raise ValueError(f"unknown generator loss {loss!r}: non_saturating or minimax")
+    if loss == "hinge":
+        return -fake_logits.mean()
+    raise ValueError(f"unknown generator loss {loss!r}: non_saturating, minimax or hinge")
+
+
+# --- stabilisers: spectral normalisation of D, an exponential moving average of G -------------------
+
+
+def spectral_normalise(module: nn.Module) -> nn.Module:
+    """Spectral normalisation (Miyato et al. 2018): every conv and linear weight W of D is used as
+    W / sigma(W), sigma the largest singular value (one power iteration per training forward), so each
+    layer is 1-Lipschitz and D cannot sharpen without bound. Batch norm, which would undo the bound, is
+    replaced by the identity (SN-GAN's D has none). In place; returns the module."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            setattr(module, name, nn.Identity())
+        elif isinstance(child, (nn.Conv2d, nn.Linear)):
+            setattr(module, name, nn.utils.parametrizations.spectral_norm(child))
+        elif not isinstance(child, nn.Embedding):  # a projection embedding stays unnormalised (as in SN-GAN's code)
+            spectral_normalise(child)
+    return module
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float, updates: int) -> None:
+    """theta_ema <- beta theta_ema + (1 - beta) theta with beta = min(decay, (1 + t) / (10 + t)), t the
+    number of G updates so far (the warm-up of TensorFlow's ExponentialMovingAverage: early averages do not
+    drag in the random initialisation). Buffers (batch norm's running statistics) are copied as they are,
+    as BigGAN-PyTorch's ema does."""
+    beta = min(decay, (1 + updates) / (10 + updates))
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1 - beta)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
 
 
 def dcgan_init(module: nn.Module) -> None:
@@ -104,7 +148,8 @@ class DCGANConfig:
     ngf: int = 64  # G channels at the last hidden stage, doubled per stage towards 4 x 4
     ndf: int = 64  # D channels at the first stage, doubled per stage
     num_classes: int = 0
-    embed_dim: int = 16
+    embed_dim: int = 16  # G's label embedding (and D's, under concatenation)
+    projection: bool = False  # D conditions by projection (Miyato & Koyama 2018), not by concatenated maps
 
     def __post_init__(self):
         _, h, w = self.image_shape
@@ -255,26 +300,39 @@ class DCGANGenerator(ImageGenerator):
 
 class DCGANDiscriminator(nn.Module):
     """Strided convs halve H x W per stage down to 4 x 4, then a 4 x 4 conv to one logit. No batch norm on
-    the first layer (Radford et al.). Conditional: the label embedding enters as constant feature maps."""
+    the first layer (Radford et al.). Conditional, two ways:
+        concatenation  the label embedding enters as constant feature maps beside the image
+        projection     D(x, y) = psi(phi(x)) + <e(y), sum_hw phi(x)>   (Miyato & Koyama 2018): phi(x) the
+                       last 4 x 4 maps, psi the final conv, e(y) a learned vector per class; the logit rises
+                       where the image's features agree with its label's vector"""
 
     def __init__(self, config: DCGANConfig):
         super().__init__()
         self.config = config
-        self.embed = _label_embedding(config)
         c, h, _ = config.image_shape
         stages = int(math.log2(h)) - 2  # halvings from H x W to 4 x 4
         ch = [config.ndf * 2**i for i in range(stages)]  # e.g. [ndf, 2ndf, 4ndf, 8ndf]
-        c_in = c + (config.embed_dim if config.num_classes else 0)
+        self.projection = bool(config.num_classes and config.projection)
+        if self.projection:
+            self.embed = nn.Embedding(config.num_classes, ch[-1])  # e(y), one vector per class
+        else:
+            self.embed = _label_embedding(config)
+        c_in = c + (config.embed_dim if config.num_classes and not self.projection else 0)
         layers: list[nn.Module] = [nn.Conv2d(c_in, ch[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
         # state size. ndf x H/2 x W/2
         for a, b in zip(ch, ch[1:]):
             layers += [nn.Conv2d(a, b, 4, 2, 1, bias=False), nn.BatchNorm2d(b), nn.LeakyReLU(0.2, True)]
             # state size. b x s/2 x s/2, down to ch[-1] x 4 x 4
-        layers += [nn.Conv2d(ch[-1], 1, 4, 1, 0, bias=False)]  # state size. 1 x 1 x 1
+        layers += [nn.Conv2d(ch[-1], 1, 4, 1, 0, bias=False)]  # psi; state size. 1 x 1 x 1
         self.net = nn.Sequential(*layers)
         self.apply(dcgan_init)
+        if self.projection:
+            nn.init.xavier_uniform_(self.embed.weight)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.projection:
+            phi = self.net[:-1](x)  # (B, ch[-1], 4, 4)
+            return self.net[-1](phi).flatten() + (self.embed(y).to(phi.dtype) * phi.sum((2, 3))).sum(1)  # (B,)
         if self.embed is not None:
             maps = self.embed(y).to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[2:])  # (B, E, H, W)
             x = torch.cat([x, maps], 1)

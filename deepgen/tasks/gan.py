@@ -14,6 +14,7 @@ completely and G learns nothing more). For LAPGAN every level's discriminator is
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from deepgen.data.prepare import Manifest
 from deepgen.errors import DataError, TrainingError
 from deepgen.export import load_weights, read_meta, save_model_dir
 from deepgen.metrics import images as metrics
+from deepgen.metrics.judge import load_or_train as load_or_train_judge
 from deepgen.models import gans
 from deepgen.tasks import Evaluation, unwrap
 from deepgen.train import accel
@@ -36,9 +38,8 @@ GAN_SPECS = (GanSpec, DCGANSpec, CGANSpec, LapGANSpec, SRGANSpec)
 # --- evaluation protocol ---------------------------------------------------------------------------
 
 FID_SAMPLES = 1000  # N = min(test rows, this) real test images against N generated ones
-CLASSIFIER_EPOCHS = 3  # the feature classifier's training on the train split (labels, else rotations),
-CLASSIFIER_MIN_STEPS = 200  # ... and at least this many updates (a small split gets more epochs)
-SEED = 0
+WATCH_SAMPLES = 500  # validation images of the Frechet distance logged while training (model.watch_every)
+SEED = 0  # the judge (the feature classifier) and its cache: deepgen.metrics.judge
 
 
 def gan_config(m, shape: tuple[int, int, int]):
@@ -47,7 +48,8 @@ def gan_config(m, shape: tuple[int, int, int]):
     if m.kind == "gan" or (m.kind == "cgan" and m.architecture == "mlp"):
         return gans.GANConfig(shape, m.nz, tuple(m.hidden), **labels)
     if m.kind in ("dcgan", "cgan"):
-        return gans.DCGANConfig(shape, m.nz, m.ngf, m.ndf, **labels)
+        projection = getattr(m, "conditioning", "concat") == "projection"
+        return gans.DCGANConfig(shape, m.nz, m.ngf, m.ndf, **labels, projection=projection)
     if m.kind == "lapgan":
         return gans.LapGANConfig(shape, m.levels, m.nz, tuple(m.hidden), m.ngf, m.ndf)
     if m.kind == "srgan":
@@ -157,7 +159,24 @@ class GanTask:
             models = {"generator": gans.DCGANGenerator(c), "discriminator": gans.DCGANDiscriminator(c)}
         else:
             models = {"generator": gans.MLPGenerator(c), "discriminator": gans.MLPDiscriminator(c)}
+        models |= self._stabilisers(models)
         return models  # channels-last on CUDA: the loop's (deepgen.train.accel.memory_format)
+
+    def _stabilisers(self, models) -> dict:
+        """model.spectral_norm: D's weights spectrally normalised (in place). model.ema_decay > 0: a copy of G,
+        "generator_ema", the moving average that evaluation and export use. It is checkpointed with the
+        other models but has no optimizer, and it is never run through its DDP wrapper (it is read and
+        written unwrapped), so its parameters keep requires_grad only so that DDP accepts the module."""
+        m = self.spec.model
+        if getattr(m, "spectral_norm", False):
+            gans.spectral_normalise(models["discriminator"])
+        if getattr(m, "ema_decay", 0) > 0:
+            return {"generator_ema": copy.deepcopy(models["generator"])}
+        return {}
+
+    def sampler(self, models):
+        """The generator that samples for evaluation and export: G's moving average when kept, else G."""
+        return unwrap(models.get("generator_ema", models["generator"]))
 
     def build_optimizers(self, models):
         m = self.spec.model
@@ -182,17 +201,22 @@ class GanTask:
             with torch.set_grad_enabled(i == m.d_steps - 1):  # only the last G(z) is reused, for step (2)
                 fake = G(self._noise(batch), cond)
             p = _Pass(fake, D(real, cond), D(_detach(fake), cond))
-            d_loss = gans.discriminator_loss(p.real_logits, p.fake_logits)
+            d_loss = gans.discriminator_loss(p.real_logits, p.fake_logits, m.loss)
             optimizers["discriminator"].zero_grad(set_to_none=True)
             d_loss.backward()
             optimizers["discriminator"].step()
 
         # (2) Update G: non_saturating maximizes log D(G(z)) (minimise BCE(D(G(z)), 1)); minimax minimizes
-        #     log(1 - D(G(z))). Through the D just updated, on the G(z) of its last update.
+        #     log(1 - D(G(z))); hinge minimises -D(G(z)). Through the D just updated, on the G(z) of its last
+        #     update.
         g_loss = gans.generator_loss(D(p.fake, cond), m.loss)
         optimizers["generator"].zero_grad(set_to_none=True)
         g_loss.backward()
         optimizers["generator"].step()
+        # (3) theta_ema <- beta theta_ema + (1 - beta) theta (model.ema_decay)
+        if "generator_ema" in models:
+            gans.ema_update(unwrap(models["generator_ema"]), unwrap(G), m.ema_decay,
+                            _updates(optimizers["generator"]))
 
         out = self._report(p, d_loss, g_loss)
         self.guard.observe(out.get("d_loss_levels", out["d_loss"]), g_loss)
@@ -214,52 +238,78 @@ class GanTask:
         out.pop("d_loss_levels", None)
         return {k: v * n for k, v in out.items()}
 
-    def evaluate(self, models, data_dir: Path) -> Evaluation:
-        G = unwrap(models["generator"]).eval()
-        x_test, y_test = load_split(data_dir, "test")
+    def evaluate(self, models, data_dir: Path, split: str = "test") -> Evaluation:
+        """The metrics of the module docstring on `split` (test; the benchmarks choose settings on val)."""
+        G = self.sampler(models).eval()
+        x_eval, y_eval = load_split(data_dir, split)
         if self.kind == "srgan":
-            return self._evaluate_sr(G, x_test)
-        x_train, y_train = load_split(data_dir, "train")
+            return self._evaluate_sr(G, x_eval)
+        x_train, _ = load_split(data_dir, "train")
+        judge = load_or_train_judge(data_dir, self.manifest.fingerprint, self.shape,
+                                    getattr(self.config, "num_classes", 0) or None)
+        clf = judge.classifier
         rng = np.random.default_rng(SEED)
-        n = min(len(x_test), FID_SAMPLES)
-        test_idx, train_idx = rng.permutation(len(x_test))[:n], rng.permutation(len(x_train))[:n]
-        real = self._unit_images(x_test[test_idx])
-        labelled = (y_train is not None and y_test is not None
-                    and np.issubdtype(np.asarray(y_train).dtype, np.integer))
-        num_classes = getattr(self.config, "num_classes", 0) or (int(max(y_train.max(), y_test.max())) + 1
-                                                                  if labelled else None)
-        clf = metrics.train_classifier(self._unit_images(x_train), torch.tensor(y_train) if labelled else None,
-                                       num_classes=num_classes, epochs=CLASSIFIER_EPOCHS, seed=SEED,
-                                       min_steps=CLASSIFIER_MIN_STEPS)
-        # cgan: the generated set has the test subset's labels, so both sets have the same class mix
-        labels = torch.tensor(y_test[test_idx]) if self.kind == "cgan" else None
+        n = min(len(x_eval), FID_SAMPLES)
+        eval_idx, train_idx = rng.permutation(len(x_eval))[:n], rng.permutation(len(x_train))[:n]
+        real = self._unit_images(x_eval[eval_idx])
+        # cgan: the generated set has the real subset's labels, so both sets have the same class mix
+        labels = torch.tensor(y_eval[eval_idx]) if self.kind == "cgan" else None
         fake = generate(G, n, labels, seed=SEED)
         real_features = metrics.classifier_features(clf, real)
         metrics_ = {
             "frechet_distance": metrics.frechet_distance(real_features, metrics.classifier_features(clf, fake)),
-            # the floor: N train images against the N test images, what a perfect generator would score
+            # the floor: N train images against the N real images, what a perfect generator would score
             "frechet_distance_train_vs_test": metrics.frechet_distance(
                 real_features, metrics.classifier_features(clf, self._unit_images(x_train[train_idx]))),
             "fid_samples": float(n),
         }
-        if labelled:
-            metrics_["classifier_test_accuracy"] = metrics.classifier_accuracy(
-                clf, real, torch.tensor(y_test[test_idx]))
+        metrics_["frechet_ratio"] = metrics_["frechet_distance"] / max(metrics_["frechet_distance_train_vs_test"],
+                                                                       1e-12)
+        if judge.labelled:
+            metrics_["classifier_test_accuracy"] = (
+                judge.test_accuracy if split == "test" and judge.test_accuracy is not None
+                else metrics.classifier_accuracy(clf, real, torch.tensor(y_eval[eval_idx])))
         if self.kind == "cgan":
             metrics_["conditional_accuracy"] = conditional_accuracy(G, clf, self.config.num_classes, n)
         from deepgen import plots
 
         grid_labels = torch.arange(64) % self.config.num_classes if self.kind == "cgan" else None
         samples = generate(G, 64, grid_labels, seed=SEED + 1).flatten(1).numpy()
-        tags = {"fid_protocol": f"{n} random test images vs {n} generated; features: FeatureClassifier "
-                                f"(pooled conv) trained {CLASSIFIER_EPOCHS} epochs (at least {CLASSIFIER_MIN_STEPS} "
-                                f"updates) on the train split's "
-                                f"{'labels' if labelled else 'rotations'}, seed {SEED}"}
+        sampler = "EMA of G" if "generator_ema" in models else "G"
+        tags = {"fid_protocol": f"{n} random {split} images vs {n} generated ({sampler}); "
+                                f"features and labels: {judge.describe()}"}
         return Evaluation(metrics_, registry_tags=tags,
                           figures={"samples": plots.sample_grid(samples, list(self.shape))})
 
+    def epoch_extras(self, models, epoch: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """Watching it train (rank 0, after each epoch): the sampling G's grid from the same noise every
+        epoch (one column per label for a conditional G), and every model.watch_every epochs and at the last
+        the Frechet distance on the validation split (up to WATCH_SAMPLES images) in the judge's features."""
+        m = self.spec.model
+        every = getattr(m, "watch_every", 0)
+        if self.kind == "srgan" or not every:
+            return {}, {}
+        G = self.sampler(models)
+        was_training = G.training
+        columns = getattr(self.config, "num_classes", 0) or 8
+        images = {"samples": sample_grid(G, 8 * columns, columns=columns, seed=SEED + 1)}
+        metrics_ = {}
+        data_dir = getattr(self.spec, "data_dir", None)
+        if data_dir and Path(data_dir).is_dir() and (epoch % every == 0 or epoch == self.spec.train.epochs):
+            judge = load_or_train_judge(data_dir, self.manifest.fingerprint, self.shape,
+                                        getattr(self.config, "num_classes", 0) or None)
+            x_val, y_val = load_split(data_dir, "val")
+            idx = np.random.default_rng(SEED).permutation(len(x_val))[:WATCH_SAMPLES]
+            labels = torch.tensor(y_val[idx]) if self.kind == "cgan" else None
+            fake = generate(G, len(idx), labels, seed=SEED)
+            metrics_["val_frechet_distance"] = metrics.frechet_distance(
+                metrics.classifier_features(judge.classifier, self._unit_images(x_val[idx])),
+                metrics.classifier_features(judge.classifier, fake))
+        G.train(was_training)
+        return metrics_, images
+
     def export(self, dest: Path, models, evaluation: Evaluation) -> Path:
-        G = unwrap(models["generator"])
+        G = self.sampler(models)
         return save_model_dir(dest, "generator", self.spec.model, self.manifest, G,
                               {"generator": type(G).__name__})
 
@@ -298,7 +348,7 @@ class GanTask:
         # (1) Update D: maximize log D(hr) + log(1 - D(G(lr)))
         for _ in range(m.d_steps):
             p = _Pass(sr, D(hr), D(sr.detach()))
-            d_loss = gans.discriminator_loss(p.real_logits, p.fake_logits)
+            d_loss = gans.discriminator_loss(p.real_logits, p.fake_logits, m.loss)
             optimizers["discriminator"].zero_grad(set_to_none=True)
             d_loss.backward()
             optimizers["discriminator"].step()
@@ -319,14 +369,15 @@ class GanTask:
         """Detached batch means; "loss" is D's loss, -V(D, G) (log 4 = 1.386 where D cannot tell).
         d_real, d_fake: D's mean probability on real and generated images (before this step's D update)."""
         r, f = p.real_logits.detach().float(), p.fake_logits.detach().float()
+        loss = self.spec.model.loss
         if d_loss is None:
-            d_loss = gans.discriminator_loss(r, f)
+            d_loss = gans.discriminator_loss(r, f, loss)
         if g_loss is None:
-            g_loss = gans.generator_loss(f, self.spec.model.loss)
+            g_loss = gans.generator_loss(f, loss)
         out = {"loss": d_loss.detach(), "d_loss": d_loss.detach(), "g_loss": g_loss.detach(),
                "d_real": torch.sigmoid(r).mean(), "d_fake": torch.sigmoid(f).mean()}
         if r.dim() == 2:  # LAPGAN: one discriminator per level, finest first
-            levels = torch.stack([gans.discriminator_loss(r[:, k], f[:, k]) for k in range(r.shape[1])])
+            levels = torch.stack([gans.discriminator_loss(r[:, k], f[:, k], loss) for k in range(r.shape[1])])
             out["d_loss_levels"] = levels
             out |= {f"d_loss_{k}": v for k, v in enumerate(levels)}
         return out
@@ -370,6 +421,13 @@ class GanTask:
     def _noise(self, batch) -> torch.Tensor:
         x = batch["features"]
         return torch.randn(len(x), self.config.nz, device=x.device)
+
+
+def _updates(optimizer: torch.optim.Optimizer) -> int:
+    """G's updates so far, read from Adam's step count (checkpointed with the optimizer, so a resumed run
+    continues the EMA's warm-up where it stopped)."""
+    state = optimizer.state.get(optimizer.param_groups[0]["params"][0], {})
+    return int(state.get("step", 0))
 
 
 def _detach(x):

@@ -158,6 +158,10 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
         }
         if "tokens" in sums:
             metrics["tokens_per_s"] = totals[keys.index("tokens")].item() / max(train_time, 1e-9)
+        images = {}
+        if env.world_rank == 0 and hasattr(task, "epoch_extras"):  # e.g. a GAN's sample grid and Frechet distance
+            extra, images = task.epoch_extras(models, epoch)
+            metrics |= extra
         if selector.offer(epoch, metrics):
             best = {"epoch": epoch, "models": {k: cpu_state(m) for k, m in models.items()}}
         if selector.monitor:
@@ -176,6 +180,8 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
         if env.world_rank == 0:
             if on_epoch is not None:
                 on_epoch(metrics)
+                if images and hasattr(on_epoch, "log_images"):
+                    on_epoch.log_images(images, epoch)
             env.say(f"epoch {epoch}/{t.epochs} " + " ".join(
                 f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"))
             if selector.stopped():

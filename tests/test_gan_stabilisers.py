@@ -1,0 +1,153 @@
+"""The GAN stabilisers (hinge loss, spectral norm, EMA of G, projection discriminator) and the cached judge."""
+
+import pytest
+import torch
+from test_gans import TINY, batch_of, make_task, write_splits
+
+from deepgen.metrics import judge as judges
+from deepgen.models import gans
+from deepgen.tasks.gan import CGANSpec, DCGANSpec, GeneratorSampler
+
+torch.set_num_threads(1)
+
+
+def test_hinge_losses_for_known_logits():
+    real, fake = torch.tensor([2.0, 0.5, -1.0]), torch.tensor([-3.0, 0.0, 1.5])
+    # D: mean max(0, 1 - real) + mean max(0, 1 + fake) = (0 + 0.5 + 2) / 3 + (0 + 1 + 2.5) / 3
+    assert gans.discriminator_loss(real, fake, "hinge").item() == pytest.approx(2.5 / 3 + 3.5 / 3)
+    # G: -mean D(G(z))
+    assert gans.generator_loss(fake, "hinge").item() == pytest.approx(0.5)
+    # where every logit is 0 the hinge D loss is 2; once real > 1 and fake < -1 it is 0 (D stops pushing)
+    assert gans.discriminator_loss(torch.zeros(4), torch.zeros(4), "hinge").item() == pytest.approx(2.0)
+    assert gans.discriminator_loss(torch.full((4,), 1.5), torch.full((4,), -2.0), "hinge").item() == 0
+
+
+def test_spectral_norm_bounds_every_layer_of_d_and_drops_its_batch_norm():
+    task = make_task(DCGANSpec(nz=8, ngf=4, ndf=4, spectral_norm=True))
+    D = task.build_models()["discriminator"]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in D.modules())
+    convs = [m for m in D.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(torch.nn.utils.parametrize.is_parametrized(m, "weight") for m in convs)
+    D.train()
+    for _ in range(30):  # power iterations converge on the largest singular value
+        D(torch.randn(4, 1, 16, 16))
+    for m in convs:
+        sigma = torch.linalg.matrix_norm(m.weight.detach().flatten(1), ord=2)
+        assert sigma.item() == pytest.approx(1.0, rel=0.05)
+    plain = make_task(DCGANSpec(nz=8, ngf=4, ndf=4)).build_models()["discriminator"]
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+
+
+def test_ema_update_follows_the_formula_with_its_warm_up():
+    model, ema = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    before = ema.weight.detach().clone()
+    gans.ema_update(ema, model, decay=0.999, updates=0)  # beta = min(0.999, 1/10) = 0.1
+    assert torch.allclose(ema.weight, 0.1 * before + 0.9 * model.weight.detach())
+    before = ema.weight.detach().clone()
+    gans.ema_update(ema, model, decay=0.5, updates=10_000)  # beta = decay once warm
+    assert torch.allclose(ema.weight, 0.5 * before + 0.5 * model.weight.detach())
+
+
+def test_the_ema_generator_trails_g_and_is_what_is_evaluated_and_exported(tmp_path):
+    write_splits(tmp_path)
+    torch.manual_seed(0)
+    task = make_task(CGANSpec(num_classes=2, nz=8, ngf=4, ndf=4, embed_dim=4, ema_decay=0.9))
+    models = task.build_models()
+    opts = task.build_optimizers(models)
+    assert set(opts) == {"generator", "discriminator"}  # the average is not optimised
+    for i in range(5):
+        task.train_step(models, opts, batch_of(seed=i))
+    G, ema = models["generator"], models["generator_ema"]
+    diffs = [not torch.equal(a, b) for a, b in zip(G.parameters(), ema.parameters())]
+    assert any(diffs)  # the average lags G
+    assert task.sampler(models) is ema
+    ev = task.evaluate({k: m.eval() for k, m in models.items()}, tmp_path)
+    assert "EMA of G" in ev.registry_tags["fid_protocol"]
+    sampler = GeneratorSampler.load(task.export(tmp_path / "model", models, ev))
+    for a, b in zip(sampler.generator.state_dict().values(), ema.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_projection_discriminator_scores_the_same_image_differently_per_label():
+    cfg = gans.DCGANConfig((1, 16, 16), nz=8, ngf=4, ndf=4, num_classes=3, embed_dim=4, projection=True)
+    torch.manual_seed(0)
+    D = gans.DCGANDiscriminator(cfg).eval()
+    x = torch.rand(2, 1, 16, 16)
+    a, b = D(x, torch.zeros(2, dtype=torch.long)), D(x, torch.full((2,), 2))
+    assert a.shape == (2,) and not torch.allclose(a, b)
+    # the label enters only through <e(y), phi(x)>: the difference is that inner product's difference
+    phi = D.net[:-1](x).sum((2, 3))
+    assert torch.allclose(a - b, (phi * (D.embed.weight[0] - D.embed.weight[2])).sum(1), atol=1e-5)
+    assert D.net[0].in_channels == 1  # no label maps concatenated to the image
+
+
+def test_a_hinge_projection_cgan_step_trains_and_its_logs_are_finite():
+    task = make_task(TINY["cgan_projection_sn_ema"]())
+    models = task.build_models()
+    out = task.train_step(models, task.build_optimizers(models), batch_of())
+    task.guard.flush()
+    assert all(torch.isfinite(v) for v in out.values())
+
+
+def test_the_judge_is_trained_once_per_prepared_data_and_reused(tmp_path, monkeypatch):
+    monkeypatch.setattr(judges, "JUDGE_EPOCHS", 5)  # the caching is under test, not the judge's strength
+    write_splits(tmp_path)
+    first = judges.load_or_train(tmp_path, "fingerprint-a", (1, 16, 16))
+    assert first.path.is_file() and first.labelled and 0 <= first.test_accuracy <= 1
+    stamp = first.path.stat().st_mtime_ns
+    again = judges.load_or_train(tmp_path, "fingerprint-a", (1, 16, 16))
+    assert again.path == first.path and again.path.stat().st_mtime_ns == stamp  # read, not retrained
+    assert again.test_accuracy == first.test_accuracy
+    x = torch.rand(4, 1, 16, 16)
+    assert torch.equal(first.classifier(x), again.classifier(x))
+    # other data in the same folder (another fingerprint), or another protocol: a new judge
+    assert judges.load_or_train(tmp_path, "fingerprint-b", (1, 16, 16)).path != first.path
+    monkeypatch.setattr(judges, "JUDGE_EPOCHS", 6)
+    assert judges.judge_path(tmp_path, "fingerprint-a") != first.path
+
+
+def test_every_gan_on_one_prepared_data_set_is_judged_by_the_same_network(tmp_path, monkeypatch):
+    monkeypatch.setattr(judges, "JUDGE_EPOCHS", 5)
+    write_splits(tmp_path)
+    accuracies = []
+    for spec in (TINY["dcgan"](), TINY["cgan"]()):
+        task = make_task(spec)
+        models = task.build_models()
+        accuracies.append(task.evaluate({k: m.eval() for k, m in models.items()}, tmp_path).metrics[
+            "classifier_test_accuracy"])
+    assert len(list((tmp_path / judges.JUDGE_DIR).glob("judge-*.pt"))) == 1
+    assert accuracies[0] == accuracies[1]
+
+
+def test_watching_a_gan_train_logs_a_sample_grid_per_epoch_and_the_frechet_distance(tmp_path, monkeypatch):
+    """The run page shows progress: one fixed-noise grid per epoch (its step the epoch; a column per label
+    for a conditional G), the Frechet distance every model.watch_every epochs, and D's and G's curves."""
+    from conftest import write_pipeline
+    from mlflow.tracking import MlflowClient
+
+    from deepgen.config import PipelineSpec
+    from deepgen.data.prepare import prepare_dataset
+    from deepgen.tracking import EpochLogger
+    from deepgen.train.env import LocalEnv
+    from deepgen.train.loop import train_loop
+
+    monkeypatch.setattr(judges, "JUDGE_EPOCHS", 2)  # 10 digits' worth of judge: the test is of the logging
+    model = {"kind": "cgan", "num_classes": 10, "nz": 8, "ngf": 4, "ndf": 4, "embed_dim": 4, "watch_every": 2}
+    spec = PipelineSpec.from_yaml(write_pipeline(tmp_path / "p.yaml", model=model, anomaly={},
+                                                 train={"epochs": 3, "batch_size": 64}))
+    manifest, _ = prepare_dataset(spec.data, spec.data_dir, log=lambda m: None)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = MlflowClient(uri)
+    run_id = c.create_run(c.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())).info.run_id
+    env = LocalEnv(spec.data_dir, spec.anomaly, tmp_path / "ckpt", seed=0)
+    train_loop(spec, manifest, env, on_epoch=EpochLogger(run_id, uri))
+    assert [m.step for m in c.get_metric_history(run_id, "val_frechet_distance")] == [2, 3]  # every 2nd, the last
+    for curve in ("train_d_loss", "train_g_loss", "train_d_real", "train_d_fake"):
+        assert sorted(m.step for m in c.get_metric_history(run_id, curve)) == [1, 2, 3]
+    logged = [a.path for a in c.list_artifacts(run_id, "images")]
+    grids = sorted(p for p in logged if "samples" in p and p.endswith(".png"))
+    assert len(grids) == 3 and all(f"+step+{k}+" in g for k, g in zip((1, 2, 3), grids)), logged
+    from PIL import Image
+
+    grid = Image.open(c.download_artifacts(run_id, grids[0], str(tmp_path)))
+    assert grid.size == (10 * 8, 8 * 8)  # a column per label, 8 rows, 8 x 8 digits
