@@ -106,5 +106,5 @@ def test_embed_and_search_with_a_pretrained_encoder_and_a_classifier_from_a_hf_c
         assert len(err.splitlines()) == 1 and err.startswith("deepgen: error:") and message in err, err
     assert index.read_bytes() == before and not (tmp_path / "new.parquet").exists()
     pq.write_table(pq.read_table(index).drop_columns(["vector"]), tmp_path / "plain.parquet")
-    assert cli.main(["search", "--model", "bert-wordnet@champion", "--index", "plain.parquet", "--query", "x"]) == 2
+    assert cli.main(["search", "--model", "bert-wordnet@champion", "--index", "plain.parquet", "--query", "x"]) == 1
     assert "not an index written by `deepgen embed`" in capsys.readouterr().err
