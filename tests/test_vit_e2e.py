@@ -56,7 +56,7 @@ def test_registered_mae_scores_through_deepgen_score_and_the_pyfunc_as_evaluatio
     assert roc_auc_score(y != 0, scores) == pytest.approx(float(version.tags["test_roc_auc"]), abs=1e-12)
     assert np.array_equal(np.array(table["is_anomaly"]), scores > float(version.tags["threshold"]))
     mlflow.set_tracking_uri(uri)
-    served = mlflow.pyfunc.load_model("models:/mae-bars@champion").predict(np.rint(x * 255))
+    served = mlflow.pyfunc.load_model("models:/mae-bars@champion").predict(np.rint(x * 255).astype(np.float64))
     np.testing.assert_allclose(served["score"].to_numpy(), scores, rtol=1e-6)
 
 
@@ -77,7 +77,7 @@ def test_vit_classifier_registers_accuracy_and_predicts_labels_of_images(ray_loc
     assert len(labels) == len(y) and set(labels) <= {0, 1}
     assert (labels == y).mean() == pytest.approx(float(version.tags["test_accuracy"]), abs=1e-12)
     mlflow.set_tracking_uri(uri)
-    served = mlflow.pyfunc.load_model("models:/vit-bars@champion").predict(np.rint(x * 255))
+    served = mlflow.pyfunc.load_model("models:/vit-bars@champion").predict(np.rint(x * 255).astype(np.float64))
     assert np.array_equal(served["label"].to_numpy(), labels)
     # the wrong image size is one line naming the file
     np.save(tmp_path / "big.npy", np.zeros((2, 16, 16), np.uint8))

@@ -184,6 +184,7 @@ class MAETask(AutoencoderTask):
         self.spec, self.manifest = spec, manifest
         self.config = vit_config(MAEConfig, spec.model, manifest.shape)
         self.score = "reconstruction"  # the model's anomaly_score: masked-patch error over K fixed masks
+        self.input_range = "prepared"  # images: the prepared scale (anomaly.input_range auto)
         self.scorer = None
 
     def build_models(self):
