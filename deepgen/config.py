@@ -17,6 +17,8 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from deepgen.errors import SpecError
+from deepgen.files import absolute
+from deepgen.tasks import registry
 
 
 class Spec(BaseModel):
@@ -184,13 +186,12 @@ class DataSpec(Spec):
     def with_absolute_paths(self) -> DataSpec:
         """Source paths resolved against the current directory, for a Ray task that runs elsewhere."""
         src = self.source
-        absolute = lambda p: str(Path(p).expanduser().absolute())  # noqa: E731
-        updates = {f: absolute(getattr(src, f)) for f in ("path", "labels") if getattr(src, f, None)}
+        updates = {f: str(absolute(getattr(src, f))) for f in ("path", "labels") if getattr(src, f, None)}
         if getattr(src, "paths", None):
-            updates["paths"] = [absolute(p) for p in src.paths]
+            updates["paths"] = [str(absolute(p)) for p in src.paths]
         data = {"source": src.model_copy(update=updates)}
         if self.text is not None and self.text.tokenizer:
-            data["text"] = self.text.model_copy(update={"tokenizer": absolute(self.text.tokenizer)})
+            data["text"] = self.text.model_copy(update={"tokenizer": str(absolute(self.text.tokenizer))})
         return self.model_copy(update=data)
 
     @property
@@ -585,7 +586,7 @@ class MAESpec(ViTSpec):
 AUTOENCODER_KINDS = ("dense_autoencoder", "conv_autoencoder", "overcomplete_autoencoder", "sparse_autoencoder",
                      "denoising_autoencoder", "vae")
 GAN_KINDS = ("gan", "dcgan", "cgan", "lapgan", "srgan")
-DETECTOR_KINDS = (*AUTOENCODER_KINDS, "mae")  # anomaly detectors: normal/anomalous labels, thresholds
+DETECTOR_KINDS = registry.DETECTOR_KINDS  # anomaly detectors: normal/anomalous labels, thresholds
 
 ModelSpec = Annotated[
     DenseAutoencoderSpec | ConvAutoencoderSpec | OvercompleteAutoencoderSpec | SparseAutoencoderSpec
@@ -854,10 +855,10 @@ class PipelineSpec(Spec):
     @model_validator(mode="after")
     def _model_fits_data(self) -> PipelineSpec:
         kind, source = self.model.kind, self.data.source.kind
-        wants = {"bert_pretrain": ("text_files", "text_table"), "bert_classifier": ("labelled_text",)}
-        if kind in wants and source not in wants[kind]:
-            raise ValueError(f"model.kind {kind} needs data.source.kind {' or '.join(wants[kind])}, not {source}")
-        if kind not in wants and self.data.is_text:
+        wants = registry.family(kind).sources
+        if wants and source not in wants:
+            raise ValueError(f"model.kind {kind} needs data.source.kind {' or '.join(wants)}, not {source}")
+        if not wants and self.data.is_text:
             raise ValueError(f"data.source.kind {source} is text; model.kind {kind} reads images or tables "
                              "(text goes with bert_pretrain or bert_classifier)")
         labelled = self.anomaly.normal_labels is not None or self.anomaly.anomalous_labels is not None
@@ -869,7 +870,7 @@ class PipelineSpec(Spec):
 
     @property
     def runs_dir(self) -> Path:
-        return Path(self.tracking.runs_dir).expanduser().resolve()
+        return absolute(self.tracking.runs_dir)
 
     @property
     def data_dir(self) -> Path:
@@ -877,7 +878,7 @@ class PipelineSpec(Spec):
         with other data settings (`--set data.seed=1`) prepare into their own folders, so neither
         overwrites the splits (or tokenizer) that the other's runs and resumes read."""
         if self.data.output:
-            return Path(self.data.output).expanduser().resolve()
+            return absolute(self.data.output)
         data = json.dumps(self.data.model_dump(mode="json", exclude={"output"}), sort_keys=True)
         return self.runs_dir / "data" / f"{self.name}-{hashlib.sha256(data.encode()).hexdigest()[:8]}"
 
@@ -894,8 +895,12 @@ class PipelineSpec(Spec):
         relative `deepgen-runs/` would name another (empty) folder. Names and hashes stay the same."""
         tracking = self.tracking.model_copy(update={"runs_dir": str(self.runs_dir), "storage_path": self.storage_path})
         data = self.data.with_absolute_paths().model_copy(update={"output": str(self.data_dir)})
-        return self.model_copy(update={"data": data, "tracking": tracking,
-                                       "train": self.train.model_copy(update={"run_name": self.run_name})})
+        return self.model_copy(update={"data": data, "tracking": tracking}).with_run_name(self.run_name)
+
+    def with_run_name(self, run_name: str | None) -> PipelineSpec:
+        """The spec with `train.run_name` set: pinned (its own NAME-SPECHASH, a trial's or a schedule slot's
+        name), or None for NAME-SPECHASH of whatever the spec becomes."""
+        return self.model_copy(update={"train": self.train.model_copy(update={"run_name": run_name})})
 
     def spec_hash(self) -> str:
         """Hash of everything that shapes the trained model (not where it is stored or registered)."""

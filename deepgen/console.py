@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,42 @@ def report(args, info: dict[str, Any], text: str) -> int:
     else:
         print(text)
     return OK
+
+
+def run_command(command: Callable[[], int], *, as_json: bool = False, address: str | None = None,
+                interrupted: str = "interrupted; rerun the same command to resume") -> int:
+    """The one error handler of every entry point (`deepgen`, jobs/retrain.py, `python -m deepgen.schedule`):
+    runs `command()` and returns its exit status; a DeepgenError or OSError is one line `deepgen: error: ...`
+    on stderr (and {error, exit_status} under --json) with its exit status, an interrupt 130, a refused Ray
+    token its own line. Any other exception is a bug, and keeps its traceback."""
+    try:
+        with json_stdout(as_json):
+            return command()
+    except BrokenPipeError:  # `deepgen schema | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return FAILED
+    except (DeepgenError, OSError) as e:  # OSError: a file that cannot be read or written, a full disk, ...
+        status, line = exit_status(e), error_line(e)
+    except KeyboardInterrupt:
+        status, line = INTERRUPTED, interrupted
+    except Exception as e:
+        from deepgen.ray_access import is_auth_error, token_refusal
+
+        if not is_auth_error(e):  # a bug: its traceback is worth more than a line
+            raise
+        refusal = token_refusal(address or os.environ.get("RAY_ADDRESS") or "RAY_ADDRESS")
+        status, line = refusal.exit_status, str(refusal)
+    print(f"deepgen: {'error: ' if status != INTERRUPTED else ''}{line}", file=sys.stderr)
+    if as_json:
+        print_json({"error": line, "exit_status": status})
+    return status
+
+
+def when(ms: int | None) -> str:
+    """A time in milliseconds since the epoch (MLflow's, Ray's) as UTC, `-` for none."""
+    from datetime import UTC, datetime
+
+    return "-" if not ms else datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def error_line(error: BaseException) -> str:

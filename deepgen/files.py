@@ -1,18 +1,55 @@
-"""Folders written so that an interrupted write never leaves a half folder where a reader looks."""
+"""Files and folders written so that an interrupted write never leaves a half-written one where a reader looks:
+each is written under a hidden name beside its place, then renamed onto it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+STALE_TMP_S = 24 * 3600  # a hidden folder this old was left by a killed process, not a live one
+
+
+class WriteRace(Exception):
+    """Another process put a different folder in place while this one wrote its own."""
+
+
+def absolute(path: str | Path, base: Path | None = None) -> Path:
+    """`path` with `~` expanded, taken against `base` (the current folder) when relative, `..` and symlinks
+    resolved: what a Ray worker, trial or job, which runs in a folder of its own, must be given."""
+    return (Path(base or Path.cwd()) / Path(path).expanduser()).resolve()
+
+
+def hidden_sibling(dest: Path, tag: str = "tmp") -> Path:
+    """A fresh hidden name beside `dest`, e.g. `.model.tmp-1a2b3c4d` (what a crash may leave; readers skip it)."""
+    return dest.parent / f".{dest.name}.{tag}-{uuid.uuid4().hex[:8]}"
+
+
+@contextlib.contextmanager
+def writing(dest: Path) -> Iterator[Path]:
+    """A hidden path beside `dest` for the block to write a file or a folder into; renamed onto `dest` when the
+    block succeeds (an empty folder is replaced), removed when it fails. Parent folders are created."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = hidden_sibling(dest)
+    try:
+        yield tmp
+        os.replace(tmp, dest)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
 
 
 def copy_into_place(src: Path, dest: Path) -> None:
     """Copy the folder `src` beside `dest`, then rename it onto `dest` (replacing an older one): a crash
     mid-copy leaves `dest` as it was, and the hidden partial copy is removed."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = hidden_sibling(dest)
     try:
         shutil.copytree(src, tmp)
         shutil.rmtree(dest, ignore_errors=True)
@@ -20,3 +57,34 @@ def copy_into_place(src: Path, dest: Path) -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
+
+def write_folder(dest: Path, fill: Callable[[Path], None], same: Callable[[], bool] = lambda: False) -> None:
+    """`fill(folder)` writes a hidden sibling folder, which then replaces `dest` (an older `dest` is moved aside
+    and removed): readers see the old folder or the new one, never half of one. Where another process renamed
+    its folder onto `dest` first, `same()` says whether theirs holds what ours would (then ours is dropped);
+    else WriteRace. Hidden folders older than STALE_TMP_S, left by killed writers, are removed first."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for stale in [*dest.parent.glob(f".{dest.name}.tmp-*"), *dest.parent.glob(f".{dest.name}.old-*")]:
+        with contextlib.suppress(OSError):
+            if time.time() - stale.stat().st_mtime > STALE_TMP_S:
+                shutil.rmtree(stale, ignore_errors=True)
+    tmp = hidden_sibling(dest)
+    tmp.mkdir()
+    try:
+        fill(tmp)
+        old = None
+        if dest.exists():
+            old = hidden_sibling(dest, "old")
+            dest.rename(old)
+        try:
+            tmp.rename(dest)
+        except OSError:  # another process swapped its copy in first
+            if not same():
+                raise WriteRace(str(dest)) from None
+            shutil.rmtree(tmp, ignore_errors=True)  # theirs holds the same data
+        finally:
+            if old is not None:  # the copy this one replaces, whoever's copy is in place now
+                shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -222,15 +222,21 @@ def split_dataset(data_dir: Path, split: str, keep=None):
 def train(spec: PipelineSpec, manifest: Manifest, mlflow_run_id: str | None, tracking_uri: str | None) -> Path:
     """Fit with Ray Train; returns a local folder holding the final checkpoint."""
     ensure_ray(spec)
-    trainer = build_trainer(spec, manifest, mlflow_run_id, tracking_uri)
     s = spec.scaling
     say(f"train: Ray Train run {spec.run_name} ({s.num_workers} workers, {spec.train.epochs} epochs) "
         f"in {spec.storage_path}")
-    result = fit(trainer, spec)
+    result = fit_trainer(spec, manifest, mlflow_run_id, tracking_uri)
     if result.checkpoint is None:
         raise TrainingError(f"{spec.run_name}: training produced no checkpoint")
     local = Path(tempfile.mkdtemp(prefix=FINAL_PREFIX))
     return Path(result.checkpoint.to_directory(str(local)))
+
+
+def fit_trainer(spec: PipelineSpec, manifest: Manifest, mlflow_run_id: str | None, tracking_uri: str | None,
+                callbacks: tuple = (), keep_best: tuple[str, str] | None = None):
+    """Build the run's TorchTrainer (build_trainer) and fit it (fit): a plain run's training, and a tune
+    trial's."""
+    return fit(build_trainer(spec, manifest, mlflow_run_id, tracking_uri, callbacks, keep_best), spec)
 
 
 def fit(trainer, spec: PipelineSpec):

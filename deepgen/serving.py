@@ -1,5 +1,5 @@
-"""What a registered model answers when served (`mlflow models serve`, `mlflow.pyfunc`): one `answer` per
-family, the input example logged with it, and its MLflow signature.
+"""What a registered model answers when served (`mlflow models serve`, `mlflow.pyfunc`): every family's
+predictor is a `Predictor` and says its own answer, the input example logged with it, and its MLflow signature.
 
   family           input                                             output
   anomaly          raw rows (N, D) (images), or a table's feature    DataFrame(score, is_anomaly) at the
@@ -18,108 +18,63 @@ Raw rows are scaled as in training (the scaler is in the model), so the answer i
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 
-def answer(family: str, predictor, model_input) -> pd.DataFrame | np.ndarray:
-    if family == "anomaly":
-        return _anomaly(predictor, model_input)
-    if family == "segmentation":
-        return predictor.predict(predictor.meta.scaler.apply(_rows(model_input)))  # (N, H, W) uint8
-    if family == "text_classifier":
-        labels, probs = predictor.predict(_texts(model_input))
-        return pd.DataFrame({"label": labels, "probability": probs.astype(np.float64)})
-    if family == "image_classifier":
-        labels, probs = predictor.predict(predictor.meta.scaler.apply(_rows(model_input)))
-        return pd.DataFrame({"label": labels, "probability": np.asarray(probs, np.float64)})
-    if family == "bert_encoder":
-        return predictor.embed(_texts(model_input))
-    if family == "generator" and predictor.meta.kind == "srgan":
-        return predictor.upscale(np.asarray(model_input, dtype=np.float32))
-    if family == "generator":
-        return _generated(predictor, model_input)
-    raise TypeError(f"a {family} model has no served answer")
+class Predictor:
+    """An exported model folder loaded into memory (deepgen.export holds the folder format; each family's
+    module under deepgen/tasks/ holds its predictor)."""
+
+    meta: Any  # deepgen.export.ModelMeta
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Predictor:
+        raise NotImplementedError
+
+    def answer(self, model_input) -> pd.DataFrame | np.ndarray:
+        """The served answer to `model_input` (the table in the module docstring)."""
+        raise TypeError(f"a {self.meta.family} model has no served answer")
+
+    def example_input(self) -> Any:
+        """Two rows a served model answers, logged beside it (MLflow's input example)."""
+        raise TypeError(f"a {self.meta.family} model has no served answer")
+
+    def signature(self, example):
+        """The model's MLflow signature, from its example and its answer to it."""
+        from mlflow.models import infer_signature
+
+        return infer_signature(example, self.answer(example))
+
+    def evaluate(self, data_dir: Path, anomaly_spec=None) -> dict[str, float] | None:
+        """The gate's metrics on another dataset's test split, or None where they are not comparable."""
+        return None
 
 
-def _rows(model_input) -> np.ndarray:
+def load_exported(directory: str | Path) -> Predictor:
+    """The predictor of an exported model folder, whatever its family (deepgen.tasks.registry)."""
+    from deepgen.export import read_meta
+    from deepgen.tasks.registry import predictor_class
+
+    meta = read_meta(directory)
+    return predictor_class(meta.kind, meta.family).load(directory)
+
+
+def input_rows(model_input) -> np.ndarray:
+    """Served raw rows or images -> (N, D) float32."""
     raw = np.asarray(model_input, dtype=np.float32)
     return raw.reshape(len(raw), -1)
 
 
-def _texts(model_input) -> list[str]:
-    texts = model_input["text"].tolist() if isinstance(model_input, pd.DataFrame) else list(model_input)
-    return [str(t) for t in texts]
+def input_texts(model_input) -> list[str]:
+    """A served DataFrame's `text` column (or a list of texts) -> texts."""
+    values = model_input["text"].tolist() if isinstance(model_input, pd.DataFrame) else list(model_input)
+    return [str(t) for t in values]
 
 
-def _anomaly(scorer, model_input) -> pd.DataFrame:
-    from deepgen.anomaly import flag
-    from deepgen.export import table_rows
-
-    if isinstance(model_input, pd.DataFrame) and "features" in model_input.columns:  # prepared, scaled rows
-        x = np.stack(model_input["features"].to_numpy()).astype(np.float32)
-    elif isinstance(model_input, pd.DataFrame) and scorer.meta.feature_names:  # a table's columns, by name
-        x = table_rows(pa.Table.from_pandas(model_input, preserve_index=False), scorer.meta, "model input")
-    else:
-        x = scorer.meta.scaler.apply(_rows(model_input))
-    scores = scorer.score(x)
-    return pd.DataFrame({"score": scores, "is_anomaly": flag(scores, scorer.threshold)})
-
-
-def _generated(sampler, model_input) -> np.ndarray:
-    """One image per row, from the noise its `seed` draws (and its `label`, for a conditional generator)."""
-    import torch
-
-    from deepgen.tasks.gan import generate
-
-    frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-    num_classes = getattr(sampler.generator.config, "num_classes", 0)
-    if num_classes and "label" not in frame.columns:
-        raise ValueError(f"a conditional generator needs a `label` column (0..{num_classes - 1}) beside `seed`")
-    images = []
-    for i, seed in enumerate(frame["seed"].astype(int)):
-        label = torch.tensor([int(frame["label"].iloc[i])]) if num_classes else None
-        if label is not None and not 0 <= int(label) < num_classes:
-            raise ValueError(f"label {int(label)}: this generator draws labels 0..{num_classes - 1}")
-        images.append(generate(sampler.generator, 1, label, seed=seed).numpy())
-    c, h, w = sampler.meta.shape
-    return np.concatenate(images).astype(np.float32) if images else np.zeros((0, c, h, w), np.float32)
-
-
-def example_input(family: str, predictor) -> Any:
-    """Two rows a served model answers, logged beside it (MLflow's input example)."""
-    meta = predictor.meta
-    if family in ("anomaly", "segmentation", "image_classifier"):
-        raw = meta.scaler.invert(np.full((2, meta.num_features), 0.5, np.float32)).astype(np.float64)
-        if family == "anomaly" and meta.feature_names:
-            return pd.DataFrame(raw, columns=meta.feature_names)
-        return raw
-    if family in ("text_classifier", "bert_encoder"):
-        return pd.DataFrame({"text": ["a short example text", "another one"]})
-    if family == "generator" and meta.kind == "srgan":
-        c, h, w = meta.shape
-        s = int(meta.config["scale"])
-        return np.full((2, c, max(h // s, 1), max(w // s, 1)), 0.5)
-    if family == "generator":
-        frame = pd.DataFrame({"seed": np.array([0, 1], np.int64)})
-        if getattr(predictor.generator.config, "num_classes", 0):
-            frame["label"] = np.array([0, 1], np.int64) % predictor.generator.config.num_classes
-        return frame
-    raise TypeError(f"a {family} model has no served answer")
-
-
-def signature(family: str, predictor, example):
-    """The model's MLflow signature, from its example and its answer to it; image sizes an SRGAN takes are free."""
-    from mlflow.models import infer_signature
-    from mlflow.models.signature import ModelSignature
-    from mlflow.types.schema import Schema, TensorSpec
-
-    output = answer(family, predictor, example)
-    if family == "generator" and predictor.meta.kind == "srgan":
-        c = predictor.meta.shape[0]
-        return ModelSignature(Schema([TensorSpec(np.dtype(np.float64), (-1, c, -1, -1))]),
-                              Schema([TensorSpec(np.dtype(np.float32), (-1, c, -1, -1))]))
-    return infer_signature(example, output)
+def example_rows(meta) -> np.ndarray:
+    """Two raw rows of the model's shape (float64, as the signature requires), mid-range once scaled."""
+    return meta.scaler.invert(np.full((2, meta.num_features), 0.5, np.float32)).astype(np.float64)

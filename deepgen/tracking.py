@@ -265,12 +265,10 @@ def pinned_requirements() -> list[str]:
 def log_and_register(run_id: str, model_dir: Path, name: str, tags: dict[str, Any]):
     """Log the exported model as a models-from-code pyfunc (no pickle), with its signature, an input example
     and pinned requirements, and register a new version."""
-    from deepgen import serving
-    from deepgen.export import load_exported, read_meta
+    from deepgen.serving import load_exported
 
-    family = read_meta(model_dir).family
     predictor = load_exported(model_dir)
-    example = serving.example_input(family, predictor)
+    example = predictor.example_input()
     with mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # type-hint advice for PythonModel.predict; our input is a DataFrame
         info = mlflow.pyfunc.log_model(
@@ -279,7 +277,7 @@ def log_and_register(run_id: str, model_dir: Path, name: str, tags: dict[str, An
             artifacts={"model_dir": str(model_dir)},
             code_paths=[str(Path(__file__).parent)],
             pip_requirements=pinned_requirements(),
-            signature=serving.signature(family, predictor, example),
+            signature=predictor.signature(example),
             input_example=example,
         )
     tags = {**tags, MODEL_SHA256_TAG: model_sha256(model_dir)}
@@ -504,9 +502,10 @@ def fetched_model_dir(version):
 
 
 def load_registered(version, family: str | None = None):
-    """A registered version's predictor (deepgen.export.load_exported), loaded into memory; the download is
-    deleted. With `family`, a model of another family is refused in one line."""
-    from deepgen.export import load_exported, read_meta
+    """A registered version's predictor (deepgen.serving.load_exported), loaded into memory; the
+    download is deleted. With `family`, a model of another family is refused in one line."""
+    from deepgen.export import read_meta
+    from deepgen.serving import load_exported
 
     with fetched_model_dir(version) as model_dir:
         found = read_meta(model_dir).family

@@ -17,7 +17,7 @@ from typing import Any
 
 from deepgen import orchestrate, tracking
 from deepgen.config import PipelineSpec, TuneSpec, apply_override
-from deepgen.data.prepare import manifest_from_dict
+from deepgen.data.prepare import Manifest
 from deepgen.errors import TrainingError
 from deepgen.locks import run_lock
 
@@ -36,33 +36,45 @@ def search_space(tune_spec: TuneSpec) -> dict[str, Any]:
     return {path: build[d.type](d) for path, d in tune_spec.search_space.items()}
 
 
-def trial_spec(base: dict[str, Any], values: dict[str, Any], trial_name: str) -> PipelineSpec:
-    """The pipeline spec of one trial: the base with the sampled values set, and its own run name."""
-    raw = json.loads(json.dumps(base))
-    for path, value in values.items():
-        apply_override(raw, f"{path}={json.dumps(value)}", source="tune")
-    raw["train"]["run_name"] = trial_name
-    return PipelineSpec.validate_dict(raw, source=f"tune trial {trial_name}")
+@dataclass(frozen=True)
+class Sweep:
+    """What every trial of a sweep shares, handed to the trial function by `tune.with_parameters` (Tune
+    stores it once in the object store; each trial's config holds only its sampled values)."""
+
+    name: str  # NAME-sweep-SPECHASH: the Tune experiment and the MLflow parent run
+    base: PipelineSpec  # paths absolute, run name unset: each trial names its own
+    manifest: Manifest
+    tracking_uri: str
+    parent_run_id: str
+
+    @property
+    def keep_best(self) -> tuple[str, str]:
+        return self.base.tune.metric, self.base.tune.mode
+
+    def trial_spec(self, values: dict[str, Any], trial_name: str) -> PipelineSpec:
+        """The pipeline spec of one trial: the base with the sampled values set, and its own run name."""
+        raw = self.base.model_dump(mode="json")
+        for path, value in values.items():
+            apply_override(raw, f"{path}={json.dumps(value)}", source="tune")
+        return PipelineSpec.validate_dict(raw, source=f"tune trial {trial_name}").with_run_name(trial_name)
 
 
-def run_trial(config: dict[str, Any]) -> None:
-    """The Tune function: one TorchTrainer, reports forwarded to Tune, an MLflow child run."""
+def run_trial(config: dict[str, Any], sweep: Sweep) -> None:
+    """The Tune function: one TorchTrainer (orchestrate.fit_trainer), reports forwarded to Tune, an MLflow
+    child run."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial = ray.tune.get_context().get_trial_id()
-    values = {k: config[k] for k in config["__paths"]}
-    spec = trial_spec(config["__base"], values, f"{config['__sweep']}-{trial}")
-    manifest = manifest_from_dict(config["__manifest"])
-    tracking.configure_uri(config["__tracking_uri"])
+    values = {k: config[k] for k in sweep.base.tune.search_space}
+    spec = sweep.trial_spec(values, f"{sweep.name}-{trial}")
+    tracking.configure_uri(sweep.tracking_uri)
     run_id = tracking.start_or_resume_run(
-        spec.experiment, spec.run_name, Path(config["__artifacts"]), params={"tune": values},
-        tags={"mlflow.parentRunId": config["__parent_run_id"], "deepgen.trial": trial})
-    trainer = orchestrate.build_trainer(spec, manifest, run_id, config["__tracking_uri"],
-                                        callbacks=(TuneReportCallback(),),
-                                        keep_best=(config["__metric"], config["__mode"]))
+        spec.experiment, spec.run_name, spec.runs_dir / "mlartifacts", params={"tune": values},
+        tags={"mlflow.parentRunId": sweep.parent_run_id, "deepgen.trial": trial})
     with tracking.finishing(run_id):
-        orchestrate.fit(trainer, spec)
+        orchestrate.fit_trainer(spec, sweep.manifest, run_id, sweep.tracking_uri,
+                                callbacks=(TuneReportCallback(),), keep_best=sweep.keep_best)
 
 
 @dataclass
@@ -98,13 +110,10 @@ def _run_sweep(spec: PipelineSpec, sweep: str) -> SweepResult:
         params=spec.model_dump(mode="json", exclude={"tracking"}),
         tags={"data_fingerprint": manifest.fingerprint, "spec_hash": spec.spec_hash(), "deepgen.sweep": "1"})
     with tracking.finishing(parent):  # FAILED if anything below raises, FINISHED at the end
-        param_space = {
-            **search_space(t), "__paths": list(t.search_space), "__base": _with_absolute_paths(spec),
-            "__manifest": manifest.model_dump(mode="json"), "__tracking_uri": uri, "__parent_run_id": parent,
-            "__artifacts": str(spec.runs_dir / "mlartifacts"), "__sweep": sweep, "__metric": t.metric, "__mode": t.mode,
-        }
+        param_space = search_space(t)
+        context = Sweep(sweep, spec.with_absolute_paths().with_run_name(None), manifest, uri, parent)
         # The trial function only waits on its TorchTrainer, which reserves the workers' CPUs itself.
-        trainable = tune.with_resources(run_trial, {"CPU": 0.01})
+        trainable = tune.with_resources(tune.with_parameters(run_trial, sweep=context), {"CPU": 0.01})
         state = f"{spec.storage_path.rstrip('/')}/{sweep}"
         if tune.Tuner.can_restore(state):  # a driver that died mid-sweep: its trials go on, none starts over
             orchestrate.say(f"tune: resuming sweep {sweep} from {state}")
@@ -137,7 +146,7 @@ def _run_sweep(spec: PipelineSpec, sweep: str) -> SweepResult:
         best = grid.get_best_result(metric=t.metric, mode=t.mode, scope="all", filter_nan_and_inf=True)
         values = {k: best.config[k] for k in t.search_space}
         best_name = best.metrics["trial_id"]
-        best_spec = trial_spec(_with_absolute_paths(spec), values, f"{sweep}-{best_name}")
+        best_spec = context.trial_spec(values, f"{sweep}-{best_name}")
         epoch, best_value, path = _best_epoch(best.metrics_dataframe, t.metric, t.mode)
         orchestrate.say(f"tune: best trial {best_name} {values}: {t.metric}={best_value:.5g} at epoch {epoch}")
         existing = tracking.find_version_for_run(spec.registry.model_name, best_spec.run_name)
@@ -164,14 +173,6 @@ def _best_epoch(history, metric: str, mode: str) -> tuple[int, float, str]:
     # of tied epochs the last: Ray keeps the later checkpoints of a tie when it prunes to checkpoints_to_keep
     row = rows[rows[metric] == best].iloc[-1]
     return int(row["epoch"]), float(row[metric]), str(row[CHECKPOINT_PATH_KEY])
-
-
-def _with_absolute_paths(spec: PipelineSpec) -> dict[str, Any]:
-    """The spec as a dict whose paths no longer depend on the working directory (see
-    PipelineSpec.with_absolute_paths); each trial sets its own run name."""
-    raw = spec.with_absolute_paths().model_dump(mode="json")
-    raw["train"]["run_name"] = None
-    return raw
 
 
 def _scheduler(t: TuneSpec, epochs: int):

@@ -10,7 +10,7 @@ is set and the pipeline joins the cluster; `MLFLOW_TRACKING_URI` points it at th
 
 import sys
 
-from deepgen.cluster import retrain_main
+from deepgen.cli.cluster import retrain_main
 
 if __name__ == "__main__":
     sys.exit(retrain_main(sys.argv[1:]))

@@ -14,14 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import write_pipeline
+from helpers import train_locally, write_pipeline
 
 from deepgen.config import AUTOENCODER_KINDS, PipelineSpec
 from deepgen.data.prepare import prepare_dataset
 from deepgen.tasks import build_task
 from deepgen.train import accel
 from deepgen.train.env import LocalEnv, tensor_batches
-from deepgen.train.loop import STATE_FILE, autocast_context, batch_columns, evaluate, load_model_weights, train_loop
+from deepgen.train.loop import STATE_FILE, autocast_context, batch_columns, evaluate, load_model_weights
 
 
 @pytest.fixture(autouse=True)
@@ -30,12 +30,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def _fit(spec: PipelineSpec, root):
-    manifest, _ = prepare_dataset(spec.data, spec.data_dir, log=lambda m: None)
-    env = LocalEnv(spec.data_dir, spec.anomaly, root, seed=spec.train.seed)
-    return train_loop(spec, manifest, env), env, manifest
 
 
 def test_a_compiled_model_trains_like_the_plain_one_and_leaves_plain_weights(tmp_path):
@@ -49,8 +43,8 @@ def test_a_compiled_model_trains_like_the_plain_one_and_leaves_plain_weights(tmp
     assert compiled.spec_hash() == plain.spec_hash()  # how fast it runs is not what it trains
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    plain_history, _, _ = _fit(plain, tmp_path / "plain")
-    history, env, manifest = _fit(compiled, tmp_path / "compiled")
+    plain_history, _, _ = train_locally(plain, tmp_path / "plain")
+    history, env, manifest = train_locally(compiled, tmp_path / "compiled")
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # the loop did compile the model
 
     for a, b in zip(plain_history, history):  # tracing changes no arithmetic

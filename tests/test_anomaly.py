@@ -163,7 +163,7 @@ def test_pot_spec_rejects_a_risk_inside_the_fitted_tail():
 def _trained_autoencoder(seed: int = 0):
     """A small dense autoencoder trained briefly on bar images (label 0 normal, 1 the anomaly)."""
     import torch
-    from conftest import bar_images
+    from helpers import bar_images
 
     from deepgen.models.autoencoders import AutoencoderConfig, DenseAutoencoder
 

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import train_locally
 
 from deepgen.config import DomainAdaptiveSpec, PipelineSpec
 from deepgen.data.prepare import prepare_dataset
@@ -22,8 +23,7 @@ from deepgen.tasks.bert import (
     special_tokens,
     trim_padding,
 )
-from deepgen.train.env import LocalEnv
-from deepgen.train.loop import load_model_weights, train_loop
+from deepgen.train.loop import load_model_weights
 
 ENCODER = {"hidden": 32, "layers": 2, "heads": 2, "intermediate": 64, "dropout": 0.0, "attention_dropout": 0.0}
 TEXT = {"max_len": 24, "vocab_size": 300, "min_frequency": 1}
@@ -87,9 +87,7 @@ def test_domain_adaptive_pretraining_learns_the_training_texts_and_is_reproducib
 def test_a_spec_with_domain_adaptive_pretraining_fine_tunes_from_the_adapted_encoder(tmp_path):
     labelled_texts(tmp_path / "l.csv")
     spec = classifier_spec(tmp_path, {"domain_adaptive": {"epochs": 2}})
-    manifest, _ = prepare_dataset(spec.data, spec.data_dir, log=lambda m: None)
-    env = LocalEnv(spec.data_dir, spec.anomaly, tmp_path / "ckpt", seed=0)
-    history = train_loop(spec, manifest, env)
+    history, env, manifest = train_locally(spec, tmp_path / "ckpt")
     task = build_task(spec, manifest)
     models = load_model_weights(env.latest_checkpoint(), task)
     assert task.evaluate(models, spec.data_dir).metrics["accuracy"] > 0.9

@@ -21,9 +21,10 @@ from tokenizers import Tokenizer
 from deepgen.config import PipelineSpec
 from deepgen.data.prepare import prepare_dataset
 from deepgen.errors import DataError
-from deepgen.export import TextClassifier, load_exported
 from deepgen.orchestrate import resolve_inputs
+from deepgen.serving import load_exported
 from deepgen.tasks import build_task
+from deepgen.tasks.bert import TextClassifier
 from deepgen.train.env import LocalEnv
 from deepgen.train.loop import STATE_FILE, load_model_weights, train_loop
 

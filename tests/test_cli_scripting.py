@@ -82,7 +82,7 @@ def test_help_lists_every_environment_variable_deepgen_reads(tmp_path):
         text = path.read_text()
         read |= set(re.findall(r"environ(?:\.get)?[\[(]\s*\"([A-Z][A-Z0-9_]+)\"", text))
         read |= set(re.findall(r"getenv\(\s*\"([A-Z][A-Z0-9_]+)\"", text))
-    from deepgen.cluster import MLFLOW_CREDENTIALS
+    from deepgen.submission import MLFLOW_CREDENTIALS
     from deepgen.tracking import GIT_COMMIT_ENV
 
     read |= {*MLFLOW_CREDENTIALS, GIT_COMMIT_ENV, "RAY_AUTH_TOKEN_PATH"}

@@ -28,6 +28,8 @@ import pytest
 import yaml
 
 from deepgen import cluster as dc
+from deepgen import jobs_api, submission
+from deepgen.cli import cluster as cluster_commands
 
 pytestmark = pytest.mark.ray
 
@@ -311,23 +313,24 @@ def test_a_job_api_that_fails_midway_is_one_line_naming_it(command, monkeypatch,
         def get_job_info(self, job_id):
             raise ConnectionError("Connection aborted.")  # what requests raises when the head goes away
 
-    monkeypatch.setattr(dc, "connect", lambda address: Failing({}))
+    monkeypatch.setattr(cluster_commands, "connect", lambda address: Failing({}))
     assert cli.main(["jobs", *command, "--address", "http://h:8265"]) == 1  # a failure at run time
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("deepgen: error: the Ray job API at http://h:8265: ")
 
 
 def test_submission_ids_are_deterministic_per_run_and_slot():
-    spec = dc.load_spec(ROOT / "pipelines/quickstart.yaml")
-    assert dc.slot_tag("2026-11-27T03:00Z") == "20261127T0300Z"
-    assert dc.scheduled_run_name(spec, SLOT) == f"quickstart-{spec.spec_hash()}-20261127T0300Z"
-    assert dc.submission_id(spec.run_name) == f"deepgen-quickstart-{spec.spec_hash()}"
-    assert dc.submission_id("a b/c", 2) == "deepgen-a-b-c-retry2"
-    assert dc.entrypoint("deepgen-submit/q.yaml", None) == "python jobs/run_pipeline.py deepgen-submit/q.yaml"
-    assert dc.entrypoint("deepgen-submit/q.yaml", SLOT) == f"python jobs/retrain.py deepgen-submit/q.yaml --slot {SLOT}"
-    other = dc.load_spec(ROOT / "pipelines/quickstart.yaml", ["train.lr=0.01"])
+    spec = submission.load_spec(ROOT / "pipelines/quickstart.yaml")
+    assert submission.slot_tag("2026-11-27T03:00Z") == "20261127T0300Z"
+    assert submission.scheduled_run_name(spec, SLOT) == f"quickstart-{spec.spec_hash()}-20261127T0300Z"
+    assert jobs_api.submission_id(spec.run_name) == f"deepgen-quickstart-{spec.spec_hash()}"
+    assert jobs_api.submission_id("a b/c", 2) == "deepgen-a-b-c-retry2"
+    assert submission.entrypoint("deepgen-submit/q.yaml", None) == "python jobs/run_pipeline.py deepgen-submit/q.yaml"
+    assert submission.entrypoint("deepgen-submit/q.yaml", SLOT) \
+        == f"python jobs/retrain.py deepgen-submit/q.yaml --slot {SLOT}"
+    other = submission.load_spec(ROOT / "pipelines/quickstart.yaml", ["train.lr=0.01"])
     assert other.run_name != spec.run_name  # another spec, another run and job
-    same = dc.load_spec(ROOT / "pipelines/quickstart.yaml", ["scaling.num_workers=1"], storage="s3://b/x")
+    same = submission.load_spec(ROOT / "pipelines/quickstart.yaml", ["scaling.num_workers=1"], storage="s3://b/x")
     assert same.run_name == spec.run_name   # where and how wide it runs does not make it another run
 
 
@@ -342,7 +345,7 @@ def test_submission_ids_are_deterministic_per_run_and_slot():
     ({"deepgen-r": "FAILED", "deepgen-r-retry1": "SUCCEEDED"}, "exists", "deepgen-r-retry1"),
 ])
 def test_a_run_is_submitted_once_and_retried_only_after_it_failed(states, action, job_id):
-    assert dc.plan_submission(FakeJobs(states), "r")[:2] == (action, job_id)
+    assert jobs_api.plan_submission(FakeJobs(states), "r")[:2] == (action, job_id)
 
 
 def test_submit_ships_the_resolved_spec_with_the_code_and_nothing_else(tmp_path, monkeypatch, capsys):
@@ -363,18 +366,19 @@ def test_submit_ships_the_resolved_spec_with_the_code_and_nothing_else(tmp_path,
     assert job["env"]["env_vars"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000" and "pip" not in job["env"]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     assert job["env"]["env_vars"]["DEEPGEN_GIT_COMMIT"] == head  # the staged copy has no .git to read it from
-    assert {"deepgen/cli.py", "jobs/run_pipeline.py", "jobs/retrain.py", "deepgen-submit/rel.yaml"} <= job["files"]
+    assert {"deepgen/cli/__init__.py", "jobs/run_pipeline.py", "jobs/retrain.py",
+            "deepgen-submit/rel.yaml"} <= job["files"]
     assert not any(f.startswith((".venv", ".git", "deepgen-runs", "tests")) or "__pycache__" in f
                    for f in job["files"])
     from deepgen.config import PipelineSpec
 
     shipped = PipelineSpec.validate_dict(spec)  # what the cluster loads has the run name computed here
-    assert job["id"] == dc.submission_id(dc.scheduled_run_name(shipped, "2026-11-27T03:00Z"))
+    assert job["id"] == jobs_api.submission_id(submission.scheduled_run_name(shipped, "2026-11-27T03:00Z"))
     assert job["metadata"]["deepgen.spec_hash"] == shipped.spec_hash()
     # the run `deepgen run p.yaml` would be: the name does not depend on where the data path resolves
-    local_name = dc.load_spec("p.yaml", ["train.epochs=3"]).run_name
-    assert job["id"] == dc.submission_id(dc.scheduled_run_name(shipped, "2026-11-27T03:00Z")) \
-        == dc.submission_id(f"{local_name}-20261127T0300Z")
+    local_name = submission.load_spec("p.yaml", ["train.epochs=3"]).run_name
+    assert job["id"] == jobs_api.submission_id(submission.scheduled_run_name(shipped, "2026-11-27T03:00Z")) \
+        == jobs_api.submission_id(f"{local_name}-20261127T0300Z")
     # the same slot again: recognised, nothing submitted; after a failure: a retry with a suffix
     assert dc.submit("p.yaml", "http://h:8265", ["train.epochs=3"], storage="shared/ckpt",
                      slot="2026-11-27T03:00Z") == 0
@@ -459,29 +463,29 @@ def test_a_retrain_fine_tunes_the_encoder_the_alias_names_at_its_slot(tmp_path, 
         "name": "ft", "data": {"source": {"kind": "labelled_text", "path": "t.csv"}},
         "model": {"kind": "bert_classifier", "pretrained": "enc@champion"}, "registry": {"model_name": "ft"}}))
 
-    first = dc.scheduled_spec("p.yaml", "2026-11-26T00:00Z")
+    first = submission.scheduled_spec("p.yaml", "2026-11-26T00:00Z")
     assert Path(first.model.pretrained).name == "enc-v1"
     assert (Path(first.model.pretrained) / TOKENIZER_FILE).read_text() == "tokenizer of v1"
     assert first.data.text.max_len == 32  # rows as long as the encoder has positions for
     assert first.run_name.endswith("-20261126T0000Z")
-    assert dc.scheduled_spec("p.yaml", "2026-11-26T00:00Z").run_name == first.run_name  # a rerun resumes
+    assert submission.scheduled_spec("p.yaml", "2026-11-26T00:00Z").run_name == first.run_name  # a rerun resumes
     registry.set_registered_model_alias("enc", "champion", "2")
-    moved = dc.scheduled_spec("p.yaml", "2026-11-26T00:00Z")
+    moved = submission.scheduled_spec("p.yaml", "2026-11-26T00:00Z")
     assert (Path(moved.model.pretrained) / TOKENIZER_FILE).read_text() == "tokenizer of v2"
     assert moved.data.text.max_len == 64
     assert moved.run_name != first.run_name
 
 
 def test_pip_requirements_are_pinned_by_the_constraints_and_leave_ray_alone():
-    reqs = dc.pip_requirements()
+    reqs = submission.pip_requirements()
     assert "torch==2.13.0" in reqs and "mlflow==3.17.2" in reqs and "pyarrow==25.0.1" in reqs
     assert not any(r.lower().startswith("ray") for r in reqs)
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1:6379", "ray://head:10001", "head:8265"])
 def test_an_address_that_is_not_the_job_apis_url_is_refused_at_once(address):
-    with pytest.raises(dc.ClusterError, match=r"the job API is an http:// URL, e.g. http://HOST:8265"):
-        dc.connect(address)
+    with pytest.raises(jobs_api.ClusterError, match=r"the job API is an http:// URL, e.g. http://HOST:8265"):
+        jobs_api.connect(address)
 
 
 def test_a_bad_spec_fails_before_the_cluster_is_contacted(capsys):
@@ -539,9 +543,9 @@ def test_the_crontab_line_runs_from_any_folder_with_its_own_storage(tmp_path, mo
 
 def test_the_retrain_entry_needs_a_slot_or_a_cron(capsys):
     with pytest.raises(SystemExit):
-        dc.retrain_main(["pipelines/quickstart.yaml"])
+        cluster_commands.retrain_main(["pipelines/quickstart.yaml"])
     assert "--slot" in capsys.readouterr().err
-    assert dc.retrain_main([str(ROOT / "pipelines/quickstart.yaml"), "--cron", "61 * * * *"]) == 2
+    assert cluster_commands.retrain_main([str(ROOT / "pipelines/quickstart.yaml"), "--cron", "61 * * * *"]) == 2
     assert "minute field" in capsys.readouterr().err
 
 
@@ -556,15 +560,15 @@ def submitted(cluster):
     started = time.monotonic()
     first = deepgen(c, *args, timeout=420)
     took = time.monotonic() - started
-    spec = dc.load_spec(ROOT / "pipelines/quickstart.yaml", QUICK[1::2], str(c["storage"]))
-    return {"args": args, "out": first.out, "took": took, "run_name": dc.scheduled_run_name(spec, SLOT),
+    spec = submission.load_spec(ROOT / "pipelines/quickstart.yaml", QUICK[1::2], str(c["storage"]))
+    return {"args": args, "out": first.out, "took": took, "run_name": submission.scheduled_run_name(spec, SLOT),
             "model": spec.registry.model_name, "experiment": spec.experiment}
 
 
 def test_submitted_pipeline_ran_as_a_job_and_logged_to_the_server(cluster, submitted):
     print(f"deepgen submit --wait took {submitted['took']:.1f}s")
     [job] = jobs(cluster)
-    assert job["submission_id"] == f"deepgen-{submitted['run_name']}" == dc.submission_id(submitted["run_name"])
+    assert job["submission_id"] == f"deepgen-{submitted['run_name']}" == jobs_api.submission_id(submitted["run_name"])
     assert job["status"] == "SUCCEEDED"
     assert job["entrypoint"].startswith("python jobs/retrain.py deepgen-submit/quickstart.yaml --slot")
     assert job["metadata"]["deepgen.slot"] == SLOT
@@ -826,7 +830,7 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(cluster, faults, 
 def test_submit_passes_the_tracking_servers_credentials_on_to_the_job(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "deepgen")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "from-the-secret")
-    env = dc.runtime_env(tmp_path, tracking_uri="http://deepgen-mlflow:5000")["env_vars"]
+    env = submission.runtime_env(tmp_path, tracking_uri="http://deepgen-mlflow:5000")["env_vars"]
     assert (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]) == ("deepgen", "from-the-secret")
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
-    assert "MLFLOW_TRACKING_PASSWORD" not in dc.runtime_env(tmp_path)["env_vars"]
+    assert "MLFLOW_TRACKING_PASSWORD" not in submission.runtime_env(tmp_path)["env_vars"]

@@ -1,5 +1,5 @@
 import pytest
-from conftest import write_pipeline
+from helpers import write_pipeline
 
 from deepgen.config import PipelineSpec
 from deepgen.errors import SpecError

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import bar_images, race
+from helpers import bar_images, race
 
 from deepgen.config import AnomalySpec, DataSpec
 from deepgen.data.dataset import check_normal_rows, load_split, normal_mask

@@ -122,7 +122,7 @@ def test_every_gan_on_one_prepared_data_set_is_judged_by_the_same_network(tmp_pa
 def test_watching_a_gan_train_logs_a_sample_grid_per_epoch_and_the_frechet_distance(tmp_path, monkeypatch):
     """The run page shows progress: one fixed-noise grid per epoch (its step the epoch; a column per label
     for a conditional G), the Frechet distance every model.watch_every epochs, and D's and G's curves."""
-    from conftest import write_pipeline
+    from helpers import write_pipeline
     from mlflow.tracking import MlflowClient
 
     from deepgen.config import PipelineSpec

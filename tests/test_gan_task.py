@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import train_locally
 
 from deepgen.config import PipelineSpec
 from deepgen.data.prepare import prepare_dataset
@@ -31,9 +32,7 @@ def cgan_spec(root, epochs: int) -> PipelineSpec:
 
 
 def run(spec, root, name, on_epoch=None):
-    manifest, _ = prepare_dataset(spec.data, spec.data_dir, log=lambda m: None)
-    env = LocalEnv(spec.data_dir, spec.anomaly, root / name, seed=spec.train.seed)
-    history = train_loop(spec, manifest, env, on_epoch=on_epoch)
+    history, env, manifest = train_locally(spec, root / name, on_epoch=on_epoch)
     return history, torch.load(env.latest_checkpoint() / STATE_FILE, weights_only=True), manifest
 
 
@@ -62,7 +61,7 @@ def test_the_conditional_generator_draws_the_label_it_is_asked_for(tmp_path):
     for k, m in models.items():
         m.load_state_dict(state["models"][k])
     exported = task.export(tmp_path / "export", models, None)
-    from deepgen.export import load_exported
+    from deepgen.serving import load_exported
 
     sampler = load_exported(exported)
     a, b = sampler.sample_grid(16, label=3), sampler.sample_grid(16, label=7)

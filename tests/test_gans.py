@@ -23,6 +23,8 @@ from deepgen.tasks.gan import (
     LapGANSpec,
     SRGANSpec,
 )
+from deepgen.tasks.registry import task_class
+from deepgen.tasks.srgan import Upscaler
 
 torch.set_num_threads(1)  # tiny nets: threads only contend on a shared machine
 
@@ -59,7 +61,7 @@ def blob_images(n: int, size: int = 16, channels: int = 1, seed: int = 0) -> tup
 def make_task(model, shape=(1, 16, 16), label_type="int") -> GanTask:
     manifest = Manifest(fingerprint="f", source_fingerprint="s", shape=list(shape), rows={"train": 8},
                         label_type=label_type, feature_names=None, scaler=Scaler(divisor=255.0), arrow_schema={})
-    return GanTask(SimpleNamespace(name="t", model=model), manifest)
+    return task_class(model.kind)(SimpleNamespace(name="t", model=model), manifest)
 
 
 def batch_of(n=8, shape=(1, 16, 16), seed=0):
@@ -400,5 +402,5 @@ def test_srgan_evaluation_compares_with_bicubic_and_exports_an_upscaler(tmp_path
     ev = task.evaluate({k: m.eval() for k, m in models.items()}, tmp_path)
     assert {"psnr", "ssim", "bicubic_psnr", "bicubic_ssim"} <= set(ev.metrics)
     assert ev.metrics["bicubic_psnr"] > 15 and "super_resolution" in ev.figures
-    sampler = GeneratorSampler.load(task.export(tmp_path / "model", models, ev))
+    sampler = Upscaler.load(task.export(tmp_path / "model", models, ev))
     assert sampler.upscale(np.random.rand(2, 1, 8, 8).astype(np.float32)).shape == (2, 1, 16, 16)

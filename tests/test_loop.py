@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from conftest import write_pipeline
+from helpers import write_pipeline
 
 from deepgen.config import PipelineSpec
 from deepgen.data.prepare import prepare_dataset

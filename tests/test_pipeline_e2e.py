@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import bar_images, bars_source, write_pipeline
+from helpers import bar_images, bars_source, write_pipeline
 from mlflow.tracking import MlflowClient
 
 from deepgen import cli

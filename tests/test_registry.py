@@ -15,8 +15,8 @@ from deepgen.anomaly import threshold_tags
 from deepgen.config import FprThreshold, PipelineSpec
 from deepgen.data.prepare import prepare_dataset
 from deepgen.errors import DataError
-from deepgen.export import AnomalyScorer
 from deepgen.tasks import Evaluation, build_task
+from deepgen.tasks.autoencoder import AnomalyScorer
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import write_pipeline
+from helpers import write_pipeline
 
 from deepgen import orchestrate, tracking
 from deepgen.anomaly import threshold_tags

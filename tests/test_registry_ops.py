@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_pipeline
+from helpers import write_pipeline
 from mlflow.tracking import MlflowClient
 
 from deepgen import orchestrate, tracking

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import write_pipeline
+from helpers import write_pipeline
 
 from deepgen.config import PipelineSpec
 from deepgen.locks import LOCK_FILE

@@ -5,14 +5,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import write_pipeline
+from helpers import write_pipeline
 
 from deepgen.config import DataSpec, PipelineSpec
 from deepgen.data.prepare import prepare_dataset
 from deepgen.data.shapes import make_shapes
 from deepgen.errors import DataError
-from deepgen.export import load_exported
 from deepgen.models.unet import UNet, UNetConfig
+from deepgen.serving import load_exported
 from deepgen.tasks import build_task
 from deepgen.tasks.segmentation import dice_iou
 from deepgen.train.env import LocalEnv

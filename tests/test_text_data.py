@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
-from conftest import race
+from helpers import race
 
 from deepgen.data import corpora
 from deepgen.data import tokenizer as tokenizer_module
@@ -432,17 +432,17 @@ def test_failed_write_keeps_previous_dataset_and_leaves_no_partial_folder(tmp_pa
         if len(calls) == 2:
             raise OSError("disk full")
 
-    monkeypatch.setattr("deepgen.data.prepare.pq.write_table", failing_write)
+    monkeypatch.setattr("deepgen.data.dataset.pq.write_table", failing_write)
     with pytest.raises(OSError, match="disk full"):
         prepare_pretraining(source, out, spec, log=lambda _: None)
     assert not out.exists() and list(out.parent.iterdir()) == []  # nothing half-written
 
-    monkeypatch.setattr("deepgen.data.prepare.pq.write_table", real_write)
+    monkeypatch.setattr("deepgen.data.dataset.pq.write_table", real_write)
     first, _ = prepare_pretraining(source, out, spec, log=lambda _: None)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     write_corpus(corpus, make_documents(20, seed=2))  # a changed source must be rewritten ...
     calls.clear()
-    monkeypatch.setattr("deepgen.data.prepare.pq.write_table", failing_write)
+    monkeypatch.setattr("deepgen.data.dataset.pq.write_table", failing_write)
     with pytest.raises(OSError, match="disk full"):
         prepare_pretraining(source, out, spec, log=lambda _: None)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # ... but the failure kept the old one

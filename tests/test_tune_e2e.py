@@ -1,7 +1,7 @@
 """A real Ray Tune sweep: 4 trials (one TorchTrainer each) on tiny data, ASHA, a planted failing trial."""
 
 import pytest
-from conftest import bars_source, write_pipeline
+from helpers import bars_source, write_pipeline
 from mlflow.tracking import MlflowClient
 
 from deepgen import cli

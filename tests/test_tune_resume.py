@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import bars_source, write_pipeline
+from helpers import bars_source, write_pipeline
 from mlflow.tracking import MlflowClient
 
 from deepgen.config import PipelineSpec

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import bar_images
+from helpers import bar_images
 
 from deepgen.config import PipelineSpec
 from deepgen.errors import SpecError
@@ -328,8 +328,8 @@ def digits(tmp_path_factory):
     ("vae", [], {"val_recon", "val_kl"}),
 ])
 def test_each_variant_trains_through_the_loop_and_exports_without_pickle(digits, kind, overrides, terms):
-    from deepgen.export import AnomalyScorer
     from deepgen.tasks import Evaluation, build_task
+    from deepgen.tasks.autoencoder import AnomalyScorer
     from deepgen.train.env import LocalEnv
     from deepgen.train.loop import load_model_weights, train_loop
 

@@ -199,7 +199,7 @@ def test_random_shift_moves_whole_images_by_at_most_the_limit():
 def test_an_image_parquet_source_prepares_labelled_images_for_the_vit(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from conftest import bar_images
+    from helpers import bar_images
 
     from deepgen.config import PipelineSpec
     from deepgen.data.prepare import prepare_dataset

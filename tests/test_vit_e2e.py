@@ -12,7 +12,7 @@ import mlflow
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import bars_source, write_pipeline
+from helpers import bars_source, write_pipeline
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import roc_auc_score
 

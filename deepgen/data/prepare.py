@@ -11,25 +11,20 @@ leaves either the previous dataset or nothing, never a half-written one.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import shutil
-import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from deepgen.config import DataSpec
+from deepgen.data.dataset import MANIFEST, splits_present, write_atomically
 from deepgen.data.sources import RawData, read_source
 from deepgen.errors import DataError
 
 SPLITS = ("train", "val", "test")
-MANIFEST = "manifest.json"
 FORMAT_VERSION = 2  # 2: manifests record binary_features
 
 
@@ -248,58 +243,6 @@ def to_arrow(x: np.ndarray, y: np.ndarray | None, target: np.ndarray | None = No
 
 def _fixed_size_list(x: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float32).ravel(), pa.float32()), x.shape[1])
-
-
-STALE_TMP_S = 24 * 3600  # a temporary folder this old was left by a killed prepare
-
-
-def splits_present(out_dir: Path, rows: dict[str, int]) -> bool:
-    """Whether every split file a manifest lists is there (one deleted by hand means: prepare again)."""
-    return all((out_dir / f"{name}.parquet").is_file() for name in rows)
-
-
-def write_atomically(out_dir: Path, tables: dict[str, pa.Table], manifest, extra=None) -> None:
-    """Write into a hidden sibling folder, then swap it into place; the manifest is written last.
-    `extra(folder)` writes any further files of the dataset (e.g. a text dataset's tokenizer)."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stale_folders = [*out_dir.parent.glob(f".{out_dir.name}.tmp-*"), *out_dir.parent.glob(f".{out_dir.name}.old-*")]
-    for stale in stale_folders:  # left by a killed process, not a live one
-        with contextlib.suppress(OSError):
-            if time.time() - stale.stat().st_mtime > STALE_TMP_S:
-                shutil.rmtree(stale, ignore_errors=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        for name, table in tables.items():
-            pq.write_table(table, tmp / f"{name}.parquet")
-        if extra is not None:
-            extra(tmp)
-        (tmp / MANIFEST).write_text(manifest.model_dump_json(indent=2))
-        old = None
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-            out_dir.rename(old)
-        try:
-            tmp.rename(out_dir)
-        except OSError:  # another process preparing the same folder swapped its copy in first
-            if _written_fingerprint(out_dir) != manifest.fingerprint:
-                raise DataError(f"{out_dir}: another process wrote this dataset at the same time; "
-                                "run again once it is done") from None
-            shutil.rmtree(tmp, ignore_errors=True)  # theirs holds the same data
-        finally:
-            if old is not None:  # the copy this one replaces, whoever's copy is in place now
-                shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _written_fingerprint(directory: Path) -> str | None:
-    """The fingerprint in a dataset's manifest, read from the JSON so image and text manifests both count."""
-    try:
-        return json.loads((directory / MANIFEST).read_text()).get("fingerprint")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def _describe(data: DataSpec) -> str:

@@ -431,7 +431,7 @@ def _fingerprint(source, text: TextSpec, source_bytes: str, val_fraction: float,
 
 
 def _current(out_dir: Path, fingerprint: str, log) -> TextManifest | None:
-    from deepgen.data.prepare import splits_present
+    from deepgen.data.dataset import splits_present
 
     current = read_text_manifest(out_dir)
     if current is not None and current.fingerprint == fingerprint and splits_present(out_dir, current.rows):
@@ -480,6 +480,6 @@ def load_tokenizer(directory: str | Path) -> WordPieceTokenizer:
 def write_text_dataset(out_dir: Path, tables: dict[str, pa.Table], tokenizer: WordPieceTokenizer,
                        manifest: TextManifest) -> None:
     """The splits, the tokenizer and the manifest, swapped into place atomically (as image datasets are)."""
-    from deepgen.data.prepare import write_atomically
+    from deepgen.data.dataset import write_atomically
 
     write_atomically(out_dir, tables, manifest, extra=lambda folder: tokenizer.save(folder / TOKENIZER_FILE))

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # kept light: deepgen.config reads deepgen.tasks.registry
+    import torch
+    from torch import nn
 
-from deepgen.config import PipelineSpec
-from deepgen.data.prepare import Manifest
+    from deepgen.config import PipelineSpec
+    from deepgen.data.prepare import Manifest
 
-Batch = dict[str, torch.Tensor]  # column -> tensor; see Task.batch_columns
+Batch = dict[str, "torch.Tensor"]  # column -> tensor; see Task.batch_columns
 
 
 @dataclass
@@ -30,59 +31,73 @@ class Evaluation:
     history: list[dict] = field(default_factory=list)  # per-epoch metrics from the final checkpoint
 
 
-class Task(Protocol):
+class Task:
+    """What a family's task implements (the first six methods) and every hook the loop calls, each with the
+    default a task that does not need it keeps. The loop calls nothing else of a task."""
+
     # The columns of the prepared splits that batches carry, as tensors (list columns (B, D), scalar
     # columns (B,); floats float32, integers int64). The first column counts rows.
     batch_columns: tuple[str, ...] = ("features", "target")
+    # The validation metric that picks the kept epoch and drives early stopping when train.monitor is not
+    # set; (None, _): the last epoch is the model.
+    monitor: tuple[str | None, str] = ("val_loss", "min")
+    # Keyword arguments of DistributedDataParallel for this task's modules (None: its defaults).
+    ddp_options: dict[str, Any] | None = None
+    # name -> (numerator, denominator): metrics the loop reports as a ratio of two sums over every rank
+    # (e.g. BERT's MLM accuracy over masked tokens) instead of a mean over rows; train_step returns both
+    # parts as sums over its batch.
+    ratio_metrics: dict[str, tuple[str, str]] = {}
 
     def build_models(self) -> dict[str, nn.Module]:
         """Named modules, freshly initialised (the loop moves, wraps and restores them)."""
+        raise NotImplementedError
 
     def build_optimizers(self, models: dict[str, nn.Module]) -> dict[str, torch.optim.Optimizer]:
-        ...
+        raise NotImplementedError
 
     def train_step(self, models: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
                    batch: Batch) -> dict[str, torch.Tensor]:
         """One update on a batch; returns detached per-batch means, at least {"loss": ...}."""
+        raise NotImplementedError
 
     def eval_step(self, models: dict[str, nn.Module], batch: Batch) -> dict[str, torch.Tensor]:
         """Per-batch *sums* of validation metrics (the loop divides by the row count)."""
+        raise NotImplementedError
 
     def evaluate(self, models: dict[str, nn.Module], data_dir: Path) -> Evaluation:
         """Test metrics of trained modules (in eval mode, on the CPU) on a prepared dataset."""
+        raise NotImplementedError
 
     def export(self, dest: Path, models: dict[str, nn.Module], evaluation: Evaluation) -> Path:
         """Write the deployable model folder (see deepgen.export)."""
+        raise NotImplementedError
 
-    # Optional, read by the loop where a task has them:
-    #   monitor = (metric, "min" | "max")   the validation metric that picks the kept epoch and drives early
-    #                                       stopping when train.monitor is not set; (None, _): the last epoch
-    #   use_schedule(schedule)              the run's deepgen.train.optim.Schedule (warmup, decay,
-    #                                       accumulation, clipping), sized to its batches per epoch
-    #   end_epoch(models, optimizers)       after each epoch's last batch
+    # -- hooks: the loop calls each of these; the defaults do nothing -- #
+
+    def share_losses(self, all_reduce, world_size: int) -> None:
+        """Before training: the sum over ranks (a function of a tensor) and the number of ranks, for checks
+        that must see every rank's losses."""
+
+    def set_batches_per_epoch(self, batches: int) -> None:
+        """Before training: the batches each worker trains on per epoch (what sizes a learning-rate
+        schedule; deepgen.train.optim.ScheduledTask builds its Schedule from it)."""
+
+    def end_epoch(self, models: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer]) -> None:
+        """After each epoch's last batch, before validation and the checkpoint."""
+
+    def epoch_extras(self, models: dict[str, nn.Module], epoch: int) -> tuple[dict[str, float], dict[str, Any]]:
+        """After validation, on rank 0: extra metrics of the epoch and images (name -> array) to log."""
+        return {}, {}
+
+    def checkpoint_files(self, directory: Path) -> None:
+        """Files a checkpoint needs beside the weights to be usable on its own (written on rank 0)."""
 
 
 def task_class(kind: str) -> type:
-    """The task that trains a `model.kind`."""
-    from deepgen.config import AUTOENCODER_KINDS, GAN_KINDS
+    """The task that trains a `model.kind` (deepgen.tasks.registry)."""
+    from deepgen.tasks.registry import task_class
 
-    if kind in AUTOENCODER_KINDS:
-        from deepgen.tasks.autoencoder import AutoencoderTask as cls
-    elif kind == "unet":
-        from deepgen.tasks.segmentation import SegmentationTask as cls
-    elif kind == "bert_pretrain":
-        from deepgen.tasks.bert import BertPretrainTask as cls
-    elif kind == "bert_classifier":
-        from deepgen.tasks.bert import BertClassifierTask as cls
-    elif kind in GAN_KINDS:
-        from deepgen.tasks.gan import GanTask as cls
-    elif kind == "vit_classifier":
-        from deepgen.tasks.vit import ViTClassifierTask as cls
-    elif kind == "mae":
-        from deepgen.tasks.vit import MAETask as cls
-    else:
-        raise ValueError(f"no task for model.kind {kind!r}")
-    return cls
+    return task_class(kind)
 
 
 def build_task(spec: PipelineSpec, manifest: Manifest) -> Task:

@@ -1,8 +1,16 @@
-"""Autoencoders as a task: minimise the model's objective on normal rows (reconstruction error, plus the
+"""The anomaly detectors' family: autoencoders (dense, conv, overcomplete, sparse, denoising, VAE) and the
+masked autoencoder, trained, calibrated, exported (family "anomaly") and served alike.
+
+Autoencoders as a task: minimise the model's objective on normal rows (reconstruction error, plus the
 variant's penalty or KL term); score = the model's anomaly_score (reconstruction error, or a VAE's -ELBO).
 
 Evaluation calibrates the anomaly threshold on the validation split (deepgen.anomaly: normal rows' scores,
 or all labelled rows for the F1-optimal threshold) and reports detection metrics on the test split.
+
+mae: minimise the squared error of the masked patches (deepgen.models.vit); everything after training is
+the autoencoders': threshold calibrated on normal validation scores, detection metrics on test, the
+`anomaly` export, `deepgen score`, the pyfunc and the gate. Its score is its own: the masked-patch error
+averaged over the model's K fixed masks (`anomaly.score` reconstruction, what `auto` means for it).
 """
 
 from __future__ import annotations
@@ -11,18 +19,25 @@ import math
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
 import torch
 
 from deepgen import anomaly
 from deepgen.config import PipelineSpec, resolve_input_range, resolve_loss, resolve_score
 from deepgen.data.dataset import load_split, normal_mask, normal_train_mask
 from deepgen.data.prepare import Manifest
-from deepgen.export import save_model_dir
+from deepgen.errors import DataError
+from deepgen.export import ModelMeta, load_weights, read_meta, read_rows, save_model_dir, table_rows
 from deepgen.models import AUTOENCODERS, build_autoencoder
 from deepgen.models.autoencoders import Autoencoder, AutoencoderConfig
 from deepgen.models.vae import VAE
+from deepgen.models.vit import MAEConfig, MaskedAutoencoderViT
 from deepgen.scoring import STATELESS, Scorer
+from deepgen.serving import Predictor, example_rows, input_rows
 from deepgen.tasks import Evaluation, unwrap
+from deepgen.tasks.vit import vit_config
 from deepgen.train.optim import ScheduledTask
 
 
@@ -133,3 +148,113 @@ class AutoencoderTask(ScheduledTask):
         scorer = self.scorer or self.fit_scorer(models["model"].eval(), self.spec.data_dir)
         scorer.save(dest)
         return dest
+
+
+# --- masked autoencoder ----------------------------------------------------------------------------
+
+
+class MAETask(AutoencoderTask):
+    """The autoencoder task with the MAE's model, objective and validation loss; scoring, calibration,
+    evaluation, pictures and export are AutoencoderTask's."""
+
+    def __init__(self, spec: PipelineSpec, manifest: Manifest):
+        if spec.anomaly.score not in ("auto", "reconstruction"):
+            raise DataError(f"anomaly.score: {spec.anomaly.score} needs an autoencoder's code or full "
+                            "reconstruction; model.kind mae scores by its masked-patch error (auto or reconstruction)")
+        self.spec, self.manifest = spec, manifest
+        self.config = vit_config(MAEConfig, spec.model, manifest.shape)
+        self.score = "reconstruction"  # the model's anomaly_score: masked-patch error over K fixed masks
+        self.input_range = "prepared"  # images: the prepared scale (anomaly.input_range auto)
+        self.scorer = None
+
+    def build_models(self):
+        return {"model": MaskedAutoencoderViT(self.config)}
+
+    def train_step(self, models, optimizers, batch):
+        model, x = models["model"], batch["features"]
+        mae: MaskedAutoencoderViT = unwrap(model)
+        # minimise the mean squared error of the masked patches under a fresh random mask per image
+        terms = self.update(models, optimizers, lambda: mae.objective(model(x)))
+        return {k: v.detach() for k, v in terms.items()}
+
+    def eval_step(self, models, batch):
+        # on the K fixed masks: the validation loss of every epoch is measured on the same patches, and it
+        # is the anomaly score's mean over the normal validation rows
+        return {"loss": unwrap(models["model"]).anomaly_score(batch["features"]).sum()}
+
+
+class AnomalyScorer(Predictor):
+    """An exported autoencoder with its scaler and threshold: raw rows in, scores and flags out."""
+
+    def __init__(self, model: Autoencoder, meta: ModelMeta, scorer=None):
+        self.model = model.eval()
+        self.meta = meta
+        self.scorer = scorer or Scorer("reconstruction")
+
+    @property
+    def threshold(self) -> float:
+        return float(self.meta.extra["threshold"])
+
+    @classmethod
+    def load(cls, directory: str | Path) -> AnomalyScorer:
+        meta = read_meta(directory)
+        if meta.family != "anomaly":
+            raise DataError(f"{directory}: a {meta.family} model, not an anomaly detector")
+        model = load_weights(directory, build_autoencoder(meta.kind, meta.config))
+        return cls(model, meta, Scorer.load(directory))
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """Scaled rows (N, D) -> anomaly scores (N,) float64, by the score the model was registered with."""
+        return self.scorer.score(self.model, x)
+
+    @staticmethod
+    def scores_of(model: Autoencoder, x: np.ndarray) -> np.ndarray:
+        """The model's own score (reconstruction error, a VAE's -ELBO) of scaled rows (N, D), float64."""
+        return Scorer("reconstruction").score(model, x)
+
+    def evaluate(self, data_dir: Path, anomaly_spec) -> dict[str, float] | None:
+        """Detection metrics on another dataset's test split at this model's own threshold (for the gate).
+        The split was scaled for the new model; its rows are mapped back to raw values and scaled as this
+        model was trained (a table's min-max range moves when the data gains rows)."""
+        from deepgen.data.prepare import read_manifest
+
+        x_test, y_test = load_split(data_dir, "test")
+        if x_test.shape[1] != self.meta.num_features:
+            return None
+        x_test = self.meta.scaler.rescale(x_test, scaled_by=read_manifest(data_dir).scaler)
+        truth = ~normal_mask(y_test, anomaly_spec, len(x_test))
+        return anomaly.evaluate_scores(self.score(x_test), truth, self.threshold)
+
+    def read_input(self, path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+        """A file of raw rows -> (scaled rows (N, D), labels or None), checked against the model's shape."""
+        x, labels = read_rows(Path(path), self.meta)
+        if x.shape[1] != self.meta.num_features:
+            raise DataError(f"{path}: rows have {x.shape[1]} features, the model expects {self.meta.num_features}")
+        if not np.isfinite(x).all():
+            bad = int((~np.isfinite(x)).any(1).sum())
+            raise DataError(f"{path}: {bad} rows hold NaN or infinite values; clean or drop them")
+        return x, labels
+
+    def answer(self, model_input) -> pd.DataFrame:
+        """DataFrame(score, is_anomaly) of prepared rows (a `features` column), a table's feature columns by
+        name, or raw rows."""
+        if isinstance(model_input, pd.DataFrame) and "features" in model_input.columns:  # prepared, scaled rows
+            x = np.stack(model_input["features"].to_numpy()).astype(np.float32)
+        elif isinstance(model_input, pd.DataFrame) and self.meta.feature_names:  # a table's columns, by name
+            x = table_rows(pa.Table.from_pandas(model_input, preserve_index=False), self.meta, "model input")
+        else:
+            x = self.meta.scaler.apply(input_rows(model_input))
+        scores = self.score(x)
+        return pd.DataFrame({"score": scores, "is_anomaly": anomaly.flag(scores, self.threshold)})
+
+    def example_input(self):
+        raw = example_rows(self.meta)
+        return pd.DataFrame(raw, columns=self.meta.feature_names) if self.meta.feature_names else raw
+
+
+TASKS = {**dict.fromkeys(AUTOENCODERS, AutoencoderTask), "mae": MAETask}
+PREDICTORS = {"anomaly": AnomalyScorer}
+
+
+def next_command(kind: str, name: str) -> str:
+    return f"deepgen score --model {name}@champion --input FILE --output scores.parquet"

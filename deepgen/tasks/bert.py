@@ -16,14 +16,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
 from deepgen.config import BertSpec, PipelineSpec
 from deepgen.data.dataset import split_path
+from deepgen.data.sources import load_table
 from deepgen.data.tokenizer import TOKENIZER_FILE
 from deepgen.errors import DataError
+from deepgen.export import ModelMeta, load_weights, read_meta
 from deepgen.models.bert import (
     BertConfig,
     BertForPreTraining,
@@ -32,6 +35,7 @@ from deepgen.models.bert import (
     mask_tokens,
     strip_wrappers,
 )
+from deepgen.serving import Predictor, input_texts
 from deepgen.tasks import Evaluation, unwrap
 from deepgen.train.optim import ScheduledTask
 
@@ -362,7 +366,7 @@ def pretrained_config(directory: Path, max_len: int | None = None) -> dict:
 
 def pretrained_state(directory: Path) -> dict[str, torch.Tensor]:
     from deepgen.export import WEIGHTS
-    from deepgen.train.loop import STATE_FILE
+    from deepgen.train.checkpoint import STATE_FILE
 
     if (directory / WEIGHTS).is_file():
         return torch.load(directory / WEIGHTS, map_location="cpu", weights_only=True)
@@ -383,3 +387,142 @@ def save_text_model_dir(dest: Path, family: str, spec: PipelineSpec, manifest, m
                             "tokenizer_fingerprint": manifest.tokenizer_fingerprint})
     (dest / META).write_text(meta.model_dump_json(indent=2))
     return dest
+
+
+# --- the exported models: a text classifier, and an encoder (what fine-tuning and retrieval load) ---------
+
+EXAMPLE_TEXTS = pd.DataFrame({"text": ["a short example text", "another one"]})
+
+
+class TextClassifier(Predictor):
+    """An exported BERT classifier with its tokenizer: texts in, labels and probabilities out."""
+
+    def __init__(self, model, tokenizer, meta: ModelMeta):
+        self.model, self.tokenizer, self.meta = model.eval(), tokenizer, meta
+
+    @classmethod
+    def load(cls, directory: str | Path) -> TextClassifier:
+        from deepgen.data.tokenizer import WordPieceTokenizer
+        from deepgen.models.bert import BertConfig, BertForSequenceClassification
+
+        meta = read_meta(directory)
+        model = BertForSequenceClassification(BertConfig(**meta.config), meta.extra["num_labels"])
+        return cls(load_weights(directory, model), WordPieceTokenizer.load(directory), meta)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.meta.extra["class_names"]
+
+    @torch.no_grad()
+    def probabilities(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
+        """(N, num_labels) class probabilities of raw texts."""
+        out = []
+        for i in range(0, len(texts), batch_size):
+            enc = self.tokenizer.encode_batch(texts[i:i + batch_size], self.meta.extra["max_len"])
+            ids = torch.from_numpy(enc.input_ids.astype(np.int64))
+            mask = torch.from_numpy(enc.attention_mask)
+            out.append(self.model(ids, torch.from_numpy(enc.segment_ids.astype(np.int64)), mask).logits
+                       .float().softmax(-1).numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.class_names)), np.float32)
+
+    def predict(self, texts: list[str]) -> tuple[list[str], np.ndarray]:
+        """(label names, probability of each predicted label)."""
+        probs = self.probabilities(texts)
+        best = probs.argmax(1)
+        return [self.class_names[i] for i in best], probs[np.arange(len(best)), best]
+
+    @staticmethod
+    def read_input(path: str | Path, column: str = "text") -> list[str]:
+        """Texts of a file: .txt (one per line), or a CSV/Parquet table's `column`."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: no such file")
+        if path.suffix in (".csv", ".parquet"):
+            from deepgen.data.text import text_column
+
+            return text_column(load_table(str(path)), column, str(path))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: not UTF-8 text (byte {e.start}); give a UTF-8 .txt file with one text per "
+                            "line, or a .csv/.parquet table") from None
+        return [line for line in text.splitlines() if line.strip()]
+
+    def answer(self, model_input) -> pd.DataFrame:
+        labels, probs = self.predict(input_texts(model_input))
+        return pd.DataFrame({"label": labels, "probability": probs.astype(np.float64)})
+
+    def example_input(self) -> pd.DataFrame:
+        return EXAMPLE_TEXTS.copy()
+
+    def evaluate(self, data_dir: Path, anomaly_spec=None) -> dict[str, float] | None:
+        """Accuracy and F1 on another dataset's test split, if it was tokenized as this model reads text."""
+        from deepgen.data.text import read_text_manifest
+
+        manifest = read_text_manifest(data_dir)
+        if manifest is None or manifest.tokenizer_fingerprint != self.meta.extra.get("tokenizer_fingerprint") \
+                or manifest.class_names != self.class_names:
+            return None
+        data = read_split(data_dir, "test", BertClassifierTask.batch_columns)
+        with torch.no_grad():
+            probs = torch.cat([self.model(b["input_ids"], b["segment_ids"], attention_mask(b)).logits
+                               .float().softmax(-1) for b in batches_of(data)]).numpy()
+        return classification_metrics(data["label"].numpy(), probs, len(self.class_names))
+
+
+class BertEncoder(Predictor):
+    """An exported pretraining model (encoder + MLM/NSP heads) with its tokenizer; what fine-tuning loads."""
+
+    def __init__(self, directory: Path, meta: ModelMeta):
+        self.directory, self.meta = Path(directory), meta
+
+    @classmethod
+    def load(cls, directory: str | Path) -> BertEncoder:
+        return cls(Path(directory), read_meta(directory))
+
+    @torch.no_grad()
+    def embed(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
+        """(N, hidden) float32 text embeddings: the mean of the encoder's last-layer states over each text's
+        real tokens ([CLS] text [SEP], padding left out), as Sentence-BERT pools."""
+        if not hasattr(self, "_model"):
+            from deepgen.data.tokenizer import WordPieceTokenizer
+            from deepgen.models.bert import BertConfig, BertForPreTraining
+
+            model = BertForPreTraining(BertConfig(**self.meta.config))
+            self._model = load_weights(self.directory, model).bert
+            self._tokenizer = WordPieceTokenizer.load(self.directory)
+        out = []
+        for i in range(0, len(texts), batch_size):
+            enc = self._tokenizer.encode_batch(texts[i:i + batch_size], self.meta.extra["max_len"])
+            mask = torch.from_numpy(enc.attention_mask).float()  # (B, T)
+            states = self._model(torch.from_numpy(enc.input_ids.astype(np.int64)), None, mask).sequence_output
+            out.append(((states * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)).float().numpy())  # (B, C)
+        return np.concatenate(out) if out else np.zeros((0, self.meta.config["hidden"]), np.float32)
+
+    def answer(self, model_input) -> np.ndarray:
+        return self.embed(input_texts(model_input))
+
+    def example_input(self) -> pd.DataFrame:
+        return EXAMPLE_TEXTS.copy()
+
+    def evaluate(self, data_dir: Path, anomaly_spec=None) -> dict[str, float] | None:
+        """Test MLM/NSP metrics on another pretraining dataset with the same tokenizer, else None."""
+        from deepgen.data.text import read_text_manifest
+        from deepgen.models.bert import BertConfig, BertForPreTraining
+
+        manifest = read_text_manifest(data_dir)
+        if manifest is None or manifest.tokenizer_fingerprint != self.meta.extra.get("tokenizer_fingerprint") \
+                or manifest.task != "pretraining":
+            return None
+        model = load_weights(self.directory, BertForPreTraining(BertConfig(**self.meta.config)))
+        return pretraining_metrics(model, data_dir, special_tokens(manifest), self.meta.extra["mask_rate"])
+
+
+TASKS = {"bert_pretrain": BertPretrainTask, "bert_classifier": BertClassifierTask}
+PREDICTORS = {"bert_encoder": BertEncoder, "text_classifier": TextClassifier}
+
+
+def next_command(kind: str, name: str) -> str:
+    if kind == "bert_pretrain":
+        return f"fine-tune it with model.pretrained: {name}@champion (pipelines/bert_sentiment.yaml)"
+    return f'deepgen predict --model {name}@champion --text "..."'

@@ -1,7 +1,7 @@
 """GANs as a task: a generator and a discriminator trained against each other, one update of each per batch;
 judged on the test split by the Frechet distance between real and generated images in the feature space of
 a classifier trained on the train split (and, for a conditional GAN, that classifier's accuracy on samples
-of each label; for SRGAN, PSNR and SSIM against bicubic upsampling).
+of each label). SRGAN is a task of its own on this one's base: deepgen.tasks.srgan.
 
 Batch contract: batch["features"] (B, C*H*W) float32 in [0, 1] (manifest.shape = [C, H, W]), rescaled here to
 [-1, 1] for the generators' tanh; batch["label"] (B,) int64 where the data has labels (cgan needs them).
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from deepgen.config import GAN_KINDS, AdversarialSpec, CGANSpec, DCGANSpec, GanSpec, LapGANSpec, SRGANSpec  # noqa: F401  (re-exported)
 from deepgen.data.dataset import load_split
@@ -30,7 +30,8 @@ from deepgen.export import load_weights, read_meta, save_model_dir
 from deepgen.metrics import images as metrics
 from deepgen.metrics.judge import load_or_train as load_or_train_judge
 from deepgen.models import gans
-from deepgen.tasks import Evaluation, unwrap
+from deepgen.serving import Predictor
+from deepgen.tasks import Evaluation, Task, unwrap
 from deepgen.train import accel
 
 GAN_SPECS = (GanSpec, DCGANSpec, CGANSpec, LapGANSpec, SRGANSpec)
@@ -52,10 +53,6 @@ def gan_config(m, shape: tuple[int, int, int]):
         return gans.DCGANConfig(shape, m.nz, m.ngf, m.ndf, **labels, projection=projection)
     if m.kind == "lapgan":
         return gans.LapGANConfig(shape, m.levels, m.nz, tuple(m.hidden), m.ngf, m.ndf)
-    if m.kind == "srgan":
-        if shape[1] != shape[2]:
-            raise ValueError(f"srgan needs square images (its content network learns rotations); got {shape}")
-        return gans.SRGANConfig(shape, m.scale, m.channels, m.num_blocks, m.ndf, m.bicubic_skip)
     raise ValueError(f"not a GAN kind: {m.kind}")
 
 
@@ -111,7 +108,7 @@ class _Pass:
     fake_logits: torch.Tensor
 
 
-class GanTask:
+class GanTask(Task):
     # D sees the real and the generated batch in two forwards before one backward. DDP's default buffer
     # broadcast rewrites batch norm's running statistics in place at every forward, which cuDNN's batch
     # norm backward then refuses (pytorch/pytorch issues 22095, 175024): each rank keeps its own instead.
@@ -130,15 +127,14 @@ class GanTask:
             raise DataError(f"{spec.name}: model.kind cgan needs integer labels 0..{m.num_classes - 1} "
                             "in the data")
         try:
-            self.config = gan_config(m, self.shape)
+            self.config = self.make_config(m, self.shape)
         except ValueError as e:
             raise DataError(f"{spec.name}: {e}") from None
         self.guard = DivergenceGuard(spec.name, m.collapse_d_loss, m.collapse_patience)
         # the loop's batches: images, and their labels where a label conditions the networks
         self.batch_columns = ("features", "label") if m.kind == "cgan" else ("features",)
-        self._sr_steps: int | None = None  # SRGAN's step count, mirrored from the content network's buffer
 
-    # -- the Task protocol -- #
+    # -- the Task's hooks -- #
 
     def end_epoch(self, models, optimizers) -> None:
         """The guard reads losses one step late; the epoch's last step is checked before its checkpoint."""
@@ -148,13 +144,12 @@ class GanTask:
         """Under DDP the divergence guard judges the mean loss over ranks, so every rank stops together."""
         self.guard.all_reduce, self.guard.world_size = all_reduce, world_size
 
+    make_config = staticmethod(gan_config)
+
     def build_models(self):
         c, k = self.config, self.kind
         if k == "lapgan":
             models = {"generator": gans.LapGANGenerator(c), "discriminator": gans.LapGANDiscriminator(c)}
-        elif k == "srgan":
-            models = {"generator": gans.SRGANGenerator(c), "discriminator": gans.SRGANDiscriminator(c),
-                      "feature_extractor": gans.ContentNetwork(self.shape[0], self.spec.model.feature_width)}
         elif isinstance(c, gans.DCGANConfig):
             models = {"generator": gans.DCGANGenerator(c), "discriminator": gans.DCGANDiscriminator(c)}
         else:
@@ -183,14 +178,9 @@ class GanTask:
         betas = tuple(m.betas)
         opts = {"generator": torch.optim.Adam(models["generator"].parameters(), lr=m.lr_g, betas=betas),
                 "discriminator": torch.optim.Adam(models["discriminator"].parameters(), lr=m.lr_d, betas=betas)}
-        if "feature_extractor" in models:
-            opts["feature_extractor"] = torch.optim.Adam(models["feature_extractor"].parameters(),
-                                                         lr=m.lr_features)
         return opts
 
     def train_step(self, models, optimizers, batch):
-        if self.kind == "srgan":
-            return self._srgan_step(models, optimizers, batch)
         G, D = models["generator"], models["discriminator"]
         m = self.spec.model
         real, cond = self._real_and_condition(batch)
@@ -225,12 +215,6 @@ class GanTask:
 
     def eval_step(self, models, batch):
         n = len(batch["features"])
-        if self.kind == "srgan":
-            hr = self._images(batch)
-            sr = models["generator"](gans.degrade(hr, self.config.scale))
-            mse = (gans.to_unit(sr) - gans.to_unit(hr)).pow(2).flatten(1).mean(1)  # (B,) on [0, 1] images
-            psnr = (-10 * torch.log10(mse)).clamp(max=metrics.PSNR_CAP_DB)
-            return {"loss": F.mse_loss(sr.float(), hr.float()) * n, "psnr": psnr.sum()}
         G, D = models["generator"], models["discriminator"]
         real, cond = self._real_and_condition(batch)
         fake = G(self._noise(batch), cond)
@@ -242,8 +226,6 @@ class GanTask:
         """The metrics of the module docstring on `split` (test; the benchmarks choose settings on val)."""
         G = self.sampler(models).eval()
         x_eval, y_eval = load_split(data_dir, split)
-        if self.kind == "srgan":
-            return self._evaluate_sr(G, x_eval)
         x_train, _ = load_split(data_dir, "train")
         judge = load_or_train_judge(data_dir, self.manifest.fingerprint, self.shape,
                                     getattr(self.config, "num_classes", 0) or None)
@@ -287,7 +269,7 @@ class GanTask:
         the Frechet distance on the validation split (up to WATCH_SAMPLES images) in the judge's features."""
         m = self.spec.model
         every = getattr(m, "watch_every", 0)
-        if self.kind == "srgan" or not every:
+        if not every:
             return {}, {}
         G = self.sampler(models)
         was_training = G.training
@@ -313,58 +295,6 @@ class GanTask:
         return save_model_dir(dest, "generator", self.spec.model, self.manifest, G,
                               {"generator": type(G).__name__})
 
-    # -- steps and evaluation per variant -- #
-
-    def _srgan_step(self, models, optimizers, batch):
-        """SRGAN in two phases, both inside the one loop (so checkpoints, resume and DDP need nothing new):
-        warm-up (the paper's SRResNet pre-training): G minimises pixel MSE while the content network phi
-        learns to predict rotations of real HR images; then phi is frozen and G, D play the SRGAN game."""
-        G, D, phi_ = models["generator"], models["discriminator"], models["feature_extractor"]
-        phi, m = unwrap(phi_), self.spec.model
-        hr = self._images(batch)  # (B, C, H, W) in [-1, 1]
-        lr = gans.degrade(hr, self.config.scale)  # (B, C, H/s, W/s)
-        if self._sr_steps is None:  # one host sync per task, not per step
-            self._sr_steps = int(phi.steps)
-        self._sr_steps += 1
-        if self._sr_steps <= m.warmup_steps:
-            # (0) phi learns: minimise cross-entropy of the rotation of real HR images
-            x, k = metrics.rotation_batch(gans.to_unit(hr))
-            f_loss = F.cross_entropy(phi_(x).float(), k)
-            optimizers["feature_extractor"].zero_grad(set_to_none=True)
-            f_loss.backward()
-            optimizers["feature_extractor"].step()
-            phi.steps += 1
-            # (2) G, SRResNet phase: minimise MSE(G(lr), hr)
-            pixel = F.mse_loss(G(lr).float(), hr.float())
-            optimizers["generator"].zero_grad(set_to_none=True)
-            pixel.backward()
-            optimizers["generator"].step()
-            self.guard.observe(None, pixel)
-            return {"loss": pixel.detach(), "g_loss": pixel.detach(), "pixel_loss": pixel.detach(),
-                    "f_loss": f_loss.detach()}
-
-        phi.eval().requires_grad_(False)  # frozen: never forwarded through its DDP wrapper from here on
-        sr = G(lr)
-        # (1) Update D: maximize log D(hr) + log(1 - D(G(lr)))
-        for _ in range(m.d_steps):
-            p = _Pass(sr, D(hr), D(sr.detach()))
-            d_loss = gans.discriminator_loss(p.real_logits, p.fake_logits, m.loss)
-            optimizers["discriminator"].zero_grad(set_to_none=True)
-            d_loss.backward()
-            optimizers["discriminator"].step()
-        # (2) Update G: minimise MSE(sr, hr) + feature_weight MSE(phi(sr), phi(hr)) + adversarial_weight l_adv,
-        #     l_adv = -log D(G(lr)) (non_saturating) or log(1 - D(G(lr))) (minimax)
-        content, pixel, feature = gans.content_loss(sr, hr, phi, m.feature_weight)
-        adv = gans.generator_loss(D(sr), m.loss)
-        g_loss = content + m.adversarial_weight * adv
-        optimizers["generator"].zero_grad(set_to_none=True)
-        g_loss.backward()
-        optimizers["generator"].step()
-        self.guard.observe(d_loss, g_loss)
-        out = self._report(p, d_loss, g_loss)
-        return {**out, "loss": pixel.detach(), "pixel_loss": pixel.detach(), "feature_loss": feature.detach(),
-                "adversarial_loss": adv.detach()}
-
     def _report(self, p: _Pass, d_loss, g_loss) -> dict[str, torch.Tensor]:
         """Detached batch means; "loss" is D's loss, -V(D, G) (log 4 = 1.386 where D cannot tell).
         d_real, d_fake: D's mean probability on real and generated images (before this step's D update)."""
@@ -381,19 +311,6 @@ class GanTask:
             out["d_loss_levels"] = levels
             out |= {f"d_loss_{k}": v for k, v in enumerate(levels)}
         return out
-
-    def _evaluate_sr(self, G, x_test: np.ndarray) -> Evaluation:
-        s = self.config.scale
-        hr = self._unit_images(x_test[:FID_SAMPLES])  # (N, C, H, W) in [0, 1]
-        lr = gans.degrade(hr, s).clamp(0, 1)
-        sr, bicubic = upscale(G, lr), metrics.bicubic_upsample(lr, s)
-        result = {"psnr": metrics.psnr(sr, hr).mean().item(), "ssim": metrics.ssim(sr, hr).mean().item(),
-                  "bicubic_psnr": metrics.psnr(bicubic, hr).mean().item(),
-                  "bicubic_ssim": metrics.ssim(bicubic, hr).mean().item()}
-        tags = {"sr_protocol": f"{len(hr)} test images, antialiased bicubic x{s} downsampling; PSNR/SSIM on "
-                               "[0, 1] images, SSIM with an 11 x 11 Gaussian window, sigma 1.5, per channel"}
-        figures = {"super_resolution": sr_comparison(lr[:6], bicubic[:6], sr[:6], hr[:6])}
-        return Evaluation(result, registry_tags=tags, figures=figures)
 
     # -- batch handling -- #
 
@@ -450,16 +367,6 @@ def generate(G, n: int, labels: torch.Tensor | None = None, seed: int = 0, batch
 
 
 @torch.no_grad()
-def upscale(G, lr: torch.Tensor | np.ndarray, batch_size: int = 64) -> torch.Tensor:
-    """Low-resolution images (N, C, h, w) in [0, 1] -> (N, C, s*h, s*w) in [0, 1] through an SRGAN generator."""
-    G.eval()
-    lr = torch.as_tensor(lr, dtype=torch.float32)
-    device = next(G.parameters()).device
-    out = [gans.to_unit(G(lr[i:i + batch_size].to(device) * 2 - 1)).cpu() for i in range(0, len(lr), batch_size)]
-    return torch.cat(out)
-
-
-@torch.no_grad()
 def conditional_accuracy(G, clf, num_classes: int, n: int, seed: int = SEED) -> float:
     """The classifier's accuracy on about n generated images, n / num_classes asked of each label."""
     per = max(n // num_classes, 1)
@@ -492,30 +399,12 @@ def sample_grid(G, n: int = 64, label: int | None = None, columns: int = 8, seed
     return grid[..., 0] if c == 1 else grid
 
 
-def sr_comparison(lr: torch.Tensor, bicubic: torch.Tensor, sr: torch.Tensor, hr: torch.Tensor):
-    """Rows: the low-resolution input (nearest-neighbour enlarged), bicubic, SRGAN, the original."""
-    from deepgen.plots import subplots
-
-    rows = {"input": F.interpolate(lr, size=hr.shape[2:], mode="nearest"), "bicubic": bicubic, "SRGAN": sr,
-            "original": hr}
-    n = len(hr)
-    fig, axes = subplots(4, n, figsize=(1.3 * n, 5.4), squeeze=False)
-    for r, (title, imgs) in enumerate(rows.items()):
-        for i in range(n):
-            img = imgs[i].numpy()
-            axes[r][i].imshow(img.transpose(1, 2, 0) if img.shape[0] == 3 else img.mean(0), cmap="gray",
-                              vmin=0, vmax=1)
-            axes[r][i].axis("off")
-        axes[r][0].set_title(title, fontsize=8, loc="left")
-    fig.tight_layout()
-    return fig
+# --- the exported generator (family "generator") -------------------------------------------------
 
 
-# --- the exported generator (deepgen.export's loader of family "generator") ----------------------
-
-
-class GeneratorSampler:
-    """An exported generator folder (family "generator"): `deepgen sample` and `deepgen upscale` read it."""
+class GeneratorSampler(Predictor):
+    """An exported generator folder (family "generator"): `deepgen sample` and the pyfunc read it (an SRGAN's
+    generator is read by deepgen.tasks.srgan.Upscaler)."""
 
     def __init__(self, generator, meta):
         self.generator = generator.eval()
@@ -529,17 +418,40 @@ class GeneratorSampler:
         return cls(load_weights(directory, gans.build_generator(meta.extra["generator"], meta.config)), meta)
 
     def sample_grid(self, n: int = 64, label: int | None = None, seed: int = 0) -> np.ndarray:
-        if self.meta.kind == "srgan":
-            raise DataError("an SRGAN generator upscales images; use `deepgen upscale`")
         return sample_grid(self.generator, n, label, seed=seed)
 
     def upscale(self, lr: np.ndarray) -> np.ndarray:
-        """(N, C, h, w) in [0, 1] -> (N, C, s*h, s*w) in [0, 1]."""
-        if self.meta.kind != "srgan":
-            raise DataError(f"a {self.meta.kind} generator samples images; only srgan upscales")
-        if lr.ndim != 4 or lr.shape[1] != self.meta.shape[0]:
-            raise DataError(f"upscale takes images (N, {self.meta.shape[0]}, h, w); got {lr.shape}")
-        return upscale(self.generator, lr).numpy()
+        raise DataError(f"a {self.meta.kind} generator samples images; only srgan upscales")
+
+    def answer(self, model_input) -> np.ndarray:
+        """One image per row, from the noise its `seed` draws (and its `label`, for a conditional generator)."""
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        num_classes = getattr(self.generator.config, "num_classes", 0)
+        if num_classes and "label" not in frame.columns:
+            raise ValueError(f"a conditional generator needs a `label` column (0..{num_classes - 1}) beside `seed`")
+        images = []
+        for i, seed in enumerate(frame["seed"].astype(int)):
+            label = torch.tensor([int(frame["label"].iloc[i])]) if num_classes else None
+            if label is not None and not 0 <= int(label) < num_classes:
+                raise ValueError(f"label {int(label)}: this generator draws labels 0..{num_classes - 1}")
+            images.append(generate(self.generator, 1, label, seed=seed).numpy())
+        c, h, w = self.meta.shape
+        return np.concatenate(images).astype(np.float32) if images else np.zeros((0, c, h, w), np.float32)
+
+    def example_input(self) -> pd.DataFrame:
+        frame = pd.DataFrame({"seed": np.array([0, 1], np.int64)})
+        if getattr(self.generator.config, "num_classes", 0):
+            frame["label"] = np.array([0, 1], np.int64) % self.generator.config.num_classes
+        return frame
 
     def evaluate(self, data_dir: Path, anomaly_spec=None) -> dict[str, float] | None:
         return None  # not comparable across datasets without retraining the feature classifier
+
+
+TASKS = dict.fromkeys(("gan", "dcgan", "cgan", "lapgan"), GanTask)
+PREDICTORS = {"generator": GeneratorSampler}
+
+
+def next_command(kind: str, name: str) -> str:
+    label = " --label 3" if kind == "cgan" else ""
+    return f"deepgen sample --model {name}@champion --n 64{label} --out grid.png"

@@ -16,8 +16,9 @@ from deepgen.config import PipelineSpec
 from deepgen.data.dataset import features_to_numpy, split_path
 from deepgen.data.prepare import Manifest
 from deepgen.errors import DataError
-from deepgen.export import SegmentationPredictor, save_model_dir
+from deepgen.export import ModelMeta, image_config, load_weights, read_images, read_meta, save_model_dir
 from deepgen.models.unet import UNet, UNetConfig
+from deepgen.serving import Predictor, example_rows, input_rows
 from deepgen.tasks import Evaluation, unwrap
 from deepgen.train.optim import ScheduledTask
 
@@ -103,3 +104,55 @@ class SegmentationTask(ScheduledTask):
 
     def export(self, dest: Path, models, evaluation: Evaluation) -> Path:
         return save_model_dir(dest, "segmentation", self.spec.model, self.manifest, unwrap(models["model"]), {})
+
+
+class SegmentationPredictor(Predictor):
+    """An exported UNet: images in, binary masks out."""
+
+    def __init__(self, model, meta: ModelMeta):
+        self.model = model.eval()
+        self.meta = meta
+
+    @classmethod
+    def load(cls, directory: str | Path) -> SegmentationPredictor:
+        meta = read_meta(directory)
+        return cls(load_weights(directory, UNet(image_config(meta, UNetConfig))), meta)
+
+    @staticmethod
+    @torch.no_grad()
+    def masks_of(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """Scaled image rows (N, C*H*W) -> masks (N, H*W) bool."""
+        model.eval()
+        out = [(model(torch.tensor(x[i:i + batch_size], dtype=torch.float32)) > 0).numpy()
+               for i in range(0, len(x), batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, 0), bool)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Scaled image rows -> masks (N, H, W) uint8 in {0, 1}."""
+        _, h, w = self.meta.shape
+        return self.masks_of(self.model, x).reshape(-1, h, w).astype(np.uint8)
+
+    def read_input(self, path: str | Path) -> np.ndarray:
+        return read_images(path, self.meta)
+
+    def answer(self, model_input) -> np.ndarray:
+        return self.predict(self.meta.scaler.apply(input_rows(model_input)))  # (N, H, W) uint8
+
+    def example_input(self) -> np.ndarray:
+        return example_rows(self.meta)
+
+    def evaluate(self, data_dir: Path, anomaly_spec=None) -> dict[str, float] | None:
+        """Dice and IoU on another dataset's test split (for the gate)."""
+        x, masks = load_pairs(data_dir, "test")
+        if x.shape[1] != self.meta.num_features:
+            return None
+        dice, iou = dice_iou(self.masks_of(self.model, x), masks)
+        return {"dice": dice, "iou": iou}
+
+
+TASKS = {"unet": SegmentationTask}
+PREDICTORS = {"segmentation": SegmentationPredictor}
+
+
+def next_command(kind: str, name: str) -> str:
+    return f"deepgen predict --model {name}@champion --input images.npy --output masks.npy"

@@ -1,14 +1,9 @@
-"""Attention on images as two tasks: ViT classification and the masked autoencoder as an anomaly detector.
+"""The image classifiers' family: a ViT trained on labelled images.
 
 vit_classifier: minimise the cross-entropy of the ViT's logits on the integer labels 0..K-1; judged by
 accuracy and macro F1 on the test split, with a confusion matrix logged to MLflow; exported as an
-`image_classifier` folder that `deepgen predict --input IMAGES` and the pyfunc read.
-
-mae: minimise the squared error of the masked patches (deepgen.models.vit); everything after training is
-the autoencoders' (deepgen.tasks.autoencoder): threshold calibrated on normal validation scores, detection
-metrics on test, the `anomaly` export, `deepgen score`, the pyfunc and the gate. Its score is its own: the
-masked-patch error averaged over the model's K fixed masks (`anomaly.score` reconstruction, what `auto`
-means for it).
+`image_classifier` folder that `deepgen predict --input IMAGES` and the pyfunc read. (The masked
+autoencoder, a ViT too, is an anomaly detector: deepgen.tasks.autoencoder.)
 """
 
 from __future__ import annotations
@@ -17,6 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -24,17 +20,10 @@ from deepgen.config import PipelineSpec
 from deepgen.data.dataset import load_split
 from deepgen.data.prepare import Manifest
 from deepgen.errors import DataError
-from deepgen.export import ModelMeta, load_weights, read_meta, read_rows, save_model_dir
-from deepgen.models.vit import (
-    MAEConfig,
-    MaskedAutoencoderViT,
-    ViTClassifier,
-    ViTClassifierConfig,
-    as_images,
-    random_shift,
-)
+from deepgen.export import ModelMeta, image_config, load_weights, read_images, read_meta, save_model_dir
+from deepgen.models.vit import ViTClassifier, ViTClassifierConfig, as_images, random_shift
+from deepgen.serving import Predictor, example_rows, input_rows
 from deepgen.tasks import Evaluation, unwrap
-from deepgen.tasks.autoencoder import AutoencoderTask
 from deepgen.train.optim import ScheduledTask
 
 
@@ -119,7 +108,7 @@ class ViTClassifierTask(ScheduledTask):
                               {"num_classes": self.num_classes})
 
 
-class ImageClassifier:
+class ImageClassifier(Predictor):
     """An exported ViT classifier: image rows in, labels and probabilities out."""
 
     def __init__(self, model: ViTClassifier, meta: ModelMeta):
@@ -128,8 +117,7 @@ class ImageClassifier:
     @classmethod
     def load(cls, directory: str | Path) -> ImageClassifier:
         meta = read_meta(directory)
-        config = ViTClassifierConfig(**{**meta.config, "input_shape": tuple(meta.config["input_shape"])})
-        return cls(load_weights(directory, ViTClassifier(config)), meta)
+        return cls(load_weights(directory, ViTClassifier(image_config(meta, ViTClassifierConfig))), meta)
 
     @staticmethod
     @torch.no_grad()
@@ -147,13 +135,14 @@ class ImageClassifier:
         return best.astype(np.int64), probs[np.arange(len(best)), best]
 
     def read_input(self, path: str | Path) -> np.ndarray:
-        x, _ = read_rows(Path(path), self.meta)
-        if x.shape[1] != self.meta.num_features:
-            raise DataError(f"{path}: images have {x.shape[1]} values, the model expects "
-                            f"{self.meta.num_features} ({' x '.join(map(str, self.meta.shape))})")
-        if not np.isfinite(x).all():
-            raise DataError(f"{path}: images hold NaN or infinite values")
-        return x
+        return read_images(path, self.meta)
+
+    def answer(self, model_input) -> pd.DataFrame:
+        labels, probs = self.predict(self.meta.scaler.apply(input_rows(model_input)))
+        return pd.DataFrame({"label": labels, "probability": np.asarray(probs, np.float64)})
+
+    def example_input(self) -> np.ndarray:
+        return example_rows(self.meta)
 
     def evaluate(self, data_dir: Path, anomaly_spec=None) -> dict[str, float] | None:
         """Accuracy and macro F1 on another dataset's test split of the same image shape (for the gate)."""
@@ -170,34 +159,9 @@ class ImageClassifier:
         return classification_metrics(y.astype(np.int64), self.probabilities_of(self.model, x), k)
 
 
-# --- masked autoencoder ----------------------------------------------------------------------------
+TASKS = {"vit_classifier": ViTClassifierTask}
+PREDICTORS = {"image_classifier": ImageClassifier}
 
 
-class MAETask(AutoencoderTask):
-    """The autoencoder task with the MAE's model, objective and validation loss; scoring, calibration,
-    evaluation, pictures and export are AutoencoderTask's."""
-
-    def __init__(self, spec: PipelineSpec, manifest: Manifest):
-        if spec.anomaly.score not in ("auto", "reconstruction"):
-            raise DataError(f"anomaly.score: {spec.anomaly.score} needs an autoencoder's code or full "
-                            "reconstruction; model.kind mae scores by its masked-patch error (auto or reconstruction)")
-        self.spec, self.manifest = spec, manifest
-        self.config = vit_config(MAEConfig, spec.model, manifest.shape)
-        self.score = "reconstruction"  # the model's anomaly_score: masked-patch error over K fixed masks
-        self.input_range = "prepared"  # images: the prepared scale (anomaly.input_range auto)
-        self.scorer = None
-
-    def build_models(self):
-        return {"model": MaskedAutoencoderViT(self.config)}
-
-    def train_step(self, models, optimizers, batch):
-        model, x = models["model"], batch["features"]
-        mae: MaskedAutoencoderViT = unwrap(model)
-        # minimise the mean squared error of the masked patches under a fresh random mask per image
-        terms = self.update(models, optimizers, lambda: mae.objective(model(x)))
-        return {k: v.detach() for k, v in terms.items()}
-
-    def eval_step(self, models, batch):
-        # on the K fixed masks: the validation loss of every epoch is measured on the same patches, and it
-        # is the anomaly score's mean over the normal validation rows
-        return {"loss": unwrap(models["model"]).anomaly_score(batch["features"]).sum()}
+def next_command(kind: str, name: str) -> str:
+    return f"deepgen predict --model {name}@champion --input images.npy [--output labels.parquet]"

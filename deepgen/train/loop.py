@@ -23,13 +23,7 @@ from deepgen.data.prepare import Manifest, manifest_from_dict
 from deepgen.errors import DeepgenError, TrainingError, as_report, from_report
 from deepgen.tasks import Task, build_task, unwrap
 from deepgen.train import accel
-from deepgen.train.optim import Schedule
-
-STATE_FILE = "state.pt"
-BEST_FILE = "best.pt"  # the weights of the best epoch so far by train.monitor: what is evaluated and registered
-SPEC_HASH_FILE = "spec_hash.txt"  # in every checkpoint: the spec_hash() it was trained under
-RANK_RNG_FILE = "rng-rank{rank}.pt"  # the random state of rank > 0 (rank 0's is in STATE_FILE)
-
+from deepgen.train.checkpoint import BEST_FILE, RANK_RNG_FILE, SPEC_HASH_FILE, STATE_FILE
 
 ERROR_FILE = "deepgen-error.txt"  # in the run's storage folder: the error that stopped its workers
 
@@ -92,14 +86,12 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
     """Train `spec` in `env` (a `LocalEnv` or `RayTrainEnv`); returns the metric history."""
     task: Task = build_task(spec, manifest)
     t = spec.train
-    if hasattr(task, "share_losses"):  # its failure checks then see every rank's losses (see ERROR_FILE)
-        task.share_losses(env.all_reduce, env.world_size)
-    if hasattr(task, "use_schedule"):  # warmup, decay, accumulation and clipping, sized to this run's batches
-        task.use_schedule(Schedule(t, train_batches(env.num_rows("train"), t.batch_size, env.world_size)))
+    task.share_losses(env.all_reduce, env.world_size)  # its failure checks see every rank's losses (ERROR_FILE)
+    task.set_batches_per_epoch(train_batches(env.num_rows("train"), t.batch_size, env.world_size))
     seed_everything(t.seed + env.world_rank)
     # channels-last on CUDA, DDP under Ray Train with several workers, then torch.compile: once per worker
     models = {name: accel.compile_model(env.prepare_model(accel.memory_format(m, env.device),
-                                                          getattr(task, "ddp_options", None)), t)
+                                                          task.ddp_options), t)
               for name, m in task.build_models().items()}
     optimizers = task.build_optimizers(models)
     start_epoch, history, best = 0, [], None
@@ -136,8 +128,7 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
                 sums[k] = sums.get(k, 0) + (v.float() if k in summed else v.float() * n)
             rows += n
             steps += 1
-        if hasattr(task, "end_epoch"):  # e.g. the GAN guard's check of the epoch's last step
-            task.end_epoch(models, optimizers)
+        task.end_epoch(models, optimizers)  # e.g. the GAN guard's check of the epoch's last step
         env.sync_buffers(models)  # rank 0's batch norm statistics everywhere: what is validated and saved
         if env.device.type == "cuda":  # the epoch's time includes the work still queued on the GPU
             torch.cuda.synchronize(env.device)
@@ -159,7 +150,7 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
         if "tokens" in sums:
             metrics["tokens_per_s"] = totals[keys.index("tokens")].item() / max(train_time, 1e-9)
         images = {}
-        if env.world_rank == 0 and hasattr(task, "epoch_extras"):  # e.g. a GAN's sample grid and Frechet distance
+        if env.world_rank == 0:  # e.g. a GAN's sample grid and Frechet distance
             extra, images = task.epoch_extras(models, epoch)
             metrics |= extra
         if selector.offer(epoch, metrics):
@@ -172,8 +163,7 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
                 save_checkpoint(Path(tmp), models, optimizers, epoch, history, spec.spec_hash())
                 if best is not None:
                     torch.save(best, Path(tmp) / BEST_FILE)
-                if hasattr(task, "checkpoint_files"):  # what makes a checkpoint usable on its own
-                    task.checkpoint_files(Path(tmp))
+                task.checkpoint_files(Path(tmp))  # what makes a checkpoint usable on its own
             else:  # each rank's random state joins rank 0's files in the same checkpoint folder
                 torch.save(rng_state(), Path(tmp) / RANK_RNG_FILE.format(rank=env.world_rank))
             env.report(metrics, Path(tmp))
@@ -205,7 +195,7 @@ class EpochSelector:
     @classmethod
     def for_task(cls, spec: PipelineSpec, task: Task, history: list[dict]) -> EpochSelector:
         t = spec.train
-        monitor, mode = (t.monitor, t.monitor_mode) if t.monitor else getattr(task, "monitor", ("val_loss", "min"))
+        monitor, mode = (t.monitor, t.monitor_mode) if t.monitor else task.monitor
         selector = cls(monitor, mode, t.patience if monitor else None, t.keep)
         for entry in history:
             selector.offer(entry["epoch"], entry)
@@ -251,7 +241,7 @@ def evaluate(task: Task, models, env, batch_size: int, autocast, columns) -> dic
 def means(task: Task, sums: dict[str, float], rows: float) -> dict[str, float]:
     """An epoch's metrics from its sums over every rank: per-row means, except a task's ratio metrics
     (e.g. BERT's MLM loss and accuracy: means over masked tokens, whatever the rows' lengths)."""
-    ratios = getattr(task, "ratio_metrics", {})
+    ratios = task.ratio_metrics
     out = {k: v / max(rows, 1) for k, v in sums.items() if k not in summed_keys(task)}
     out.update({name: sums[num] / max(sums[den], 1) for name, (num, den) in ratios.items() if den in sums})
     return out
@@ -260,7 +250,7 @@ def means(task: Task, sums: dict[str, float], rows: float) -> dict[str, float]:
 def summed_keys(task: Task) -> set[str]:
     """What a task's train_step returns as sums over its batch (counts, the parts of ratio metrics), not as
     means: the loop adds these up as they are and weights the others by the batch's rows."""
-    return {"tokens", *(p for pair in getattr(task, "ratio_metrics", {}).values() for p in pair)}
+    return {"tokens", *(p for pair in task.ratio_metrics.values() for p in pair)}
 
 
 def train_batches(rows: int, batch_size: int, workers: int) -> int:
@@ -273,7 +263,7 @@ def train_batches(rows: int, batch_size: int, workers: int) -> int:
 
 def batch_columns(task: Task) -> tuple[str, ...]:
     """The columns a task's batches hold (the first one counts rows)."""
-    return tuple(getattr(task, "batch_columns", ("features", "target")))
+    return tuple(task.batch_columns)
 
 
 def autocast_context(spec: PipelineSpec, device: torch.device):

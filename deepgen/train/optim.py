@@ -1,7 +1,7 @@
 """Optimizer updates with warmup and decay, gradient accumulation and clipping, from `train:` in the spec.
 
-The loop builds one `Schedule` per run, knowing how many batches each worker trains on per epoch, and
-hands it to the task (`Task.use_schedule`); a task's `train_step` runs each batch through it:
+The loop tells the task how many batches each worker trains on per epoch (`Task.set_batches_per_epoch`);
+a ScheduledTask builds its one `Schedule` of the run from it, and its `train_step` runs each batch through it:
 
     with schedule.micro_batch(model) as syncing:   # DDP skips the all-reduce on accumulating batches
         loss = ...
@@ -22,6 +22,7 @@ import torch
 
 from deepgen.config import TrainSpec
 from deepgen.errors import DataError
+from deepgen.tasks import Task
 
 
 class Schedule:
@@ -92,14 +93,15 @@ def optimizer_steps(optimizer: torch.optim.Optimizer) -> int:
     return 0
 
 
-class ScheduledTask:
+class ScheduledTask(Task):
     """For a task with one model and one optimizer (`models["model"]`, `optimizers["model"]`): the loop's
     schedule drives every update. `self.spec` is the task's PipelineSpec."""
 
     schedule: Schedule | None = None
 
-    def use_schedule(self, schedule: Schedule) -> None:
-        self.schedule = schedule
+    def set_batches_per_epoch(self, batches: int) -> None:
+        """Warmup, decay, accumulation and clipping, sized to this run's batches."""
+        self.schedule = Schedule(self.spec.train, batches)
 
     def updates(self) -> Schedule:
         if self.schedule is None:  # a task stepped outside the loop (tests, benchmarks)
