@@ -186,6 +186,7 @@ class MAETask(AutoencoderTask):
         self.score = "reconstruction"  # the model's anomaly_score: masked-patch error over K fixed masks
         self.input_range = "prepared"  # images: the prepared scale (anomaly.input_range auto)
         self.scorer = None
+        self._watched = None  # the validation images whose reconstructions are logged while training
 
     def build_models(self):
         return {"model": MaskedAutoencoderViT(self.config)}
