@@ -753,6 +753,10 @@ class TrackingSpec(Spec):
     storage_path: str | None = Field(
         default=None, description="Ray Train storage (checkpoints); default RUNS_DIR/ray"
     )
+    figures_every: int = Field(default=5, ge=0, description=(
+        "every this many epochs (and the last), the pictures that show training progress are logged to the "
+        "run with the epoch as their step: an image autoencoder's reconstructions of the same validation "
+        "images (a GAN's sample grid follows model.watch_every). 0: none while training"))
 
 
 # --- hyperparameter search (Ray Tune) --------------------------------------------------------------

@@ -95,6 +95,21 @@ def reconstructions(inputs: np.ndarray, outputs: np.ndarray, shape: list[int], n
     return fig
 
 
+def image_tiles(images: np.ndarray, columns: int = 8) -> np.ndarray:
+    """Images (N, C, H, W) in [0, 1] tiled row by row into one uint8 picture for MLflow's `log_image`:
+    (rows*H, columns*W) for one channel, (.., .., 3) for RGB, (.., .., 4) for RGBA, the channel mean otherwise."""
+    n, c, h, w = images.shape
+    if c not in (1, 3, 4):
+        images, c = images.mean(1, keepdims=True), 1
+    rows = -(-n // columns)
+    grid = np.zeros((rows * h, columns * w, c), np.float32)
+    for i, img in enumerate(np.clip(images, 0, 1)):
+        r, col = divmod(i, columns)
+        grid[r * h:(r + 1) * h, col * w:(col + 1) * w] = img.transpose(1, 2, 0)
+    grid = (grid * 255).round().astype(np.uint8)
+    return grid[..., 0] if c == 1 else grid
+
+
 def sample_grid(samples: np.ndarray, shape: list[int], columns: int = 8):
     """Generated image rows (N, C*H*W) in [0, 1], e.g. a VAE's decoded prior draws, as a grid."""
     rows = -(-len(samples) // columns)

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import write_pipeline
 
@@ -253,3 +254,36 @@ def test_an_epoch_checkpointed_but_not_logged_before_a_crash_is_logged_on_resume
     history = c.get_metric_history(run_id, "train_loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4]  # each epoch once, epoch 2 too
     assert "ended_at" not in c.get_run(run_id).data.metrics
+
+
+def test_an_image_autoencoder_logs_its_reconstructions_every_few_epochs(tmp_path):
+    """The run page shows an autoencoder learning: the same validation images and their reconstructions every
+    tracking.figures_every epochs and at the last, each picture with its epoch as the step."""
+    from mlflow.tracking import MlflowClient
+    from PIL import Image
+
+    from deepgen.config import PipelineSpec
+    from deepgen.data.dataset import load_split
+    from deepgen.data.prepare import prepare_dataset
+    from deepgen.tracking import EpochLogger
+    from deepgen.train.env import LocalEnv
+    from deepgen.train.loop import train_loop
+
+    path = write_pipeline(tmp_path / "p.yaml", train={"epochs": 5, "batch_size": 64},
+                          tracking={"runs_dir": str(tmp_path / "runs"), "figures_every": 2})
+    spec = PipelineSpec.from_yaml(path)
+    manifest, _ = prepare_dataset(spec.data, spec.data_dir, log=lambda m: None)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    c = MlflowClient(uri)
+    run_id = c.create_run(c.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())).info.run_id
+    train_loop(spec, manifest, LocalEnv(spec.data_dir, spec.anomaly, tmp_path / "ckpt", seed=0),
+               on_epoch=EpochLogger(run_id, uri))
+    pictures = sorted(a.path for a in c.list_artifacts(run_id, "images")
+                      if "reconstructions" in a.path and a.path.endswith(".png"))
+    assert [next(s for s in (2, 4, 5) if f"+step+{s}+" in p) for p in pictures] == [2, 4, 5], pictures
+    grid = np.asarray(Image.open(c.download_artifacts(run_id, pictures[-1], str(tmp_path))))
+    _, h, w = manifest.shape
+    assert grid.shape == (2 * h, 8 * w)  # top row the inputs, bottom row their reconstructions
+    x_val = load_split(spec.data_dir, "val")[0][:8].reshape(8, h, w)
+    top = np.concatenate(list(x_val), axis=1)
+    assert np.abs(grid[:h].astype(float) / 255 - top).max() <= 1 / 255  # the same validation images each time

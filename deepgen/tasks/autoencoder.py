@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from deepgen import anomaly
+from deepgen import anomaly, plots
 from deepgen.config import PipelineSpec, resolve_input_range, resolve_loss, resolve_score
 from deepgen.data.dataset import load_split, normal_mask, normal_train_mask
 from deepgen.data.prepare import Manifest
@@ -39,6 +39,8 @@ from deepgen.serving import Predictor, example_rows, input_rows
 from deepgen.tasks import Evaluation, unwrap
 from deepgen.tasks.vit import vit_config
 from deepgen.train.optim import ScheduledTask
+
+WATCH_IMAGES = 8  # validation images whose reconstructions are logged while training
 
 
 def autoencoder_config(spec_model, shape: list[int], binary_features: bool = False) -> AutoencoderConfig:
@@ -67,6 +69,7 @@ class AutoencoderTask(ScheduledTask):
         self.score = resolve_score(spec.anomaly.score, manifest.shape, spec.model.kind)  # `auto` for this data
         self.input_range = resolve_input_range(spec.anomaly.input_range, manifest.shape)
         self.scorer: Scorer | None = None  # fitted by evaluate, exported with the model
+        self._watched: torch.Tensor | None = None  # the validation images whose reconstructions are logged
 
     def build_models(self):
         model = build_autoencoder(self.spec.model.kind, self.config)
@@ -100,6 +103,24 @@ class AutoencoderTask(ScheduledTask):
         terms = unwrap(model).objective(x, model(x))  # batch means; no corruption outside training
         return {k: v * len(x) for k, v in terms.items()}
 
+    def epoch_extras(self, models, epoch: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """Watching it train (rank 0, after each epoch): every tracking.figures_every epochs and at the last,
+        the same WATCH_IMAGES validation images (top row) and their reconstructions (bottom row), for images."""
+        every = self.spec.tracking.figures_every
+        if len(self.manifest.shape) != 3 or not every or (epoch % every and epoch != self.spec.train.epochs):
+            return {}, {}
+        if self._watched is None:
+            self._watched = torch.tensor(load_split(self.spec.data_dir, "val")[0][:WATCH_IMAGES])
+        model = unwrap(models["model"])
+        was_training = model.training
+        with torch.no_grad():
+            x = self._watched.to(next(model.parameters()).device)
+            recon = model.eval().reconstruct(x).float().cpu().numpy()
+        model.train(was_training)
+        shape = (-1, *self.manifest.shape)
+        pairs = np.concatenate([self._watched.numpy().reshape(shape), recon.reshape(shape)])
+        return {}, {"reconstructions": plots.image_tiles(pairs, columns=len(self._watched))}
+
     def fit_scorer(self, model, data_dir: Path) -> Scorer:
         """The `anomaly.score` statistics, fitted on the normal training rows (the rows the model learnt)."""
         if self.score in STATELESS:  # nothing to fit: the training split is not read
@@ -128,8 +149,6 @@ class AutoencoderTask(ScheduledTask):
         return ev
 
     def _figures(self, model, x_test, scores, is_anomaly, threshold) -> dict:
-        from deepgen import plots
-
         figures = {"score_histogram": plots.score_histogram(scores, is_anomaly, threshold)}
         if is_anomaly.any() and not is_anomaly.all():
             figures["roc_curve"] = plots.roc_curve(scores, is_anomaly)
@@ -166,6 +185,7 @@ class MAETask(AutoencoderTask):
         self.score = "reconstruction"  # the model's anomaly_score: masked-patch error over K fixed masks
         self.input_range = "prepared"  # images: the prepared scale (anomaly.input_range auto)
         self.scorer = None
+        self._watched = None  # the validation images whose reconstructions are logged while training
 
     def build_models(self):
         return {"model": MaskedAutoencoderViT(self.config)}
