@@ -112,6 +112,31 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float, updates: int) -> 
         e.copy_(b)
 
 
+@torch.no_grad()
+def standing_statistics(G: nn.Module, batches: int = 8, batch_size: int = 64, seed: int = 0) -> nn.Module:
+    """Batch norm's running mean and variance re-estimated on G's own samples (BigGAN's "standing
+    statistics"): the EMA of G averages weights but takes G's running statistics as they are (`ema_update`),
+    which were measured on G's activations, not the average's. Resets them, then the cumulative average
+    (momentum None) over `batches` train-mode forwards of `batch_size` draws (labels uniform for a
+    conditional G); the momenta and the train/eval mode are put back. In place; returns G."""
+    norms = [m for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return G
+    was_training, momenta = G.training, [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # running stats = the plain average over the forwards below
+    G.train()
+    gen = torch.Generator().manual_seed(seed)
+    num_classes = getattr(getattr(G, "config", None), "num_classes", 0)
+    for _ in range(batches):
+        labels = torch.randint(0, num_classes, (batch_size,), generator=gen) if num_classes else None
+        G.sample(batch_size, labels, generator=gen)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return G.train(was_training)
+
+
 def dcgan_init(module: nn.Module) -> None:
     """Radford et al. 2016: conv weights ~ N(0, 0.02); batch-norm scale ~ N(1, 0.02), shift 0."""
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):

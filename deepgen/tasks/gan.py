@@ -177,8 +177,11 @@ class GanTask:
         return {}
 
     def sampler(self, models):
-        """The generator that samples for evaluation and export: G's moving average when kept, else G."""
-        return unwrap(models.get("generator_ema", models["generator"]))
+        """The generator that samples for evaluation and export: G's moving average when kept (its batch-norm
+        statistics re-estimated on its own samples: gans.standing_statistics), else G."""
+        if "generator_ema" in models:
+            return gans.standing_statistics(unwrap(models["generator_ema"]))
+        return unwrap(models["generator"])
 
     def build_optimizers(self, models):
         m = self.spec.model
