@@ -6,7 +6,8 @@
 Runs the recipe as `deepgen run` trains it (`deepgen.train.loop.train_loop`, the loop Ray Train runs) in
 one process without Ray (`LocalEnv`), so the curve is the pipeline's. Prints one line per epoch (validation
 MLM and NSP accuracy and loss, wall and CPU seconds so far, updates so far), then the test split's figures
-beside the two guesses: the training split's most frequent token for MLM and the majority class for NSP.
+beside the two guesses: the training split's most frequent token for MLM and the majority class for NSP,
+and the NSP accuracy of a word-overlap rule (`nsp_overlap_accuracy`: what lexical cues alone give).
 The last epoch's checkpoint (weights, bert-config.json, tokenizer.json) stays in DIR/checkpoints, so
 `benchmarks/text.py --pretrained` can fine-tune from it.
 
@@ -90,6 +91,26 @@ def watch_updates(spec: PipelineSpec, every: int, wall0: float, cpu0: float) -> 
     BertPretrainTask.train_step = train_step
 
 
+def nsp_overlap_accuracy(data: dict[str, torch.Tensor], train_ids: torch.Tensor, skip_top: int = 50) -> float:
+    """NSP accuracy of a rule with no training: "B follows A" when A and B share a token outside the
+    `skip_top` most frequent tokens of `train_ids` (and the five special ids 0-4, deepgen's [PAD] [UNK]
+    [CLS] [SEP] [MASK]). How far lexical overlap alone goes: a model below it has not learned to compare
+    the two segments yet. data: input_ids, segment_ids (P, T), length (P,), is_next (P,)."""
+    ids, seg = data["input_ids"].long(), data["segment_ids"].long()
+    vocab = int(max(ids.max(), train_ids.max())) + 1
+    skip = torch.zeros(vocab, dtype=torch.bool)
+    skip[torch.bincount(train_ids.long().reshape(-1), minlength=vocab).argsort(descending=True)[:skip_top]] = True
+    skip[:5] = True
+    real = (torch.arange(ids.shape[1])[None, :] < data["length"][:, None]) & ~skip[ids]  # (P, T)
+    rows = torch.arange(len(ids))[:, None].expand_as(ids)
+    in_a = torch.zeros(len(ids), vocab, dtype=torch.bool)
+    in_b = torch.zeros(len(ids), vocab, dtype=torch.bool)
+    in_a[rows[real & (seg == 0)], ids[real & (seg == 0)]] = True  # (P, V) tokens of sentence A
+    in_b[rows[real & (seg == 1)], ids[real & (seg == 1)]] = True
+    guess = (in_a & in_b).any(1)
+    return float((guess == data["is_next"].bool()).float().mean())
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -118,7 +139,14 @@ def main(argv=None) -> None:
     task = build_task(spec, manifest)
     checkpoint = env.latest_checkpoint()
     evaluation = task.evaluate(load_model_weights(checkpoint, task), spec.data_dir)
+    from deepgen.tasks.bert import read_split
+
+    train_ids = read_split(spec.data_dir, "train", ("input_ids", "length"))
+    train_real = train_ids["input_ids"][torch.arange(train_ids["input_ids"].shape[1])[None, :]
+                                        < train_ids["length"][:, None]]
+    test = read_split(spec.data_dir, "test", ("input_ids", "segment_ids", "length", "is_next"))
     print(json.dumps({"test": {k: round(v, 4) for k, v in evaluation.metrics.items()},
+                      "test_nsp_accuracy_word_overlap": round(nsp_overlap_accuracy(test, train_real), 4),
                       "checkpoint": str(checkpoint), "wall_s": round(time.time() - wall0),
                       "cpu_s": round(time.process_time() - cpu0)}), flush=True)
 

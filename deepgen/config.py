@@ -480,14 +480,24 @@ class CGANSpec(ImageGanSpec):
     architecture: Literal["dcgan", "mlp"] = Field(default="dcgan", description="the conditioned networks")
     num_classes: int = Field(gt=1, description="labels are 0..num_classes-1")
     embed_dim: int = Field(default=16, gt=0, le=MAX_WIDTH, description="size of the label embedding")
-    conditioning: Literal["concat", "projection"] = Field(default="concat", description=(
+    conditioning: Literal["concat", "projection", "acgan"] = Field(default="concat", description=(
         "how D sees the label (dcgan architecture). concat: the label embedding as constant maps beside the "
-        "image; projection: D(x, y) = psi(phi(x)) + <e(y), phi(x)> (Miyato & Koyama 2018). G always takes "
-        "the embedding appended to z"))
+        "image; projection: D(x, y) = psi(phi(x)) + <e(y), phi(x)> (Miyato & Koyama 2018); acgan: D's "
+        "adversarial logit sees no label and a class head on its features learns the labels of real images, "
+        "while G also minimises that head's cross-entropy on G(z, y) (AC-GAN, Odena et al. 2017; weighted by "
+        "aux_weight). G always takes the embedding appended to z"))
+    aux_weight: float = Field(default=1.0, ge=0, description=(
+        "conditioning acgan: weight of the class term -log C(y | x) in D's loss (real x) and G's (x = G(z, y))"))
     nz: int = Field(default=100, gt=0, le=MAX_WIDTH)
     ngf: int = Field(default=64, gt=0, le=MAX_WIDTH, description="dcgan: generator channels")
     ndf: int = Field(default=64, gt=0, le=MAX_WIDTH, description="dcgan: discriminator channels")
     hidden: list[Width] = Field(default=[256, 512], min_length=1, description="mlp: widths")
+
+    @model_validator(mode="after")
+    def _mlp_concatenates(self):
+        if self.architecture == "mlp" and self.conditioning != "concat":
+            raise ValueError(f"conditioning {self.conditioning} needs architecture dcgan (the mlp concatenates)")
+        return self
 
 
 class LapGANSpec(ImageGanSpec):

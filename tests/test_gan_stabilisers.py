@@ -48,6 +48,30 @@ def test_ema_update_follows_the_formula_with_its_warm_up():
     assert torch.allclose(ema.weight, 0.5 * before + 0.5 * model.weight.detach())
 
 
+@pytest.mark.parametrize("kind", ["cgan", "lapgan"])
+def test_standing_statistics_make_eval_mode_samples_match_the_generators_batch_statistics(kind):
+    G = make_task(TINY[kind]()).build_models()["generator"]
+    norms = [m for m in G.modules() if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))]
+    for m in norms:  # statistics measured on other weights, as the EMA copy's are
+        m.running_mean.fill_(3.0)
+        m.running_var.fill_(0.01)
+    labels = torch.arange(256) % 2 if kind == "cgan" else None
+
+    def gap():  # eval mode (running statistics) against train mode (batch statistics) on the same draws
+        G.eval()
+        a = G.sample(256, labels, generator=torch.Generator().manual_seed(5))
+        G.train()
+        b = G.sample(256, labels, generator=torch.Generator().manual_seed(5))
+        return (a - b).abs().mean().item()
+
+    before = gap()
+    momenta = [m.momentum for m in norms]
+    G.eval()
+    assert gans.standing_statistics(G, batches=16, batch_size=64) is G and not G.training
+    assert [m.momentum for m in norms] == momenta
+    assert gap() < 0.1 * before
+
+
 def test_the_ema_generator_trails_g_and_is_what_is_evaluated_and_exported(tmp_path):
     write_splits(tmp_path)
     torch.manual_seed(0)

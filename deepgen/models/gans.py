@@ -72,6 +72,15 @@ def generator_loss(fake_logits: torch.Tensor, loss: str = "non_saturating") -> t
     raise ValueError(f"unknown generator loss {loss!r}: non_saturating, minimax or hinge")
 
 
+def auxiliary_loss(class_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """AC-GAN's class term (Odena et al. 2017): -log P(C = y | x) = CE(classifier(phi(x)), y). D minimises it on
+    real images (it learns to classify the data), G on its own samples G(z, y) through that classifier (it
+    learns to draw images of the asked label). Odena et al. also train D's classifier on generated images;
+    here it learns on real ones only, so early, unrecognisable samples cannot teach it that any blob is a
+    "3" (the bias of AC-GAN's fake term that Gong et al. 2019, TAC-GAN, describe)."""
+    return F.cross_entropy(class_logits.float(), labels)
+
+
 # --- stabilisers: spectral normalisation of D, an exponential moving average of G -------------------
 
 
@@ -101,6 +110,31 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float, updates: int) -> 
         e.lerp_(p.detach(), 1 - beta)
     for e, b in zip(ema.buffers(), model.buffers()):
         e.copy_(b)
+
+
+@torch.no_grad()
+def standing_statistics(G: nn.Module, batches: int = 8, batch_size: int = 64, seed: int = 0) -> nn.Module:
+    """Batch norm's running mean and variance re-estimated on G's own samples (BigGAN's "standing
+    statistics"): the EMA of G averages weights but takes G's running statistics as they are (`ema_update`),
+    which were measured on G's activations, not the average's. Resets them, then the cumulative average
+    (momentum None) over `batches` train-mode forwards of `batch_size` draws (labels uniform for a
+    conditional G); the momenta and the train/eval mode are put back. In place; returns G."""
+    norms = [m for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return G
+    was_training, momenta = G.training, [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # running stats = the plain average over the forwards below
+    G.train()
+    gen = torch.Generator().manual_seed(seed)
+    num_classes = getattr(getattr(G, "config", None), "num_classes", 0)
+    for _ in range(batches):
+        labels = torch.randint(0, num_classes, (batch_size,), generator=gen) if num_classes else None
+        G.sample(batch_size, labels, generator=gen)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return G.train(was_training)
 
 
 def dcgan_init(module: nn.Module) -> None:
@@ -150,6 +184,8 @@ class DCGANConfig:
     num_classes: int = 0
     embed_dim: int = 16  # G's label embedding (and D's, under concatenation)
     projection: bool = False  # D conditions by projection (Miyato & Koyama 2018), not by concatenated maps
+    auxiliary: bool = False  # D has a class head (AC-GAN, Odena et al. 2017); its adversarial logit then sees
+    #                          no label unless `projection` (a head beside concatenated label maps would read y)
 
     def __post_init__(self):
         _, h, w = self.image_shape
@@ -304,7 +340,9 @@ class DCGANDiscriminator(nn.Module):
         concatenation  the label embedding enters as constant feature maps beside the image
         projection     D(x, y) = psi(phi(x)) + <e(y), sum_hw phi(x)>   (Miyato & Koyama 2018): phi(x) the
                        last 4 x 4 maps, psi the final conv, e(y) a learned vector per class; the logit rises
-                       where the image's features agree with its label's vector"""
+                       where the image's features agree with its label's vector
+    and with `auxiliary` a class head on the pooled phi(x), C(x) = W sum_hw phi(x) + b (AC-GAN, Odena et al.
+    2017), returned beside the logit when forward is asked for `classes`."""
 
     def __init__(self, config: DCGANConfig):
         super().__init__()
@@ -313,11 +351,15 @@ class DCGANDiscriminator(nn.Module):
         stages = int(math.log2(h)) - 2  # halvings from H x W to 4 x 4
         ch = [config.ndf * 2**i for i in range(stages)]  # e.g. [ndf, 2ndf, 4ndf, 8ndf]
         self.projection = bool(config.num_classes and config.projection)
+        self.auxiliary = bool(config.num_classes and config.auxiliary)
         if self.projection:
             self.embed = nn.Embedding(config.num_classes, ch[-1])  # e(y), one vector per class
+        elif self.auxiliary:
+            self.embed = None  # AC-GAN: the adversarial logit is unconditional, the class head carries y
         else:
             self.embed = _label_embedding(config)
-        c_in = c + (config.embed_dim if config.num_classes and not self.projection else 0)
+        self.classifier = nn.Linear(ch[-1], config.num_classes) if self.auxiliary else None
+        c_in = c + (config.embed_dim if self.embed is not None and not self.projection else 0)
         layers: list[nn.Module] = [nn.Conv2d(c_in, ch[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
         # state size. ndf x H/2 x W/2
         for a, b in zip(ch, ch[1:]):
@@ -329,14 +371,19 @@ class DCGANDiscriminator(nn.Module):
         if self.projection:
             nn.init.xavier_uniform_(self.embed.weight)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        if self.projection:
-            phi = self.net[:-1](x)  # (B, ch[-1], 4, 4)
-            return self.net[-1](phi).flatten() + (self.embed(y).to(phi.dtype) * phi.sum((2, 3))).sum(1)  # (B,)
-        if self.embed is not None:
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, classes: bool = False):
+        """(B,) logits; with `classes` (an auxiliary D) also the class logits (B, num_classes)."""
+        if classes and self.classifier is None:
+            raise ValueError("this discriminator has no class head (DCGANConfig.auxiliary)")
+        if self.embed is not None and not self.projection:
             maps = self.embed(y).to(x.dtype)[:, :, None, None].expand(-1, -1, *x.shape[2:])  # (B, E, H, W)
             x = torch.cat([x, maps], 1)
-        return self.net(x).flatten()  # (B,) logits
+        phi = self.net[:-1](x)  # (B, ch[-1], 4, 4)
+        logits = self.net[-1](phi).flatten()  # (B,) psi(phi(x))
+        pooled = phi.sum((2, 3))  # (B, ch[-1])
+        if self.projection:
+            logits = logits + (self.embed(y).to(phi.dtype) * pooled).sum(1)  # + <e(y), sum_hw phi(x)>
+        return (logits, self.classifier(pooled)) if classes else logits  # (B,), (B, num_classes)
 
 
 # --- LAPGAN ----------------------------------------------------------------------------------------

@@ -49,8 +49,9 @@ def gan_config(m, shape: tuple[int, int, int]):
     if m.kind == "gan" or (m.kind == "cgan" and m.architecture == "mlp"):
         return gans.GANConfig(shape, m.nz, tuple(m.hidden), **labels)
     if m.kind in ("dcgan", "cgan"):
-        projection = getattr(m, "conditioning", "concat") == "projection"
-        return gans.DCGANConfig(shape, m.nz, m.ngf, m.ndf, **labels, projection=projection)
+        conditioning = getattr(m, "conditioning", "concat")
+        return gans.DCGANConfig(shape, m.nz, m.ngf, m.ndf, **labels, projection=conditioning == "projection",
+                                auxiliary=conditioning == "acgan")
     if m.kind == "lapgan":
         return gans.LapGANConfig(shape, m.levels, m.nz, tuple(m.hidden), m.ngf, m.ndf)
     raise ValueError(f"not a GAN kind: {m.kind}")
@@ -106,6 +107,7 @@ class _Pass:
     fake: torch.Tensor | list[torch.Tensor]
     real_logits: torch.Tensor
     fake_logits: torch.Tensor
+    aux_loss: torch.Tensor | None = None  # AC-GAN: D's class term on the real batch
 
 
 class GanTask(Task):
@@ -170,8 +172,11 @@ class GanTask(Task):
         return {}
 
     def sampler(self, models):
-        """The generator that samples for evaluation and export: G's moving average when kept, else G."""
-        return unwrap(models.get("generator_ema", models["generator"]))
+        """The generator that samples for evaluation and export: G's moving average when kept (its batch-norm
+        statistics re-estimated on its own samples: gans.standing_statistics), else G."""
+        if "generator_ema" in models:
+            return gans.standing_statistics(unwrap(models["generator_ema"]))
+        return unwrap(models["generator"])
 
     def build_optimizers(self, models):
         m = self.spec.model
@@ -187,19 +192,27 @@ class GanTask(Task):
 
         # (1) Update D: maximize log D(x) + log(1 - D(G(z))), as minimising BCE(D(x), 1) + BCE(D(G(z)), 0),
         #     d_steps times with fresh z; G(z) is detached, so only D learns here
+        #     AC-GAN (conditioning acgan) adds aux_weight * CE(C(x), y) on the real batch: D learns the labels
         for i in range(m.d_steps):
             with torch.set_grad_enabled(i == m.d_steps - 1):  # only the last G(z) is reused, for step (2)
                 fake = G(self._noise(batch), cond)
-            p = _Pass(fake, D(real, cond), D(_detach(fake), cond))
+            p = self._d_pass(D, real, fake, cond)
             d_loss = gans.discriminator_loss(p.real_logits, p.fake_logits, m.loss)
+            if p.aux_loss is not None:
+                d_loss = d_loss + m.aux_weight * p.aux_loss
             optimizers["discriminator"].zero_grad(set_to_none=True)
             d_loss.backward()
             optimizers["discriminator"].step()
 
         # (2) Update G: non_saturating maximizes log D(G(z)) (minimise BCE(D(G(z)), 1)); minimax minimizes
         #     log(1 - D(G(z))); hinge minimises -D(G(z)). Through the D just updated, on the G(z) of its last
-        #     update.
-        g_loss = gans.generator_loss(D(p.fake, cond), m.loss)
+        #     update. AC-GAN adds aux_weight * CE(C(G(z, y)), y): G draws what D's class head reads as y.
+        if p.aux_loss is not None:
+            fake_logits, fake_classes = D(p.fake, None, classes=True)
+            g_aux = gans.auxiliary_loss(fake_classes, cond)
+            g_loss = gans.generator_loss(fake_logits, m.loss) + m.aux_weight * g_aux
+        else:
+            g_loss = gans.generator_loss(D(p.fake, cond), m.loss)
         optimizers["generator"].zero_grad(set_to_none=True)
         g_loss.backward()
         optimizers["generator"].step()
@@ -211,7 +224,20 @@ class GanTask(Task):
         out = self._report(p, d_loss, g_loss)
         self.guard.observe(out.get("d_loss_levels", out["d_loss"]), g_loss)
         out.pop("d_loss_levels", None)
+        if p.aux_loss is not None:  # the class terms: D's on real images, G's on its own
+            out |= {"d_aux_loss": p.aux_loss.detach(), "g_aux_loss": g_aux.detach()}
         return out
+
+    def _auxiliary(self) -> bool:
+        return getattr(self.config, "auxiliary", False)
+
+    def _d_pass(self, D, real, fake, cond) -> _Pass:
+        """D on the real batch and the detached generated one; an AC-GAN D also classifies the real batch
+        (its adversarial logit takes no label: D sees y only through the class term)."""
+        if not self._auxiliary():
+            return _Pass(fake, D(real, cond), D(_detach(fake), cond))
+        real_logits, real_classes = D(real, None, classes=True)
+        return _Pass(fake, real_logits, D(_detach(fake), None), gans.auxiliary_loss(real_classes, cond))
 
     def eval_step(self, models, batch):
         n = len(batch["features"])
