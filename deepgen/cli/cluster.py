@@ -14,6 +14,7 @@ from pathlib import Path
 
 from deepgen import console
 from deepgen.cluster import submit
+from deepgen.cron import format_slot, next_after, validate_cron
 from deepgen.jobs_api import (
     ACTIVE,
     ClusterError,
@@ -112,7 +113,7 @@ def cmd_schedule(args) -> int:
     from deepgen import schedule
 
     spec = load_spec(args.pipeline, args.set or [], args.storage)  # a broken spec fails here, not at 3 a.m.
-    cron = schedule.validate_cron(args.cron)
+    cron = validate_cron(args.cron)
     pipeline = Path(args.pipeline)
     if pipeline.is_absolute():
         try:
@@ -128,8 +129,8 @@ def cmd_schedule(args) -> int:
         # the crontab runs here (the pipeline's relative paths), with this interpreter and this checkout's jobs/
         project_dir=Path.cwd(), venv=str(Path(sys.executable).parent.parent), entry_root=PROJECT_ROOT,
         extra_args=extra)
-    nxt = schedule.next_after(cron, datetime.now(UTC))
-    print(f"Scheduled retraining of {pipeline} at '{cron}' (next tick {schedule.format_slot(nxt)} in UTC); "
+    nxt = next_after(cron, datetime.now(UTC))
+    print(f"Scheduled retraining of {pipeline} at '{cron}' (next tick {format_slot(nxt)} in UTC); "
           "each tick is one slot, trained and registered at most once:")
     print(f"  {paths.raycronjob}\n      KubeRay >= 1.6 with the RayCronJob feature gate; each tick gets its own "
           f"Ray cluster:\n      kubectl apply -f {paths.raycronjob}")
