@@ -49,6 +49,7 @@ class Server:
                         return
             except OSError:
                 time.sleep(0.3)
+        self.stop()  # no server left behind by a start that timed out
         raise RuntimeError("mlflow server did not start")
 
     def stop(self) -> None:
