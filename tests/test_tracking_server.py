@@ -55,7 +55,11 @@ class Server:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(30)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:  # a server still starting may not answer SIGTERM
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(30)
         self.proc = None
 
 
