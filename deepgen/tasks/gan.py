@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from deepgen import plots
 from deepgen.config import GAN_KINDS, AdversarialSpec, CGANSpec, DCGANSpec, GanSpec, LapGANSpec, SRGANSpec  # noqa: F401  (re-exported)
 from deepgen.data.dataset import load_split
 from deepgen.data.prepare import Manifest
@@ -412,17 +413,7 @@ def sample_grid(G, n: int = 64, label: int | None = None, columns: int = 8, seed
         labels = torch.full((n,), label) if label is not None else torch.arange(n) % num_classes
     elif label is not None:
         raise ValueError("this generator is unconditional; it takes no label")
-    images = generate(G, n, labels, seed=seed).numpy()  # (n, C, H, W)
-    c, h, w = images.shape[1:]
-    if c not in (1, 3, 4):
-        images, c = images.mean(1, keepdims=True), 1
-    rows = -(-n // columns)
-    grid = np.zeros((rows * h, columns * w, c), np.float32)
-    for i, img in enumerate(images):
-        r, col = divmod(i, columns)
-        grid[r * h:(r + 1) * h, col * w:(col + 1) * w] = img.transpose(1, 2, 0)
-    grid = (grid * 255).round().astype(np.uint8)
-    return grid[..., 0] if c == 1 else grid
+    return plots.image_tiles(generate(G, n, labels, seed=seed).numpy(), columns)  # (n, C, H, W) in [0, 1]
 
 
 # --- the exported generator (family "generator") -------------------------------------------------
