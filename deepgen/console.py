@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from deepgen.errors import DeepgenError, first_line
+from deepgen.errors import DeepgenError, first_line, os_reason
 
 # Exit statuses: 0 success; 2 a usage or spec error (argparse's own status too); 1 a failure at run time.
 OK, FAILED, USAGE, INTERRUPTED = 0, 1, 2, 130
@@ -133,10 +133,6 @@ def error_line(error: BaseException) -> str:
     if isinstance(error, OSError) and error.filename:
         return f"{error.filename}: {os_reason(error)}"
     return str(error) if isinstance(error, DeepgenError) else first_line(error)
-
-
-def os_reason(e: OSError) -> str:
-    return os.strerror(e.errno) if e.errno else first_line(e)
 
 
 # --- a calm screen -----------------------------------------------------------------------------------

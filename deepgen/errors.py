@@ -43,6 +43,13 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def os_reason(e: OSError) -> str:
+    """Why an OS call failed, in words (`No space left on device`)."""
+    import os
+
+    return os.strerror(e.errno) if e.errno else first_line(e)
+
+
 def as_report(error: DeepgenError) -> str:
     """`ClassName: message`, for carrying an error across a process boundary as a string."""
     return f"{type(error).__name__}: {error}"

@@ -11,6 +11,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from deepgen.errors import DataError, DeepgenError, os_reason
+
 STALE_TMP_S = 24 * 3600  # a hidden folder this old was left by a killed process, not a live one
 
 
@@ -88,3 +90,44 @@ def write_folder(dest: Path, fill: Callable[[Path], None], same: Callable[[], bo
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+# --- a command's output file: refused before any work, written whole or not at all -------------------------
+
+def check_output(out: Path, *inputs: Path, folder: bool = False, force: bool = False) -> None:
+    """Refuse, before any work, an output that would replace an input, or a folder output that is a file or
+    already holds files (they would be mixed with, or lost to, the new ones).
+
+    A file output is a new path, or an existing regular file with --force. The output is renamed into
+    place, so a symbolic link, a device node (/dev/full) or a pipe there would be replaced by a file
+    (as root, the device node itself): those are refused, as is a folder."""
+    for src in inputs:
+        if out.resolve() == src.resolve():
+            raise DeepgenError(f"{out}: the output would replace the input; give another path")
+    if out.is_symlink():
+        raise DeepgenError(f"{out}: is a symbolic link; give the path of a new file (links are not followed "
+                           "or replaced)")
+    if out.exists() and not out.is_dir() and not out.is_file():
+        raise DeepgenError(f"{out}: is not a regular file (a device, pipe or socket); give the path of a new file")
+    if not folder and out.is_file() and not force:
+        raise DeepgenError(f"{out}: already exists; add --force to replace it, or give a new path")
+    if folder and out.exists() and not out.is_dir():
+        raise DeepgenError(f"{out}: is a file; give a new or empty folder for the images")
+    if folder and out.is_dir() and any(out.iterdir()):
+        raise DeepgenError(f"{out}: the folder is not empty; give a new or empty folder (nothing is overwritten)")
+    if not folder and out.is_dir():
+        raise DeepgenError(f"{out}: is a folder; give a file name to write")
+
+
+@contextlib.contextmanager
+def writing_output(out: Path) -> Iterator[Path]:
+    """`writing`, its failures said in one line: a failed command leaves no half-written output."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file where a folder should be, no permission, ...
+        raise DeepgenError(f"{out}: cannot create its folder {out.parent}: {os_reason(e)}") from None
+    try:
+        with writing(out) as tmp:
+            yield tmp
+    except OSError as e:  # no room, no permission, ...
+        raise DataError(f"{out}: cannot write it: {os_reason(e)}") from None

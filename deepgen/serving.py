@@ -53,6 +53,16 @@ class Predictor:
         """The gate's metrics on another dataset's test split, or None where they are not comparable."""
         return None
 
+    def predict_command(self, args, version) -> int:
+        """`deepgen predict --model NAME@ALIAS ...` with this model (`args`: the command's flags; `version`: the
+        registered version): read the input, write or print the answer, return the exit code. A family
+        whose models label or segment inputs says how; the others have no `deepgen predict`."""
+        from deepgen.errors import DeepgenError
+
+        raise DeepgenError(f"{args.model}: a {self.meta.family} model has no `deepgen predict`; it runs "
+                           "classifiers and segmentation models (`deepgen score` scores with an anomaly "
+                           "detector, `deepgen sample` draws from a generator)")
+
 
 def load_exported(directory: str | Path) -> Predictor:
     """The predictor of an exported model folder, whatever its family (deepgen.tasks.registry)."""

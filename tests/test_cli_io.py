@@ -262,6 +262,29 @@ def test_predict_masks_refuses_a_png_folder_that_already_holds_files(deepgen, tm
     assert _leftovers(full) == ["mask_00000.png"]
 
 
+@pytest.mark.parametrize("name", ["anom", "gan"])
+def test_predict_with_a_model_that_neither_labels_nor_segments_says_which_command_it_takes(deepgen, tmp_path, name):
+    np.save(tmp_path / "images.npy", np.zeros((2, 8, 8), np.float32))
+    code, stdout, err = deepgen("predict", "--model", f"{name}@champion", "--input", str(tmp_path / "images.npy"))
+    assert code == 2 and stdout == "" and len(err) == 1  # a usage error, like any other wrong flag
+    assert err[0].startswith(f"deepgen: error: {name}@champion: a ") and "has no `deepgen predict`" in err[0]
+    assert "deepgen score" in err[0] and "deepgen sample" in err[0]
+
+
+def test_predict_writes_one_mask_per_image_as_npy_parquet_or_pngs(deepgen, tmp_path):
+    np.save(tmp_path / "images.npy", np.random.default_rng(0).random((3, 16, 16), np.float32))
+    for out in (tmp_path / "masks.npy", tmp_path / "masks.parquet", tmp_path / "pngs"):
+        code, stdout, err = deepgen("predict", "--model", "seg@champion", "--input", str(tmp_path / "images.npy"),
+                                    "--output", str(out))
+        assert code == 0, err
+        assert "predicted 3 masks" in stdout
+    masks = np.load(tmp_path / "masks.npy")
+    assert masks.shape == (3, 16, 16) and masks.dtype == np.uint8 and set(np.unique(masks)) <= {0, 1}
+    assert [np.array(m).reshape(16, 16).tolist() for m in pd.read_parquet(tmp_path / "masks.parquet")["mask"]] \
+        == masks.tolist()
+    assert sorted(p.name for p in (tmp_path / "pngs").iterdir()) == [f"mask_{i:05d}.png" for i in range(3)]
+
+
 # --- models lookup -----------------------------------------------------------------------------------
 
 

@@ -16,10 +16,9 @@ from deepgen.cli.common import (
     add_models_args,
     add_move_args,
     at_least,
-    check_output,
-    writing_output,
 )
 from deepgen.errors import DataError, DeepgenError, first_line
+from deepgen.files import check_output, writing_output
 
 
 def add_use_commands(sub: argparse._SubParsersAction) -> None:
@@ -169,85 +168,13 @@ def cmd_score(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    """Labels or masks from a registered classifier or segmentation model: its family's predictor says how
+    it reads its input and writes its answer (deepgen.serving.Predictor.predict_command)."""
     from deepgen import tracking
 
     tracking.configure(args.runs_dir)
     version = tracking.resolve(args.model)
-    predictor = tracking.load_registered(version)
-    family = predictor.meta.family
-    predict = {"text_classifier": _predict_texts, "image_classifier": _predict_images,
-               "segmentation": _predict_masks}.get(family)
-    if predict is None:
-        raise DeepgenError(f"{args.model}: a {family} model; `deepgen predict` runs segmentation, image and text "
-                           "classification models (use `deepgen score` for anomaly detectors)")
-    return predict(args, predictor, version)
-
-
-def _predict_masks(args, predictor, version) -> int:
-    """A mask per image, written to --output (.npy, .parquet, or a folder of PNGs)."""
-    if not args.input or not args.output:
-        raise DeepgenError(f"{args.model}: a segmentation model needs --input IMAGES and --output MASKS")
-    out = Path(args.output)
-    check_output(out, Path(args.input), folder=out.suffix not in (".npy", ".parquet"), force=args.force)
-    masks = predictor.predict(predictor.read_input(args.input))  # (N, H, W) uint8
-    write_masks(masks, out)
-    print(f"predicted {len(masks)} masks with {version.name} v{version.version} "
-          f"(mean foreground {masks.mean():.3f}) -> {args.output}")
-    return 0
-
-
-def _predict_images(args, classifier, version) -> int:
-    """Label and probability per image: printed (or JSON lines), or written to --output Parquet."""
-    if not args.input:
-        raise DeepgenError(f"{args.model}: an image classifier needs --input IMAGES (.npy, IDX, .parquet)")
-    if args.output:
-        if Path(args.output).suffix != ".parquet":
-            raise DeepgenError(f"{args.output}: labels are written as Parquet; give --output FILE.parquet")
-        check_output(Path(args.output), Path(args.input), force=args.force)
-    labels, probs = classifier.predict(classifier.read_input(args.input))
-    if args.output:
-        import numpy as np
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        with writing_output(Path(args.output)) as tmp:
-            pq.write_table(pa.table({"row": np.arange(len(labels)), "label": labels,
-                                     "probability": probs.astype(float)}), tmp)
-        print(f"labelled {len(labels)} images with {version.name} v{version.version} -> {args.output}")
-    else:
-        for i, (label, p) in enumerate(zip(labels.tolist(), probs.tolist())):
-            print(json.dumps({"row": i, "label": label, "probability": round(p, 4)}) if args.json
-                  else f"{i:6d}  {label:4d}  {p:.3f}")
-    return 0
-
-
-def _predict_texts(args, classifier, version) -> int:
-    """Label and probability per text: printed as a table (or JSON lines), or written to --output Parquet."""
-    texts = list(args.text or [])
-    if args.output:
-        if Path(args.output).suffix != ".parquet":
-            raise DeepgenError(f"{args.output}: texts are written as Parquet; give --output FILE.parquet")
-        check_output(Path(args.output), *([Path(args.input)] if args.input else []), force=args.force)
-    if args.input:
-        texts += classifier.read_input(args.input, args.text_column)
-    if not texts:
-        raise DeepgenError(f"{args.model}: give --text \"...\" (repeatable) "
-                           "or --input FILE (.txt lines, .csv/.parquet)")
-    labels, probs = classifier.predict(texts)
-    if args.output:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        with writing_output(Path(args.output)) as tmp:
-            pq.write_table(pa.table({"text": texts, "label": labels, "probability": probs.astype(float)}), tmp)
-        print(f"labelled {len(texts)} texts with {version.name} v{version.version} -> {args.output}")
-    elif args.json:
-        for text, label, p in zip(texts, labels, probs):
-            print(json.dumps({"text": text, "label": label, "probability": round(float(p), 4)}))
-    else:
-        for text, label, p in zip(texts, labels, probs):
-            print(f"{label:12} {p:.3f}  {text}")
-    return 0
+    return tracking.load_registered(version).predict_command(args, version)
 
 
 def _text_embedder(args):
@@ -431,28 +358,6 @@ def _read_png(path: Path, channels: int):
     if len(img) != channels:
         raise DataError(f"{path}: an image of {len(img)} channels, the model takes {channels}")
     return img
-
-
-def write_masks(masks, out: Path) -> None:
-    """.npy: one (N, H, W) uint8 array; .parquet: a `mask` list column; otherwise a folder of PNGs."""
-    import numpy as np
-
-    with writing_output(out) as tmp:
-        if out.suffix == ".npy":
-            with open(tmp, "wb") as f:
-                np.save(f, masks)
-        elif out.suffix == ".parquet":
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            pq.write_table(pa.table({"mask": pa.array(list(masks.reshape(len(masks), -1)))}), tmp)
-        else:
-            import matplotlib.image
-
-            tmp.mkdir()
-            for i, m in enumerate(masks):
-                matplotlib.image.imsave(tmp / f"mask_{i:05d}.png", m * 255, cmap="gray", vmin=0, vmax=255,
-                                        format="png")
 
 
 def cmd_models_list(args) -> int:

@@ -25,8 +25,9 @@ from deepgen.config import BertSpec, PipelineSpec
 from deepgen.data.dataset import split_path
 from deepgen.data.sources import load_table
 from deepgen.data.tokenizer import TOKENIZER_FILE
-from deepgen.errors import DataError
+from deepgen.errors import DataError, DeepgenError
 from deepgen.export import ModelMeta, load_weights, read_meta
+from deepgen.files import check_output, writing_output
 from deepgen.models.bert import (
     BertConfig,
     BertForPreTraining,
@@ -447,6 +448,34 @@ class TextClassifier(Predictor):
             raise DataError(f"{path}: not UTF-8 text (byte {e.start}); give a UTF-8 .txt file with one text per "
                             "line, or a .csv/.parquet table") from None
         return [line for line in text.splitlines() if line.strip()]
+
+    def predict_command(self, args, version) -> int:
+        """Label and probability per text (--text, repeatable, and the lines or `--text-column` of --input):
+        printed as a table (or JSON lines), or written to --output Parquet."""
+        texts = list(args.text or [])
+        if args.output:
+            if Path(args.output).suffix != ".parquet":
+                raise DeepgenError(f"{args.output}: texts are written as Parquet; give --output FILE.parquet")
+            check_output(Path(args.output), *([Path(args.input)] if args.input else []), force=args.force)
+        if args.input:
+            texts += self.read_input(args.input, args.text_column)
+        if not texts:
+            raise DeepgenError(f"{args.model}: give --text \"...\" (repeatable) "
+                               "or --input FILE (.txt lines, .csv/.parquet)")
+        labels, probs = self.predict(texts)
+        if args.output:
+            import pyarrow as pa
+
+            with writing_output(Path(args.output)) as tmp:
+                pq.write_table(pa.table({"text": texts, "label": labels, "probability": probs.astype(float)}), tmp)
+            print(f"labelled {len(texts)} texts with {version.name} v{version.version} -> {args.output}")
+        elif args.json:
+            for text, label, p in zip(texts, labels, probs):
+                print(json.dumps({"text": text, "label": label, "probability": round(float(p), 4)}))
+        else:
+            for text, label, p in zip(texts, labels, probs):
+                print(f"{label:12} {p:.3f}  {text}")
+        return 0
 
     def answer(self, model_input) -> pd.DataFrame:
         labels, probs = self.predict(input_texts(model_input))

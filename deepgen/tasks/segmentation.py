@@ -15,8 +15,9 @@ import torch
 from deepgen.config import PipelineSpec
 from deepgen.data.dataset import features_to_numpy, split_path
 from deepgen.data.prepare import Manifest
-from deepgen.errors import DataError
+from deepgen.errors import DataError, DeepgenError
 from deepgen.export import ModelMeta, image_config, load_weights, read_images, read_meta, save_model_dir
+from deepgen.files import check_output, writing_output
 from deepgen.models.unet import UNet, UNetConfig
 from deepgen.serving import Predictor, example_rows, input_rows
 from deepgen.tasks import Evaluation, unwrap
@@ -135,6 +136,18 @@ class SegmentationPredictor(Predictor):
     def read_input(self, path: str | Path) -> np.ndarray:
         return read_images(path, self.meta)
 
+    def predict_command(self, args, version) -> int:
+        """A mask per image of --input, written to --output (.npy, .parquet, or a folder of PNGs)."""
+        if not args.input or not args.output:
+            raise DeepgenError(f"{args.model}: a segmentation model needs --input IMAGES and --output MASKS")
+        out = Path(args.output)
+        check_output(out, Path(args.input), folder=out.suffix not in (".npy", ".parquet"), force=args.force)
+        masks = self.predict(self.read_input(args.input))  # (N, H, W) uint8
+        write_masks(masks, out)
+        print(f"predicted {len(masks)} masks with {version.name} v{version.version} "
+              f"(mean foreground {masks.mean():.3f}) -> {args.output}")
+        return 0
+
     def answer(self, model_input) -> np.ndarray:
         return self.predict(self.meta.scaler.apply(input_rows(model_input)))  # (N, H, W) uint8
 
@@ -148,6 +161,25 @@ class SegmentationPredictor(Predictor):
             return None
         dice, iou = dice_iou(self.masks_of(self.model, x), masks)
         return {"dice": dice, "iou": iou}
+
+
+def write_masks(masks: np.ndarray, out: Path) -> None:
+    """Masks (N, H, W) uint8 -> .npy: one array; .parquet: a `mask` list column; otherwise a folder of PNGs."""
+    with writing_output(out) as tmp:
+        if out.suffix == ".npy":
+            with open(tmp, "wb") as f:
+                np.save(f, masks)
+        elif out.suffix == ".parquet":
+            import pyarrow as pa
+
+            pq.write_table(pa.table({"mask": pa.array(list(masks.reshape(len(masks), -1)))}), tmp)
+        else:
+            import matplotlib.image
+
+            tmp.mkdir()
+            for i, m in enumerate(masks):
+                matplotlib.image.imsave(tmp / f"mask_{i:05d}.png", m * 255, cmap="gray", vmin=0, vmax=255,
+                                        format="png")
 
 
 TASKS = {"unet": SegmentationTask}

@@ -8,6 +8,7 @@ autoencoder, a ViT too, is an anomaly detector: deepgen.tasks.autoencoder.)
 
 from __future__ import annotations
 
+import json
 from dataclasses import fields
 from pathlib import Path
 
@@ -19,8 +20,9 @@ import torch.nn.functional as F
 from deepgen.config import PipelineSpec
 from deepgen.data.dataset import load_split
 from deepgen.data.prepare import Manifest
-from deepgen.errors import DataError
+from deepgen.errors import DataError, DeepgenError
 from deepgen.export import ModelMeta, image_config, load_weights, read_images, read_meta, save_model_dir
+from deepgen.files import check_output, writing_output
 from deepgen.models.vit import ViTClassifier, ViTClassifierConfig, as_images, random_shift
 from deepgen.serving import Predictor, example_rows, input_rows
 from deepgen.tasks import Evaluation, unwrap
@@ -136,6 +138,29 @@ class ImageClassifier(Predictor):
 
     def read_input(self, path: str | Path) -> np.ndarray:
         return read_images(path, self.meta)
+
+    def predict_command(self, args, version) -> int:
+        """Label and probability per image of --input: printed (or JSON lines), or written to --output Parquet."""
+        if not args.input:
+            raise DeepgenError(f"{args.model}: an image classifier needs --input IMAGES (.npy, IDX, .parquet)")
+        if args.output:
+            if Path(args.output).suffix != ".parquet":
+                raise DeepgenError(f"{args.output}: labels are written as Parquet; give --output FILE.parquet")
+            check_output(Path(args.output), Path(args.input), force=args.force)
+        labels, probs = self.predict(self.read_input(args.input))
+        if args.output:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            with writing_output(Path(args.output)) as tmp:
+                pq.write_table(pa.table({"row": np.arange(len(labels)), "label": labels,
+                                         "probability": probs.astype(float)}), tmp)
+            print(f"labelled {len(labels)} images with {version.name} v{version.version} -> {args.output}")
+            return 0
+        for i, (label, p) in enumerate(zip(labels.tolist(), probs.tolist())):
+            print(json.dumps({"row": i, "label": label, "probability": round(p, 4)}) if args.json
+                  else f"{i:6d}  {label:4d}  {p:.3f}")
+        return 0
 
     def answer(self, model_input) -> pd.DataFrame:
         labels, probs = self.predict(self.meta.scaler.apply(input_rows(model_input)))
