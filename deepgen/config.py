@@ -568,6 +568,10 @@ class ViTClassifierSpec(ViTSpec):
     augment_shift: int = Field(default=0, ge=0, le=64, description=(
         "training images moved by up to this many pixels in x and y (0: none); a ViT has no conv's built-in "
         "translation equivariance and learns it from data"))
+    stem: Literal["patch", "conv"] = Field(default="patch", description=(
+        "patch: each token a linear map of its P x P pixels; conv: two 3 x 3 convs (stride 1) first, the "
+        "early convolutions of Xiao et al. 2021"))
+    stem_channels: int = Field(default=32, gt=0, le=MAX_WIDTH, description="the conv stem's width")
 
 
 class MAESpec(ViTSpec):

@@ -47,6 +47,18 @@ def test_patch_token_is_a_linear_map_of_its_own_pixels_only():
     assert changed[2] > 0 and torch.count_nonzero(changed) == 1
 
 
+def test_a_conv_stem_keeps_the_patch_grid_and_lets_a_token_see_across_its_border():
+    config = ViTConfig(input_shape=(1, 8, 8), patch_size=4, hidden=8, heads=2, stem="conv", stem_channels=4)
+    embed = PatchEmbedding(config).eval()  # batch norm's running statistics: each image on its own
+    x = torch.rand(1, 1, 8, 8)
+    y = x.clone()
+    y[0, 0, 3, 0] += 1  # patch 0's last row, next to patch 2 (rows 4-7, columns 0-3)
+    changed = (embed(x) - embed(y)).abs().sum(-1)[0]  # (N,)
+    assert embed(x).shape == (1, 4, 8)
+    assert changed[0] > 0 and changed[2] > 0  # two 3 x 3 convs reach 2 pixels across the border
+    assert changed[3] == 0  # but not to the far corner
+
+
 def test_patchify_is_raster_order_and_unpatchify_inverts_it():
     images = torch.rand(3, 2, 8, 12)
     patches = patchify(images, 4)  # (3, 6, 32)
@@ -67,13 +79,15 @@ def test_sinusoidal_2d_positions_are_distinct():
     assert len({tuple(r.round(decimals=5).tolist()) for r in table}) == 16
 
 
-@pytest.mark.parametrize("pool, position", [("cls", "learned"), ("mean", "sinusoidal")])
-def test_vit_overfits_a_tiny_set(pool, position):
+@pytest.mark.parametrize("pool, position, stem", [("cls", "learned", "patch"), ("mean", "sinusoidal", "patch"),
+                                                  ("mean", "learned", "conv")])
+def test_vit_overfits_a_tiny_set(pool, position, stem):
     torch.manual_seed(0)
     x = torch.rand(16, 64)  # 16 random 8x8 images, 4 classes
     y = torch.arange(16) % 4
     model = ViTClassifier(ViTClassifierConfig(input_shape=(1, 8, 8), patch_size=2, hidden=32, layers=2, heads=4,
-                                              pool=pool, position=position, num_classes=4))
+                                              pool=pool, position=position, stem=stem, stem_channels=8,
+                                              num_classes=4))
     assert model(x).shape == (16, 4)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(150):
@@ -89,6 +103,22 @@ def test_flops_estimate_grows_with_tokens():
     small = ViTClassifier(ViTClassifierConfig(input_shape=(1, 8, 8), patch_size=4, hidden=32, heads=2))
     fine = ViTClassifier(ViTClassifierConfig(input_shape=(1, 8, 8), patch_size=2, hidden=32, heads=2))
     assert 0 < small.estimate_flops_per_image() < fine.estimate_flops_per_image()
+    stem = ViTClassifier(ViTClassifierConfig(input_shape=(1, 8, 8), patch_size=2, hidden=32, heads=2, stem="conv",
+                                             stem_channels=8))
+    # two 3 x 3 convs of 8 channels at each of the 64 pixels: 6 * 64 * (1*8*9 + 8*8*9) more, and a wider patch map
+    extra = 6 * 64 * (8 * 9 + 8 * 8 * 9) + 6 * (8 - 1) * 4 * 32 * 16
+    assert stem.estimate_flops_per_image() == fine.estimate_flops_per_image() + extra
+
+
+def test_the_spec_stem_reaches_the_model():
+    from deepgen.config import ViTClassifierSpec
+    from deepgen.tasks.vit import vit_config
+
+    spec = ViTClassifierSpec(stem="conv", stem_channels=8)
+    config = vit_config(ViTClassifierConfig, spec, [1, 8, 8], num_classes=3)
+    assert (config.stem, config.stem_channels) == ("conv", 8)
+    assert ViTClassifier(config).vit.patch_embed.stem is not None
+    assert ViTClassifierSpec().stem == "patch"
 
 
 # --- masked autoencoder ----------------------------------------------------------------------------
