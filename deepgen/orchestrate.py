@@ -59,7 +59,9 @@ def ensure_ray(spec: PipelineSpec | None = None) -> None:
     except Exception as e:  # noqa: BLE001 - a node that timed out starting, a port taken, ...: one line
         from deepgen.ray_access import ClusterAccessError
 
-        raise ClusterAccessError(f"could not start a local Ray: {' '.join(str(e).split())[:300]}") from None
+        busy = " (Ray gives a new node 30 s to start: on a busy machine, try again when it is quieter)" \
+            if "timed out during startup" in str(e) else ""
+        raise ClusterAccessError(f"could not start a local Ray: {' '.join(str(e).split())[:300]}{busy}") from None
 
 
 def _quiet_ray_data() -> None:
