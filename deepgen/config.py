@@ -182,6 +182,11 @@ class DataSpec(Spec):
     text: TextSpec | None = Field(default=None, description="text sources: tokenizer and row length")
     resize: int | None = Field(
         default=None, ge=4, description="images: resize to this square side (bilinear), e.g. 32 or 64 for GANs")
+    engine: Literal["auto", "memory", "ray_data"] = Field(default="auto", description=(
+        "how prepare runs: memory (one process reads the whole source: fastest for small data), ray_data "
+        "(table sources: streamed by Ray Data in two passes, many Parquet files per split, for sources larger "
+        "than memory; rows are split by a hash of their values), auto: ray_data for table sources of 256 MiB "
+        "and more"))
 
     def with_absolute_paths(self) -> DataSpec:
         """Source paths resolved against the current directory, for a Ray task that runs elsewhere."""
@@ -923,6 +928,8 @@ class PipelineSpec(Spec):
                             "compile_backend"):
             relevant["train"].pop(operational, None)
         relevant["data"].pop("output", None)
+        if relevant["data"].get("engine") == "auto":  # the default leaves hashes from before the field as they were
+            relevant["data"].pop("engine")
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:10]
 
     def refuse_other_spec(self, what: str, spec_hash: str | None, error: type[Exception] = SpecError) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from deepgen import tracking
 from deepgen.config import NAME_PATTERN, PipelineSpec, TextSpec
-from deepgen.data.dataset import check_normal_rows, normal_mask, normal_row_count, split_path
+from deepgen.data.dataset import check_normal_rows, normal_mask, normal_row_count, split_bytes, split_path
 from deepgen.data.prepare import Manifest, prepare_dataset
 from deepgen.errors import DeepgenError, RegistryError, TrainingError
 from deepgen.files import copy_into_place
@@ -169,9 +169,10 @@ def build_trainer(spec: PipelineSpec, manifest: Manifest, mlflow_run_id: str | N
         return batch.filter(normal_mask(batch.column("label"), anomaly_spec, batch.num_rows)) \
             if "label" in batch.column_names else batch
 
-    # validation rows are normal ones only too: the monitored val_loss chooses the epoch and stops training
+    # validation rows are normal ones only too: the monitored val_loss chooses the epoch and stops training.
+    # Streaming (cache_shards false), each worker reads its share of the files itself (deepgen.train.stream).
     datasets = {"train": split_dataset(spec.data_dir, "train", keep_normal),
-                "val": split_dataset(spec.data_dir, "val", keep_normal)}
+                "val": split_dataset(spec.data_dir, "val", keep_normal)} if spec.train.cache_shards else None
     s = spec.scaling
     return TorchTrainer(
         train_loop_per_worker,
@@ -212,7 +213,7 @@ def split_dataset(data_dir: Path, split: str, keep=None):
     import ray.data
 
     path = split_path(data_dir, split)
-    if os.path.getsize(path) <= SMALL_SPLIT_BYTES:
+    if split_bytes(data_dir, split) <= SMALL_SPLIT_BYTES:
         table = pq.read_table(path)
         return ray.data.from_arrow(keep(table) if keep else table)
     ds = ray.data.read_parquet(path)

@@ -42,7 +42,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     spec = PipelineSpec.model_validate(config["spec"])
     manifest = manifest_from_dict(config["manifest"])
     env = RayTrainEnv(use_gpu=spec.scaling.use_gpu, seed=spec.train.seed, cache_shards=spec.train.cache_shards,
-                      train_rows=config.get("train_rows"))
+                      train_rows=config.get("train_rows"), data_dir=spec.data_dir, anomaly=spec.anomaly)
     on_epoch = None
     if env.world_rank == 0 and config.get("mlflow_run_id"):
         from deepgen import tracking
