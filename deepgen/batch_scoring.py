@@ -101,7 +101,8 @@ def score_with_ray_data(model_dir: Path, input_path: str | Path, output: Path, a
         and Path(input_path).suffix == ".parquet" else None
     blob = model_blob(model_dir)  # a constructor argument: Ray puts it in the object store once
     scored = ds.map_batches(ScoreBatch, fn_constructor_args=(blob, scaler), batch_size=BATCH_ROWS,
-                            batch_format="pyarrow", concurrency=(1, max(1, actors)))
+                            batch_format="pyarrow", concurrency=max(1, actors),
+                            scheduling_strategy="SPREAD")  # a fixed pool, one actor per node where it can
     with writing(output) as tmp:
         _run(lambda: scored.write_parquet(str(tmp)), str(input_path))
         written = sorted(Path(tmp).glob("*.parquet"))

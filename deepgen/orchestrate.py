@@ -163,7 +163,7 @@ def build_trainer(spec: PipelineSpec, manifest: Manifest, mlflow_run_id: str | N
 
     _quiet_ray_data()
     anomaly_spec = spec.anomaly
-    check_normal_rows(spec.data_dir, anomaly_spec)  # on the driver: a one-line error, not a worker's KeyError
+    train_rows = count_train_rows(spec, manifest)  # a one-line error here, not a worker's KeyError
 
     def keep_normal(batch):  # pyarrow batch -> normal rows only
         return batch.filter(normal_mask(batch.column("label"), anomaly_spec, batch.num_rows)) \
@@ -179,7 +179,7 @@ def build_trainer(spec: PipelineSpec, manifest: Manifest, mlflow_run_id: str | N
         train_loop_config={
             "spec": spec.with_absolute_paths().model_dump(mode="json"), "manifest": manifest.model_dump(mode="json"),
             "mlflow_run_id": mlflow_run_id, "tracking_uri": tracking_uri,
-            "train_rows": normal_row_count(spec.data_dir, anomaly_spec),
+            "train_rows": train_rows,
         },
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
                                      resources_per_worker={"CPU": s.cpus_per_worker}),
@@ -195,6 +195,26 @@ def build_trainer(spec: PipelineSpec, manifest: Manifest, mlflow_run_id: str | N
         ),
         datasets=datasets,
     )
+
+
+def count_train_rows(spec: PipelineSpec, manifest: Manifest) -> int:
+    """The training rows the model learns from: the manifest's count when every row is normal; else the
+    normal ones, counted from the label column by a Ray task (where the data is: the driver reads none of
+    it), which also refuses an anomaly spec that leaves no normal row."""
+    a = spec.anomaly
+    if a.normal_labels is None and a.anomalous_labels is None:
+        return manifest.rows["train"]
+    import ray
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def count(data_dir, anomaly):
+        check_normal_rows(data_dir, anomaly)
+        return normal_row_count(data_dir, anomaly)
+
+    try:
+        return ray.get(count.remote(spec.data_dir, a))
+    except ray.exceptions.RayTaskError as e:
+        raise _user_error(e) from None
 
 
 SMALL_SPLIT_BYTES = 64 << 20

@@ -98,3 +98,22 @@ def test_ray_train_streams_from_the_files_of_a_ray_data_prepare(tmp_path, ray_lo
     # each of 2 ranks trained its equal share: rows_per_s * time = both ranks' rows
     assert abs(history["rows_per_s"] * history["step_time_ms"] / 1e3 * np.ceil(normal // 2 / 32)
                - normal // 2 * 2) < 2
+
+
+def test_a_plain_run_can_stream_too_and_sees_the_rows_it_would_hold(tmp_path):
+    """LocalEnv(stream=True): the same normal rows per epoch as the in-memory LocalEnv, read from the files."""
+    from deepgen.data.prepare import prepare_dataset
+    from deepgen.train.env import LocalEnv
+
+    spec = PipelineSpec.from_yaml(write_pipeline(tmp_path / "p.yaml"))  # digits, anomalous label 9
+    prepare_dataset(spec.data, spec.data_dir, log=lambda m: None)
+    held = LocalEnv(spec.data_dir, spec.anomaly, tmp_path / "a")
+    streamed = LocalEnv(spec.data_dir, spec.anomaly, tmp_path / "b", stream=True)
+    assert streamed.num_rows("train") == held.num_rows("train") < 1257  # normal rows only
+
+    def rows(env, epoch):
+        return np.concatenate([b["features"].numpy() for b in env.batches("train", 64, epoch)])
+
+    a, b = rows(held, 1), rows(streamed, 1)
+    assert np.array_equal(a[np.lexsort(a.T)], b[np.lexsort(b.T)])
+    assert not np.array_equal(rows(streamed, 1), rows(streamed, 2))  # reshuffled every epoch

@@ -77,13 +77,25 @@ class LocalEnv:
     world_size = 1
 
     def __init__(self, data_dir: str | Path, anomaly: AnomalySpec, checkpoint_root: str | Path,
-                 use_gpu: bool = False, keep: int = 2, seed: int = 0):
+                 use_gpu: bool = False, keep: int = 2, seed: int = 0, stream: bool = False):
         self.device = pick_device(use_gpu)
         self.root = Path(checkpoint_root)
         self.keep = keep
         self.seed = seed
         self._tables = {}
         self._splits: dict[tuple[str, tuple[str, ...]], Batch] = {}
+        # stream: read the splits' files every epoch (deepgen.train.stream) instead of holding them
+        self.stream = stream
+        self._groups: dict[str, list] = {}
+        if stream:
+            from deepgen.data.dataset import split_files
+            from deepgen.train.stream import row_groups
+
+            self.data_dir = data_dir
+            self._keep = None if anomaly.normal_labels is None and anomaly.anomalous_labels is None \
+                else (lambda t: normal_mask(t.column("label"), anomaly, t.num_rows))
+            self._groups = {s: row_groups(split_files(data_dir, s), self._keep) for s in ("train", "val")}
+            return
         for split in ("train", "val"):
             # an autoencoder for anomaly detection learns normal rows only, and is validated (its epoch
             # chosen, its training stopped) on normal rows only: anomalies never choose the model
@@ -93,10 +105,18 @@ class LocalEnv:
             self._tables[split] = table.filter(mask(labels, anomaly, table.num_rows))
 
     def num_rows(self, split: str) -> int:
+        if self.stream:
+            return sum(g.rows for g in self._groups[split])
         return self._tables[split].num_rows
 
     def batches(self, split: str, batch_size: int, epoch: int,
                 columns: tuple[str, ...] = TENSOR_COLUMNS) -> Iterator[Batch]:
+        if self.stream:
+            from deepgen.data.dataset import split_files
+            from deepgen.train.stream import stream_batches
+
+            return stream_batches(split_files(self.data_dir, split), self._groups[split], batch_size, epoch, self.seed,
+                                  0, 1, split == "train", columns, self._keep, arrow_tensors, self.device)
         if (split, columns) not in self._splits:
             self._splits[split, columns] = place_split(arrow_tensors(self._tables[split], columns), self.device)
         return tensor_batches(self._splits[split, columns], batch_size, epoch, self.seed, split == "train",
