@@ -26,7 +26,13 @@ import torch
 
 from deepgen import anomaly, plots
 from deepgen.config import PipelineSpec, resolve_input_range, resolve_loss, resolve_score
-from deepgen.data.dataset import load_split, normal_mask, normal_train_mask, split_scores
+from deepgen.data.dataset import (
+    check_normal_rows,
+    iter_split,
+    load_split,
+    normal_mask,
+    split_scores,
+)
 from deepgen.data.prepare import Manifest
 from deepgen.errors import DataError
 from deepgen.export import ModelMeta, load_weights, read_meta, read_rows, save_model_dir, table_rows
@@ -77,11 +83,25 @@ class AutoencoderTask(ScheduledTask):
             model.set_input_range(*self.normal_range())
         return {"model": model}
 
+    def build_models_for_weights(self):
+        """The modules a checkpoint's weights are loaded into: the input range is among those weights
+        (buffers), so the training split is not read (the driver reads no prepared rows)."""
+        if self.input_range != "normal":  # nothing data-derived to skip (an MAE, prepared-range images)
+            return self.build_models()
+        return {"model": build_autoencoder(self.spec.model.kind, self.config)}
+
     def normal_range(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-feature (min, max) over the normal training rows, (D,) each: the rows the model learns."""
-        x_train, y_train = load_split(self.spec.data_dir, "train")
-        x_normal = x_train[normal_train_mask(y_train, self.spec.anomaly, len(x_train))]
-        return torch.from_numpy(x_normal.min(0)), torch.from_numpy(x_normal.max(0))
+        """Per-feature (min, max) over the normal training rows, (D,) each: the rows the model learns;
+        read chunk by chunk (deepgen.data.dataset.iter_split), never the whole split at once."""
+        lo = hi = None
+        for x, y in iter_split(self.spec.data_dir, "train"):
+            x = x[normal_mask(y, self.spec.anomaly, len(x))]
+            if len(x):
+                lo = x.min(0) if lo is None else np.minimum(lo, x.min(0))
+                hi = x.max(0) if hi is None else np.maximum(hi, x.max(0))
+        if lo is None:  # no normal row at all: the one-line refusal
+            check_normal_rows(self.spec.data_dir, self.spec.anomaly)
+        return torch.from_numpy(lo), torch.from_numpy(hi)
 
     def build_optimizers(self, models):
         t = self.spec.train
@@ -110,7 +130,7 @@ class AutoencoderTask(ScheduledTask):
         if len(self.manifest.shape) != 3 or not every or (epoch % every and epoch != self.spec.train.epochs):
             return {}, {}
         if self._watched is None:
-            self._watched = torch.tensor(load_split(self.spec.data_dir, "val")[0][:WATCH_IMAGES])
+            self._watched = torch.tensor(next(iter_split(self.spec.data_dir, "val"))[0][:WATCH_IMAGES])
         model = unwrap(models["model"])
         was_training = model.training
         with torch.no_grad():

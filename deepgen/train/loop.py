@@ -353,7 +353,8 @@ def load_model_weights(directory: Path, task: Task, which: str = "kept") -> dict
     (the best by train.monitor where the checkpoint holds one, else its own epoch's), or `which="last"`."""
     best = load_best(directory) if which == "kept" else None
     state = best or torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
-    models = task.build_models()
+    # a task whose modules carry data-derived buffers builds them without reading the data: the weights hold them
+    models = task.build_models_for_weights() if hasattr(task, "build_models_for_weights") else task.build_models()
     for k, m in models.items():
         m.load_state_dict(state["models"][k])
         m.eval()
