@@ -9,8 +9,9 @@ Per factor: a Parquet source folder of FACTOR * BASE rows (written file by file,
     score     deepgen.batch_scoring.score_with_ray_data over the source folder (every row), the model
               exported from the trained checkpoint (reconstruction score, no statistics to fit)
 and, per stage, wall time, rows/s, and the peak RSS of this process (the driver) and of the largest Ray
-worker process (sampled every 0.2 s from /proc through psutil). The target: peak memory flat (within 20%)
-from 1x to 16x, time growing about linearly.
+worker process (sampled every 0.2 s from /proc through psutil), and that worker peak without shared pages
+(RSS - shared: a worker's RSS also counts the object store's memory-mapped blocks it reads). The target:
+peak memory flat (within 20%) from 1x to 16x, time growing about linearly.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class PeakRss:
 
         self.psutil, self.period = psutil, period_s
         self.me = psutil.Process()
-        self.driver = self.worker = 0
+        self.driver = self.worker = self.worker_private = 0
         self._stop = threading.Event()
 
     def _workers(self):
@@ -56,7 +57,11 @@ class PeakRss:
             self.driver = max(self.driver, self.me.memory_info().rss)
             for p in self._workers():
                 try:
-                    self.worker = max(self.worker, p.memory_info().rss)
+                    m = p.memory_info()
+                    self.worker = max(self.worker, m.rss)
+                    # without the shared pages (the object store's memory-mapped blocks, libraries): what
+                    # the process holds of its own
+                    self.worker_private = max(self.worker_private, m.rss - m.shared)
                 except self.psutil.Error:
                     pass
             self._stop.wait(self.period)
@@ -117,7 +122,7 @@ def run_factor(root: Path, rows: int, features: int, epochs: int) -> dict:
     t = time.time()
     with PeakRss() as m:
         manifest, _ = prepare_dataset(spec.data, spec.data_dir, log=lambda s: None)
-    out["prepare"] = (time.time() - t, rows, m.driver, m.worker)
+    out["prepare"] = (time.time() - t, rows, m.driver, m.worker, m.worker_private)
     t = time.time()
     with PeakRss() as m:
         result = orchestrate.fit_trainer(spec, manifest, None, None)
@@ -126,12 +131,12 @@ def run_factor(root: Path, rows: int, features: int, epochs: int) -> dict:
             models = load_model_weights(Path(ckpt), task)
             history = json.loads((Path(ckpt) / "history.json").read_text())
     trained = orchestrate.normal_row_count(spec.data_dir, spec.anomaly) * len(history)  # rows trained
-    out["train"] = (time.time() - t, trained, m.driver, m.worker)
+    out["train"] = (time.time() - t, trained, m.driver, m.worker, m.worker_private)
     model_dir = task.export(root / "model", models, Evaluation({}, registry_tags=threshold_tags(0.5, FprThreshold())))
     t = time.time()
     with PeakRss() as m:
         done = score_with_ray_data(model_dir, root / "src", root / "scores.parquet", actors=1)
-    out["score"] = (time.time() - t, done["rows"], m.driver, m.worker)
+    out["score"] = (time.time() - t, done["rows"], m.driver, m.worker, m.worker_private)
     return out
 
 
@@ -156,15 +161,15 @@ def main() -> None:
     mb = 1 / 2**20
     print(f"base {args.base_rows} rows x {args.features} features (float64 Parquet source), "
           f"{args.epochs} epoch(s), 1 training worker, 1 scoring actor")
-    print(f"{'size':>5} {'rows':>9} {'stage':8} {'time s':>8} {'rows/s':>9} {'driver MiB':>10} {'worker MiB':>10}",
-          flush=True)
+    print(f"{'size':>5} {'rows':>9} {'stage':8} {'time s':>8} {'rows/s':>9} {'driver MiB':>10} {'worker MiB':>10} "
+          f"{'private MiB':>11}", flush=True)
     for f in (int(x) for x in args.factors.split(",")):
         with tempfile.TemporaryDirectory(prefix="deepgen-scale-") as tmp:
             r = run_factor(Path(tmp), f * args.base_rows, args.features, args.epochs)
         for s in ("prepare", "train", "score"):
-            secs, rows, drv, wrk = r[s]
+            secs, rows, drv, wrk, private = r[s]
             print(f"TABLE {f:>4}x {r['rows']:9d} {s:8} {secs:8.1f} {rows / secs:9.0f} {drv * mb:10.0f} "
-                  f"{wrk * mb:10.0f}", flush=True)
+                  f"{wrk * mb:10.0f} {private * mb:11.0f}", flush=True)
     ray.shutdown()
 
 

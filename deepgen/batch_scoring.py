@@ -26,8 +26,8 @@ BATCH_ROWS = 4096
 def is_large_input(path: str | Path) -> bool:
     """Whether `path` is scored by Ray Data: a folder of Parquet / CSV files, or a big .parquet / .csv."""
     p = Path(path)
-    if p.is_dir():
-        return True
+    if p.is_dir():  # a folder of table files (a folder without any is the in-memory reader's to refuse)
+        return any(f.suffix in (".parquet", ".csv") for f in p.rglob("*"))
     return p.suffix in (".parquet", ".csv") and p.is_file() and p.stat().st_size >= SHARDED_MIN_BYTES
 
 
@@ -83,9 +83,12 @@ class ScoreBatch:
 def score_with_ray_data(model_dir: Path, input_path: str | Path, output: Path, actors: int = 2) -> dict[str, int]:
     """Score every row of `input_path` into the Parquet folder `output` (published whole, or not at all);
     returns {"rows": N, "flagged": K, "files": F}."""
+    import warnings
+
     import pyarrow.parquet as pq
     import ray
     import ray.data
+    from ray.util.annotations import RayDeprecationWarning
 
     from deepgen.data.prepare import read_manifest
     from deepgen.data.prepare_ray import _quiet, _run, source_files
@@ -100,10 +103,14 @@ def score_with_ray_data(model_dir: Path, input_path: str | Path, output: Path, a
     scaler = manifest.scaler.model_dump() if manifest is not None and Path(input_path).is_dir() \
         and Path(input_path).suffix == ".parquet" else None
     blob = model_blob(model_dir)  # a constructor argument: Ray puts it in the object store once
-    scored = ds.map_batches(ScoreBatch, fn_constructor_args=(blob, scaler), batch_size=BATCH_ROWS,
-                            batch_format="pyarrow", concurrency=max(1, actors),
-                            scheduling_strategy="SPREAD")  # a fixed pool, one actor per node where it can
-    with writing(output) as tmp:
+    with warnings.catch_warnings(), writing(output) as tmp:
+        # stderr stays deepgen's: Ray 2.60 names no parameter for a scheduling strategy (the remote arg works),
+        # and Ray Data warns when a small input has fewer blocks than the pool has actors
+        warnings.simplefilter("ignore", RayDeprecationWarning)
+        warnings.filterwarnings("ignore", module=r"ray\.data")
+        scored = ds.map_batches(ScoreBatch, fn_constructor_args=(blob, scaler), batch_size=BATCH_ROWS,
+                                batch_format="pyarrow", concurrency=max(1, actors),
+                                scheduling_strategy="SPREAD")  # a fixed pool, one actor per node where it can
         _run(lambda: scored.write_parquet(str(tmp)), str(input_path))
         written = sorted(Path(tmp).glob("*.parquet"))
         if not written:

@@ -634,7 +634,9 @@ class TrainSpec(Spec):
         description="worker-group restarts from the last checkpoint after a worker dies (-1: unlimited)",
     )
     cache_shards: bool = Field(
-        default=True, description="keep each worker's data shard in memory after the first epoch"
+        default=True, description=("keep each worker's data shard in memory after the first epoch; false: each "
+                                   "worker streams its share of the split's Parquet files every epoch (bounded "
+                                   "memory; row-group order and a local buffer shuffled per epoch, read ahead)")
     )
     # How fast the step runs, not what it computes (deepgen.train.accel); left out of spec_hash.
     compile: Literal["off", "default", "max-autotune"] = Field(default="off", description=(
