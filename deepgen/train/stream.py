@@ -83,7 +83,7 @@ def read_plan(plan: list[tuple[RowGroup, int, int]], columns: tuple[str, ...], k
         wanted = [c for c in columns if c in names]
         if keep is not None and "label" in names and "label" not in wanted:
             wanted.append("label")
-        table = pf.read_row_group(g.index, columns=wanted)
+        table = pf.read_row_group(g.index, columns=wanted, use_threads=False)  # the cores are the step's
         if keep is not None and "label" in names:
             table = table.filter(pa.array(keep(table)))
         yield table.slice(start, end - start)
