@@ -9,7 +9,9 @@ Runs, in one process and on the same prepared Parquet data:
   plain+ray-idle  the same, with a local Ray instance started and idle (its daemons share the cores)
   plain-in-task   the same loop inside a Ray task with the worker's CPUs (a Ray worker process, no Train)
   ray             TorchTrainer, 1 worker, each worker's shard cached in memory after epoch 1 (the default)
-  ray-streaming   TorchTrainer, 1 worker, Ray Data streamed every epoch (train.cache_shards=false)
+  ray-streaming   TorchTrainer, 1 worker, the split's files streamed every epoch (train.cache_shards=false:
+                  deepgen.train.stream)
+With --paired N, only `ray` and `ray-streaming`, alternated N times (the 1.15x target of streaming).
   ray-2on1gpu     (--two-workers-one-gpu) TorchTrainer, 2 workers sharing one GPU (0.5 GPU each; gloo,
                   since NCCL refuses two ranks on one device), each training on half the rows
 The middle two split the gap between `plain` and `ray` into "Ray is running on this machine" and
@@ -145,7 +147,17 @@ def main() -> None:
     p.add_argument("--hidden", default="256,64", help="the autoencoder's layer widths")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--two-workers-one-gpu", action="store_true", help="also 2 workers sharing the GPU")
+    p.add_argument("--paired-plain", type=int, default=0, metavar="N",
+                   help="only the plain loop, in memory and streamed from the files (LocalEnv stream=True), "
+                        "alternated N times each: the data path's own cost, without Ray's noise")
+    p.add_argument("--paired", type=int, default=0, metavar="N",
+                   help="only ray (cached) and ray-streaming, alternated N times each (A B A B ...): the "
+                        "streamed / cached step-time ratio on noisy cores")
     args = p.parse_args()
+    if args.paired_plain:
+        return paired_plain(args)
+    if args.paired:
+        return paired(args)
     import torch
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -200,6 +212,71 @@ def main() -> None:
               f"{r['total_s']:8.1f}")
     ray_row = next(r for r in results if r["label"] == "ray")
     print(f"Ray Train steady-state step overhead: {ray_row['step_ms'] / base['step_ms'] - 1:+.1%} (target <= +2%)")
+
+
+def paired_plain(args) -> None:
+    """The plain loop in this process, the split in memory (A) or streamed from its Parquet files (B),
+    alternated: the streamed / cached step-time ratio without Ray's processes."""
+    import torch
+
+    hidden = [int(h) for h in args.hidden.split(",")]
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory(prefix="deepgen-bench-") as tmp:
+        root = Path(tmp)
+        spec = make_spec(root, args.rows, args.epochs, args.batch_size, True, "plain-pair", threads, hidden)
+        manifest, _ = prepare_dataset(spec.data, spec.data_dir, log=lambda m: None)
+        rows = []
+        for i in range(args.paired_plain):
+            pair = {}
+            for stream in (False, True):
+                label = "streamed" if stream else "cached"
+                t0 = time.time()
+                env = LocalEnv(spec.data_dir, spec.anomaly, root / f"ckpt-{label}-{i}", seed=spec.train.seed,
+                               stream=stream)
+                pair[label] = summarise(label, t0, time.time() + 1e-9, train_loop(spec, manifest, env))
+                print(f"pair {i}: {label:8} step {pair[label]['step_ms']:.3f} ms", flush=True)
+            rows.append(pair)
+    report_pairs(args, rows, threads)
+
+
+def report_pairs(args, rows: list[dict], threads: int) -> None:
+    ratios = [p["streamed"]["step_ms"] / p["cached"]["step_ms"] for p in rows]
+    med = {k: statistics.median(p[k]["step_ms"] for p in rows) for k in ("cached", "streamed")}
+    print(f"\nrows={args.rows} features=784 hidden={args.hidden} batch={args.batch_size} epochs={args.epochs} "
+          f"threads={threads}, {len(rows)} pairs")
+    print("per-pair streamed/cached step time: " + " ".join(f"{r:.3f}" for r in ratios))
+    print(f"median step ms: cached {med['cached']:.3f}, streamed {med['streamed']:.3f}, "
+          f"ratio {med['streamed'] / med['cached']:.3f} (target <= 1.15 on 2 cores)")
+
+
+def paired(args) -> None:
+    """Cached and streamed TorchTrainer runs in turn on the same prepared data; the ratio of each pair's
+    steady-state step times (streamed / cached) and of their medians."""
+    import ray
+    import torch
+
+    hidden = [int(h) for h in args.hidden.split(",")]
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory(prefix="deepgen-bench-") as tmp:
+        root = Path(tmp)
+        cached = make_spec(root, args.rows, args.epochs, args.batch_size, True, "pair-cached", threads, hidden)
+        manifest, _ = prepare_dataset(cached.data, cached.data_dir, log=lambda m: None)
+        ray.init(num_cpus=max(4, os.cpu_count() or 1), object_store_memory=2 * 10**9, include_dashboard=False)
+        rows = []
+        for i in range(args.paired):
+            pair = {}
+            for cache in (True, False):
+                label = "cached" if cache else "streamed"
+                spec = make_spec(root, args.rows, args.epochs, args.batch_size, cache, f"pair-{label}-{i}", threads,
+                                 hidden)
+                pair[label] = run_ray(spec, manifest, label)
+                print(f"pair {i}: {label:8} step {pair[label]['step_ms']:.3f} ms, start-up "
+                      f"{pair[label]['startup_s']:.1f} s, epoch {pair[label]['epoch_s']:.2f} s", flush=True)
+            rows.append(pair)
+        ray.shutdown()
+    report_pairs(args, rows, threads)
+    print(f"start-up s (median): cached {statistics.median(p['cached']['startup_s'] for p in rows):.1f}, "
+          f"streamed {statistics.median(p['streamed']['startup_s'] for p in rows):.1f}")
 
 
 if __name__ == "__main__":

@@ -182,6 +182,11 @@ class DataSpec(Spec):
     text: TextSpec | None = Field(default=None, description="text sources: tokenizer and row length")
     resize: int | None = Field(
         default=None, ge=4, description="images: resize to this square side (bilinear), e.g. 32 or 64 for GANs")
+    engine: Literal["auto", "memory", "ray_data"] = Field(default="auto", description=(
+        "how prepare runs: memory (one process reads the whole source: fastest for small data), ray_data "
+        "(table sources: streamed by Ray Data in two passes, many Parquet files per split, for sources larger "
+        "than memory; rows are split by a hash of their values), auto: ray_data for table sources of 256 MiB "
+        "and more"))
 
     def with_absolute_paths(self) -> DataSpec:
         """Source paths resolved against the current directory, for a Ray task that runs elsewhere."""
@@ -633,7 +638,9 @@ class TrainSpec(Spec):
         description="worker-group restarts from the last checkpoint after a worker dies (-1: unlimited)",
     )
     cache_shards: bool = Field(
-        default=True, description="keep each worker's data shard in memory after the first epoch"
+        default=True, description=("keep each worker's data shard in memory after the first epoch; false: each "
+                                   "worker streams its share of the split's Parquet files every epoch (bounded "
+                                   "memory; row-group order and a local buffer shuffled per epoch, read ahead)")
     )
     # How fast the step runs, not what it computes (deepgen.train.accel); left out of spec_hash.
     compile: Literal["off", "default", "max-autotune"] = Field(default="off", description=(
@@ -927,6 +934,8 @@ class PipelineSpec(Spec):
                             "compile_backend"):
             relevant["train"].pop(operational, None)
         relevant["data"].pop("output", None)
+        if relevant["data"].get("engine") == "auto":  # the default leaves hashes from before the field as they were
+            relevant["data"].pop("engine")
         return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:10]
 
     def refuse_other_spec(self, what: str, spec_hash: str | None, error: type[Exception] = SpecError) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from deepgen import tracking
 from deepgen.config import NAME_PATTERN, PipelineSpec, TextSpec
-from deepgen.data.dataset import check_normal_rows, normal_mask, normal_row_count, split_path
+from deepgen.data.dataset import check_normal_rows, normal_mask, normal_row_count, split_bytes, split_path
 from deepgen.data.prepare import Manifest, prepare_dataset
 from deepgen.errors import DeepgenError, RegistryError, TrainingError
 from deepgen.files import copy_into_place
@@ -165,22 +165,23 @@ def build_trainer(spec: PipelineSpec, manifest: Manifest, mlflow_run_id: str | N
 
     _quiet_ray_data()
     anomaly_spec = spec.anomaly
-    check_normal_rows(spec.data_dir, anomaly_spec)  # on the driver: a one-line error, not a worker's KeyError
+    train_rows = count_train_rows(spec, manifest)  # a one-line error here, not a worker's KeyError
 
     def keep_normal(batch):  # pyarrow batch -> normal rows only
         return batch.filter(normal_mask(batch.column("label"), anomaly_spec, batch.num_rows)) \
             if "label" in batch.column_names else batch
 
-    # validation rows are normal ones only too: the monitored val_loss chooses the epoch and stops training
+    # validation rows are normal ones only too: the monitored val_loss chooses the epoch and stops training.
+    # Streaming (cache_shards false), each worker reads its share of the files itself (deepgen.train.stream).
     datasets = {"train": split_dataset(spec.data_dir, "train", keep_normal),
-                "val": split_dataset(spec.data_dir, "val", keep_normal)}
+                "val": split_dataset(spec.data_dir, "val", keep_normal)} if spec.train.cache_shards else None
     s = spec.scaling
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "spec": spec.with_absolute_paths().model_dump(mode="json"), "manifest": manifest.model_dump(mode="json"),
             "mlflow_run_id": mlflow_run_id, "tracking_uri": tracking_uri,
-            "train_rows": normal_row_count(spec.data_dir, anomaly_spec),
+            "train_rows": train_rows,
         },
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu,
                                      resources_per_worker={"CPU": s.cpus_per_worker}),
@@ -196,6 +197,26 @@ def build_trainer(spec: PipelineSpec, manifest: Manifest, mlflow_run_id: str | N
         ),
         datasets=datasets,
     )
+
+
+def count_train_rows(spec: PipelineSpec, manifest: Manifest) -> int:
+    """The training rows the model learns from: the manifest's count when every row is normal; else the
+    normal ones, counted from the label column by a Ray task (where the data is: the driver reads none of
+    it), which also refuses an anomaly spec that leaves no normal row."""
+    a = spec.anomaly
+    if a.normal_labels is None and a.anomalous_labels is None:
+        return manifest.rows["train"]
+    import ray
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def count(data_dir, anomaly):
+        check_normal_rows(data_dir, anomaly)
+        return normal_row_count(data_dir, anomaly)
+
+    try:
+        return ray.get(count.remote(spec.data_dir, a))
+    except ray.exceptions.RayTaskError as e:
+        raise _user_error(e) from None
 
 
 SMALL_SPLIT_BYTES = 64 << 20
@@ -214,7 +235,7 @@ def split_dataset(data_dir: Path, split: str, keep=None):
     import ray.data
 
     path = split_path(data_dir, split)
-    if os.path.getsize(path) <= SMALL_SPLIT_BYTES:
+    if split_bytes(data_dir, split) <= SMALL_SPLIT_BYTES:
         table = pq.read_table(path)
         return ray.data.from_arrow(keep(table) if keep else table)
     ds = ray.data.read_parquet(path)

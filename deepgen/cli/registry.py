@@ -142,13 +142,17 @@ def cmd_score(args) -> int:
     import pyarrow.parquet as pq
 
     from deepgen import anomaly, tracking
+    from deepgen.batch_scoring import is_large_input
 
     out = Path(args.output)
-    check_output(out, Path(args.input), force=args.force)
+    sharded = is_large_input(args.input)  # beyond memory: Ray Data actors, a folder of Parquet files out
+    check_output(out, Path(args.input), folder=sharded, force=args.force)
     tracking.configure(args.runs_dir)
     version = tracking.resolve(args.model)
     if "threshold" not in version.tags:
         raise DeepgenError(f"{args.model}: version {version.version} has no threshold tag; not an anomaly model")
+    if sharded:
+        return _score_sharded(args, version, out)
     scorer = tracking.load_registered(version, family="anomaly")
     threshold = float(version.tags["threshold"])  # the registry is the source of truth
     x, labels = scorer.read_input(args.input)
@@ -165,6 +169,27 @@ def cmd_score(args) -> int:
                "flagged": int(flagged.sum()), "output": str(out)},
         f"scored {len(scores)} rows with {version.name} v{version.version} (threshold {threshold:.6g}): "
         f"{int(flagged.sum())} flagged as anomalies -> {out}")
+
+
+def _score_sharded(args, version, out: Path) -> int:
+    """`deepgen score` of a folder or a large file: Ray Data map_batches, the model loaded once per actor."""
+    from deepgen import orchestrate, tracking
+    from deepgen.batch_scoring import score_with_ray_data
+    from deepgen.export import read_meta
+
+    with tracking.fetched_model_dir(version) as model_dir:
+        if read_meta(model_dir).family != "anomaly":
+            raise DeepgenError(f"{version.name}/{version.version}: a {read_meta(model_dir).family} model, not anomaly")
+        orchestrate.ensure_ray()
+        if out.is_dir():  # an empty folder (check_output refused a full one): the scores take its place
+            out.rmdir()
+        done = score_with_ray_data(Path(model_dir), args.input, out)
+    threshold = float(version.tags["threshold"])
+    return console.report(
+        args, {"model": version.name, "version": str(version.version), "rows": done["rows"], "threshold": threshold,
+               "flagged": done["flagged"], "output": str(out), "files": done["files"]},
+        f"scored {done['rows']} rows with {version.name} v{version.version} (threshold {threshold:.6g}) "
+        f"through Ray Data: {done['flagged']} flagged as anomalies -> {out}/ ({done['files']} Parquet files)")
 
 
 def cmd_predict(args) -> int:

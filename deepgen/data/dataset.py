@@ -18,7 +18,33 @@ MANIFEST = "manifest.json"  # beside the split files; written last
 
 
 def split_path(data_dir: str | Path, split: str) -> str:
+    """DIR/SPLIT.parquet: one file (the in-memory prepare, text) or a folder of part files (the Ray Data
+    prepare, deepgen.data.prepare_ray); pyarrow and Ray Data read either as one table."""
     return str(Path(data_dir) / f"{split}.parquet")
+
+
+def split_files(data_dir: str | Path, split: str) -> list[Path]:
+    """The Parquet files of one prepared split, in order (one for a single-file split)."""
+    path = Path(split_path(data_dir, split))
+    if path.is_dir():
+        return sorted(f for f in path.glob("*.parquet") if not f.name.startswith((".", "_")))
+    return [path] if path.is_file() else []
+
+
+def split_bytes(data_dir: str | Path, split: str) -> int:
+    return sum(f.stat().st_size for f in split_files(data_dir, split))
+
+
+def split_schema(data_dir: str | Path, split: str) -> pa.Schema:
+    files = split_files(data_dir, split)
+    if not files:
+        raise DataError(f"{split_path(data_dir, split)}: missing; run `deepgen prepare` first")
+    return pq.read_schema(files[0])
+
+
+def split_rows(data_dir: str | Path, split: str) -> int:
+    """Rows of a split from its files' Parquet footers (no row is read)."""
+    return sum(pq.read_metadata(f).num_rows for f in split_files(data_dir, split))
 
 
 def features_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -31,11 +57,38 @@ def features_to_numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 def load_split(data_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray | None]:
     """(features (N, D) float32, labels (N,) or None) of one prepared split."""
     path = split_path(data_dir, split)
-    if not Path(path).is_file():
+    if not split_files(data_dir, split):
         raise DataError(f"{path}: missing; run `deepgen prepare` first")
     table = pq.read_table(path)
     labels = table.column("label").to_numpy(zero_copy_only=False) if "label" in table.column_names else None
     return features_to_numpy(table.column("features")), labels
+
+
+def iter_split(data_dir: str | Path, split: str, chunk_rows: int = 65_536):
+    """(features (n, D) float32, labels (n,) or None) chunks of a prepared split, file by file: what a caller
+    keeps per row (a score) grows with the split, the rows themselves do not."""
+    files = split_files(data_dir, split)
+    if not files:
+        raise DataError(f"{split_path(data_dir, split)}: missing; run `deepgen prepare` first")
+    for f in files:
+        pf = pq.ParquetFile(f)
+        columns = [c for c in ("features", "label") if c in pf.schema_arrow.names]
+        for batch in pf.iter_batches(batch_size=chunk_rows, columns=columns):
+            labels = batch.column("label").to_numpy(zero_copy_only=False) if "label" in batch.schema.names else None
+            yield features_to_numpy(batch.column("features")), labels
+
+
+def split_scores(score, data_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(scores (N,), labels (N,) or None, the first rows (<= 8, D)) of a split scored chunk by chunk by
+    `score(x) -> (n,)`: evaluation holds score arrays, never the split's features."""
+    scores, labels, head = [], [], None
+    for x, y in iter_split(data_dir, split):
+        scores.append(score(x))
+        if y is not None:
+            labels.append(y)
+        if head is None:
+            head = x[:8].copy()
+    return np.concatenate(scores), (np.concatenate(labels) if labels else None), head
 
 
 def normal_mask(labels: pa.Array | np.ndarray | None, anomaly: AnomalySpec, n: int) -> np.ndarray:
@@ -64,7 +117,7 @@ def check_normal_rows(data_dir: str | Path, anomaly: AnomalySpec) -> None:
     if anomaly.normal_labels is None and anomaly.anomalous_labels is None:
         return
     path = split_path(data_dir, "train")
-    if "label" in pq.read_schema(path).names:
+    if "label" in split_schema(data_dir, "train").names:
         labels = pq.read_table(path, columns=["label"]).column("label")
         normal_train_mask(labels, anomaly, len(labels))
 
@@ -72,8 +125,8 @@ def check_normal_rows(data_dir: str | Path, anomaly: AnomalySpec) -> None:
 def normal_row_count(data_dir: str | Path, anomaly: AnomalySpec) -> int:
     """How many training rows the model learns from (the normal ones), read from the label column alone."""
     path = split_path(data_dir, "train")
-    if "label" not in pq.read_schema(path).names:
-        return pq.read_metadata(path).num_rows
+    if "label" not in split_schema(data_dir, "train").names:
+        return split_rows(data_dir, "train")
     labels = pq.read_table(path, columns=["label"]).column("label")
     return int(normal_mask(labels, anomaly, len(labels)).sum())
 
@@ -90,7 +143,7 @@ def _typed(values: list, arrow_type: pa.DataType) -> pa.Array:
 
 def splits_present(out_dir: Path, rows: dict[str, int]) -> bool:
     """Whether every split file a manifest lists is there (one deleted by hand means: prepare again)."""
-    return all((out_dir / f"{name}.parquet").is_file() for name in rows)
+    return all(split_files(out_dir, name) for name in rows)
 
 
 def write_atomically(out_dir: Path, tables: dict[str, pa.Table], manifest, extra=None) -> None:
@@ -99,13 +152,28 @@ def write_atomically(out_dir: Path, tables: dict[str, pa.Table], manifest, extra
 
     def fill(folder: Path) -> None:
         for name, table in tables.items():
-            pq.write_table(table, folder / f"{name}.parquet")
+            pq.write_table(table, folder / f"{name}.parquet", row_group_size=row_group_rows(table))
         if extra is not None:
             extra(folder)
         (folder / MANIFEST).write_text(manifest.model_dump_json(indent=2))
 
+    publish(out_dir, fill, manifest.fingerprint)
+
+
+ROW_GROUP_BYTES = 4 << 20  # per row group: the unit streaming training (deepgen.train.stream) reorders per epoch
+
+
+def row_group_rows(table: pa.Table) -> int:
+    """Rows per row group for about ROW_GROUP_BYTES of data (at least 1,024)."""
+    per_row = table.nbytes / max(table.num_rows, 1)
+    return max(1024, int(ROW_GROUP_BYTES / max(per_row, 1)))
+
+
+def publish(out_dir: Path, fill, fingerprint: str) -> None:
+    """`fill(folder)` writes a whole dataset, manifest last, into a hidden sibling folder that then replaces
+    `out_dir` (deepgen.files.write_folder): readers see the old dataset or the new one, never half of one."""
     try:  # another process preparing the same folder may swap its copy in first: fine if it holds the same data
-        write_folder(out_dir, fill, same=lambda: _written_fingerprint(out_dir) == manifest.fingerprint)
+        write_folder(out_dir, fill, same=lambda: _written_fingerprint(out_dir) == fingerprint)
     except WriteRace:
         raise DataError(f"{out_dir}: another process wrote this dataset at the same time; "
                         "run again once it is done") from None

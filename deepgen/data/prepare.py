@@ -80,6 +80,9 @@ class Manifest(BaseModel):
     target_shape: list[int] | None = None  # per-row target, e.g. a (1, H, W) segmentation mask
     scaler: Scaler
     arrow_schema: dict[str, str]  # column -> Arrow type
+    # the Ray Data prepare: split -> its part files (name, rows, bytes) under DIR/SPLIT.parquet/; None: one
+    # file per split (DIR/SPLIT.parquet)
+    files: dict[str, list[dict]] | None = None
     # every scaled training value is 0 or 1: the one case where a Bernoulli likelihood (sigmoid + BCE)
     # describes the data; grey levels and table values get a Gaussian one (mse) under `loss: auto`
     binary_features: bool = False
@@ -108,9 +111,13 @@ def read_manifest(directory: str | Path) -> Manifest | None:
         return None  # an older or damaged manifest: prepare again
 
 
-def dataset_fingerprint(data: DataSpec, source_fingerprint: str) -> str:
-    spec = data.model_dump(mode="json", exclude={"output"})
-    blob = json.dumps({"spec": spec, "source": source_fingerprint, "format": FORMAT_VERSION}, sort_keys=True)
+def dataset_fingerprint(data: DataSpec, source_fingerprint: str, engine: str = "memory") -> str:
+    """Source bytes + spec (+ the engine, when Ray Data wrote it: its split is by row hash, not a permutation)."""
+    spec = data.model_dump(mode="json", exclude={"output", "engine"})
+    key = {"spec": spec, "source": source_fingerprint, "format": FORMAT_VERSION}
+    if engine != "memory":
+        key["engine"] = engine
+    blob = json.dumps(key, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -121,6 +128,10 @@ def prepare_dataset(data: DataSpec, out_dir: str | Path, log=print) -> tuple[Man
 
         return prepare_text(data.source, out_dir, data.text, val_fraction=data.val_fraction,
                             test_fraction=data.test_fraction, seed=data.seed, log=log)
+    from deepgen.data.prepare_ray import prepare_with_ray_data, use_ray_data
+
+    if use_ray_data(data):  # sources larger than memory: streamed through Ray Data's readers and writers
+        return prepare_with_ray_data(data, out_dir, log)
     out_dir = Path(out_dir)
     raw = read_source(data.source)
     fingerprint = dataset_fingerprint(data, raw.fingerprint)

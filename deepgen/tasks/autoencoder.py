@@ -26,7 +26,13 @@ import torch
 
 from deepgen import anomaly, plots
 from deepgen.config import PipelineSpec, resolve_input_range, resolve_loss, resolve_score
-from deepgen.data.dataset import load_split, normal_mask, normal_train_mask
+from deepgen.data.dataset import (
+    check_normal_rows,
+    iter_split,
+    load_split,
+    normal_mask,
+    split_scores,
+)
 from deepgen.data.prepare import Manifest
 from deepgen.errors import DataError
 from deepgen.export import ModelMeta, load_weights, read_meta, read_rows, save_model_dir, table_rows
@@ -77,11 +83,25 @@ class AutoencoderTask(ScheduledTask):
             model.set_input_range(*self.normal_range())
         return {"model": model}
 
+    def build_models_for_weights(self):
+        """The modules a checkpoint's weights are loaded into: the input range is among those weights
+        (buffers), so the training split is not read (the driver reads no prepared rows)."""
+        if self.input_range != "normal":  # nothing data-derived to skip (an MAE, prepared-range images)
+            return self.build_models()
+        return {"model": build_autoencoder(self.spec.model.kind, self.config)}
+
     def normal_range(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-feature (min, max) over the normal training rows, (D,) each: the rows the model learns."""
-        x_train, y_train = load_split(self.spec.data_dir, "train")
-        x_normal = x_train[normal_train_mask(y_train, self.spec.anomaly, len(x_train))]
-        return torch.from_numpy(x_normal.min(0)), torch.from_numpy(x_normal.max(0))
+        """Per-feature (min, max) over the normal training rows, (D,) each: the rows the model learns;
+        read chunk by chunk (deepgen.data.dataset.iter_split), never the whole split at once."""
+        lo = hi = None
+        for x, y in iter_split(self.spec.data_dir, "train"):
+            x = x[normal_mask(y, self.spec.anomaly, len(x))]
+            if len(x):
+                lo = x.min(0) if lo is None else np.minimum(lo, x.min(0))
+                hi = x.max(0) if hi is None else np.maximum(hi, x.max(0))
+        if lo is None:  # no normal row at all: the one-line refusal
+            check_normal_rows(self.spec.data_dir, self.spec.anomaly)
+        return torch.from_numpy(lo), torch.from_numpy(hi)
 
     def build_optimizers(self, models):
         t = self.spec.train
@@ -110,7 +130,7 @@ class AutoencoderTask(ScheduledTask):
         if len(self.manifest.shape) != 3 or not every or (epoch % every and epoch != self.spec.train.epochs):
             return {}, {}
         if self._watched is None:
-            self._watched = torch.tensor(load_split(self.spec.data_dir, "val")[0][:WATCH_IMAGES])
+            self._watched = torch.tensor(next(iter_split(self.spec.data_dir, "val"))[0][:WATCH_IMAGES])
         model = unwrap(models["model"])
         was_training = model.training
         with torch.no_grad():
@@ -133,14 +153,14 @@ class AutoencoderTask(ScheduledTask):
         model = models["model"].eval()
         spec = self.spec
         self.scorer = self.fit_scorer(model, data_dir)
-        x_val, y_val = load_split(data_dir, "val")
-        val_scores = self.scorer.score(model, x_val)
-        val_is_anomaly = ~normal_mask(y_val, spec.anomaly, len(x_val))
+        # scored split by split, chunk by chunk: the threshold and the metrics need the score arrays only
+        score = lambda x: self.scorer.score(model, x)  # noqa: E731
+        val_scores, y_val, _ = split_scores(score, data_dir, "val")
+        val_is_anomaly = ~normal_mask(y_val, spec.anomaly, len(val_scores))
         # after a fallback (f1 without validation anomalies), the registry records the method really used
         threshold, method = anomaly.calibrate(val_scores, val_is_anomaly, spec.anomaly.threshold)
-        x_test, y_test = load_split(data_dir, "test")
-        scores = self.scorer.score(model, x_test)
-        is_anomaly = ~normal_mask(y_test, spec.anomaly, len(x_test))
+        scores, y_test, x_test = split_scores(score, data_dir, "test")  # x_test: the first rows, for pictures
+        is_anomaly = ~normal_mask(y_test, spec.anomaly, len(scores))
         metrics = anomaly.evaluate_scores(scores, is_anomaly, threshold)
         tags = anomaly.threshold_tags(threshold, method) | {"score": self.score, "resolved_loss": self.config.loss,
                                                              "input_range": self.input_range}
@@ -236,14 +256,16 @@ class AnomalyScorer(Predictor):
         """Detection metrics on another dataset's test split at this model's own threshold (for the gate).
         The split was scaled for the new model; its rows are mapped back to raw values and scaled as this
         model was trained (a table's min-max range moves when the data gains rows)."""
+        from deepgen.data.dataset import split_schema
         from deepgen.data.prepare import read_manifest
 
-        x_test, y_test = load_split(data_dir, "test")
-        if x_test.shape[1] != self.meta.num_features:
+        if split_schema(data_dir, "test").field("features").type.list_size != self.meta.num_features:
             return None
-        x_test = self.meta.scaler.rescale(x_test, scaled_by=read_manifest(data_dir).scaler)
-        truth = ~normal_mask(y_test, anomaly_spec, len(x_test))
-        return anomaly.evaluate_scores(self.score(x_test), truth, self.threshold)
+        theirs = read_manifest(data_dir).scaler
+        scores, y_test, _ = split_scores(lambda x: self.score(self.meta.scaler.rescale(x, scaled_by=theirs)),
+                                         data_dir, "test")  # chunk by chunk: the gate holds scores only
+        truth = ~normal_mask(y_test, anomaly_spec, len(scores))
+        return anomaly.evaluate_scores(scores, truth, self.threshold)
 
     def read_input(self, path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
         """A file of raw rows -> (scaled rows (N, D), labels or None), checked against the model's shape."""

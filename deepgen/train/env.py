@@ -26,9 +26,6 @@ from deepgen.errors import DataError
 from deepgen.files import copy_into_place
 from deepgen.train.accel import place_split
 
-SHUFFLE_BUFFER_ROWS = 4096
-
-
 Batch = dict[str, torch.Tensor]  # column -> (B, ...) tensor, e.g. "features" (B, D), "target", "label" (B,)
 TENSOR_COLUMNS = ("features", "target")  # what image and table families read; a task may ask for others
 
@@ -80,13 +77,25 @@ class LocalEnv:
     world_size = 1
 
     def __init__(self, data_dir: str | Path, anomaly: AnomalySpec, checkpoint_root: str | Path,
-                 use_gpu: bool = False, keep: int = 2, seed: int = 0):
+                 use_gpu: bool = False, keep: int = 2, seed: int = 0, stream: bool = False):
         self.device = pick_device(use_gpu)
         self.root = Path(checkpoint_root)
         self.keep = keep
         self.seed = seed
         self._tables = {}
         self._splits: dict[tuple[str, tuple[str, ...]], Batch] = {}
+        # stream: read the splits' files every epoch (deepgen.train.stream) instead of holding them
+        self.stream = stream
+        self._groups: dict[str, list] = {}
+        if stream:
+            from deepgen.data.dataset import split_files
+            from deepgen.train.stream import row_groups
+
+            self.data_dir = data_dir
+            self._keep = None if anomaly.normal_labels is None and anomaly.anomalous_labels is None \
+                else (lambda t: normal_mask(t.column("label"), anomaly, t.num_rows))
+            self._groups = {s: row_groups(split_files(data_dir, s), self._keep) for s in ("train", "val")}
+            return
         for split in ("train", "val"):
             # an autoencoder for anomaly detection learns normal rows only, and is validated (its epoch
             # chosen, its training stopped) on normal rows only: anomalies never choose the model
@@ -96,10 +105,18 @@ class LocalEnv:
             self._tables[split] = table.filter(mask(labels, anomaly, table.num_rows))
 
     def num_rows(self, split: str) -> int:
+        if self.stream:
+            return sum(g.rows for g in self._groups[split])
         return self._tables[split].num_rows
 
     def batches(self, split: str, batch_size: int, epoch: int,
                 columns: tuple[str, ...] = TENSOR_COLUMNS) -> Iterator[Batch]:
+        if self.stream:
+            from deepgen.data.dataset import split_files
+            from deepgen.train.stream import stream_batches
+
+            return stream_batches(split_files(self.data_dir, split), self._groups[split], batch_size, epoch, self.seed,
+                                  0, 1, split == "train", columns, self._keep, arrow_tensors, self.device)
         if (split, columns) not in self._splits:
             self._splits[split, columns] = place_split(arrow_tensors(self._tables[split], columns), self.device)
         return tensor_batches(self._splits[split, columns], batch_size, epoch, self.seed, split == "train",
@@ -137,7 +154,8 @@ class LocalEnv:
 class RayTrainEnv:
     """Inside `train_loop_per_worker`: dataset shards, DDP, `ray.train.report` with checkpoints."""
 
-    def __init__(self, use_gpu: bool, seed: int = 0, cache_shards: bool = True, train_rows: int | None = None):
+    def __init__(self, use_gpu: bool, seed: int = 0, cache_shards: bool = True, train_rows: int | None = None,
+                 data_dir: str | Path | None = None, anomaly: AnomalySpec | None = None):
         import ray.train
         import ray.train.torch
 
@@ -151,6 +169,9 @@ class RayTrainEnv:
         self.cache_shards = cache_shards
         self.train_rows = train_rows  # the (normal) training rows of all workers, counted by the driver
         self._cache: dict[str, Batch] = {}
+        # streaming (cache_shards false): each worker reads its share of the split's files itself
+        self.data_dir, self.anomaly = data_dir, anomaly
+        self._groups: dict[str, list] = {}
 
     def num_rows(self, split: str) -> int:
         if split != "train" or self.train_rows is None:
@@ -159,6 +180,8 @@ class RayTrainEnv:
 
     def batches(self, split: str, batch_size: int, epoch: int,
                 columns: tuple[str, ...] = TENSOR_COLUMNS) -> Iterator[Batch]:
+        if not self.cache_shards and self.data_dir is not None:
+            return self._stream_files(split, batch_size, epoch, columns)
         shard = self._train.get_dataset_shard(split)
         if self.cache_shards:
             # Ray Data starts a streaming execution per epoch (seconds on a small machine); a shard that
@@ -169,13 +192,27 @@ class RayTrainEnv:
                 self._cache[split] = place_split({k: torch.cat([p[k] for p in parts]) for k in parts[0]}, self.device)
             return tensor_batches(self._cache[split], batch_size, epoch, self.seed + self.world_rank,
                                   split == "train", self.device)
-        return self._stream(shard, split, batch_size, epoch, columns)
+        raise ValueError("streaming (cache_shards false) needs the prepared data's folder (data_dir)")
 
-    def _stream(self, shard, split: str, batch_size: int, epoch: int, columns) -> Iterator[Batch]:
-        shuffle = {"local_shuffle_buffer_size": SHUFFLE_BUFFER_ROWS, "local_shuffle_seed": self.seed + epoch} \
-            if split == "train" else {}
-        for batch in shard.iter_batches(batch_size=batch_size, batch_format="pyarrow", **shuffle):
-            yield {k: v.to(self.device, non_blocking=True) for k, v in arrow_tensors(batch, columns).items()}
+    def _stream_files(self, split: str, batch_size: int, epoch: int, columns) -> Iterator[Batch]:
+        """This rank's share of the split, streamed from its Parquet files (deepgen.train.stream): row group
+        order and a local buffer shuffled per epoch, read ahead by a thread; memory bounded by the buffer."""
+        from deepgen.data.dataset import split_files
+        from deepgen.train.stream import row_groups, stream_batches
+
+        keep = self._keep()
+        files = split_files(self.data_dir, split)
+        if split not in self._groups:
+            self._groups[split] = row_groups(files, keep)
+        return stream_batches(files, self._groups[split], batch_size, epoch, self.seed, self.world_rank,
+                              self.world_size, split == "train", columns, keep, arrow_tensors, self.device)
+
+    def _keep(self):
+        """table -> the rows an autoencoder learns from and is validated on (its normal rows), or None."""
+        anomaly = self.anomaly
+        if anomaly is None or (anomaly.normal_labels is None and anomaly.anomalous_labels is None):
+            return None
+        return lambda t: normal_mask(t.column("label"), anomaly, t.num_rows)
 
     def prepare_model(self, model: nn.Module, ddp_options: dict | None = None) -> nn.Module:
         # DDP across workers (gloo on CPU, NCCL on GPU), with a task's DistributedDataParallel options; a

@@ -42,7 +42,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     spec = PipelineSpec.model_validate(config["spec"])
     manifest = manifest_from_dict(config["manifest"])
     env = RayTrainEnv(use_gpu=spec.scaling.use_gpu, seed=spec.train.seed, cache_shards=spec.train.cache_shards,
-                      train_rows=config.get("train_rows"))
+                      train_rows=config.get("train_rows"), data_dir=spec.data_dir, anomaly=spec.anomaly)
     on_epoch = None
     if env.world_rank == 0 and config.get("mlflow_run_id"):
         from deepgen import tracking
@@ -353,7 +353,8 @@ def load_model_weights(directory: Path, task: Task, which: str = "kept") -> dict
     (the best by train.monitor where the checkpoint holds one, else its own epoch's), or `which="last"`."""
     best = load_best(directory) if which == "kept" else None
     state = best or torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
-    models = task.build_models()
+    # a task whose modules carry data-derived buffers builds them without reading the data: the weights hold them
+    models = task.build_models_for_weights() if hasattr(task, "build_models_for_weights") else task.build_models()
     for k, m in models.items():
         m.load_state_dict(state["models"][k])
         m.eval()

@@ -1,0 +1,121 @@
+"""`deepgen score` over inputs larger than memory: Ray Data `map_batches` with the model loaded once per actor.
+
+A folder of Parquet / CSV files, or one file of at least SHARDED_MIN_BYTES, is read by Ray Data's readers;
+an actor pool (each actor loads the exported model once, from bytes the driver put in Ray's object store,
+so actors on any node can load it) turns each batch of raw rows into `score`, `is_anomaly` (and `label`,
+`path`: the row's input file); `write_parquet` writes many files into a hidden folder that is renamed onto
+--output at the end. The driver sees the model's bytes going out and two numbers coming back (rows,
+flagged), never the rows.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from deepgen.errors import DataError
+
+SHARDED_MIN_BYTES = 256 << 20  # a single input file from this size on is scored by Ray Data
+BATCH_ROWS = 4096
+
+
+def is_large_input(path: str | Path) -> bool:
+    """Whether `path` is scored by Ray Data: a folder of Parquet / CSV files, or a big .parquet / .csv."""
+    p = Path(path)
+    if p.is_dir():  # a folder of table files (a folder without any is the in-memory reader's to refuse)
+        return any(f.suffix in (".parquet", ".csv") for f in p.rglob("*"))
+    return p.suffix in (".parquet", ".csv") and p.is_file() and p.stat().st_size >= SHARDED_MIN_BYTES
+
+
+def model_blob(model_dir: Path) -> dict[str, bytes]:
+    """An exported model folder as {relative path: bytes} (a few MB), for Ray's object store."""
+    return {str(f.relative_to(model_dir)): f.read_bytes() for f in sorted(model_dir.rglob("*")) if f.is_file()}
+
+
+class ScoreBatch:
+    """An actor of the pool: loads the model once, then scores batches of raw rows."""
+
+    def __init__(self, blob: dict[str, bytes], input_scaler: dict | None = None):
+        from deepgen.data.prepare import Scaler
+        from deepgen.serving import load_exported
+
+        folder = Path(tempfile.mkdtemp(prefix="deepgen-score-model-"))
+        try:
+            for name, data in blob.items():
+                (folder / name).parent.mkdir(parents=True, exist_ok=True)
+                (folder / name).write_bytes(data)
+            self.scorer = load_exported(folder)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.input_scaler = Scaler.model_validate(input_scaler) if input_scaler else None
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from deepgen import anomaly
+        from deepgen.data.dataset import features_to_numpy
+        from deepgen.export import table_rows
+
+        where = str(batch.column("path")[0].as_py()) if "path" in batch.column_names else "input"
+        meta = self.scorer.meta
+        if "features" in batch.column_names:  # prepared rows: scaled for their dataset, mapped to the model's
+            x = features_to_numpy(batch.column("features"))
+            x = meta.scaler.rescale(x, scaled_by=self.input_scaler) if self.input_scaler else meta.scaler.apply(x)
+        else:
+            x = table_rows(batch, meta, where)
+        if x.shape[1] != meta.num_features:
+            raise DataError(f"{where}: rows have {x.shape[1]} features, the model expects {meta.num_features}")
+        bad = ~np.isfinite(x).all(1)
+        if bad.any():
+            where = str(batch.column("path")[int(np.argmax(bad))].as_py()) if "path" in batch.column_names else where
+            raise DataError(f"{where}: rows hold NaN or infinite values; clean or drop them")
+        scores = self.scorer.score(x)
+        columns = {"score": pa.array(scores), "is_anomaly": pa.array(anomaly.flag(scores, self.scorer.threshold))}
+        if "label" in batch.column_names:
+            columns["label"] = batch.column("label")
+        if "path" in batch.column_names:
+            columns["path"] = batch.column("path")
+        return pa.table(columns)
+
+
+def score_with_ray_data(model_dir: Path, input_path: str | Path, output: Path, actors: int = 2) -> dict[str, int]:
+    """Score every row of `input_path` into the Parquet folder `output` (published whole, or not at all);
+    returns {"rows": N, "flagged": K, "files": F}."""
+    import warnings
+
+    import pyarrow.parquet as pq
+    import ray
+    import ray.data
+    from ray.util.annotations import RayDeprecationWarning
+
+    from deepgen.data.prepare import read_manifest
+    from deepgen.data.prepare_ray import _quiet, _run, source_files
+    from deepgen.files import writing
+
+    files = source_files(input_path)
+    _quiet()
+    paths = [str(f) for f in files]
+    ds = ray.data.read_csv(paths, include_paths=True) if files[0].suffix == ".csv" \
+        else ray.data.read_parquet(paths, include_paths=True)
+    manifest = read_manifest(Path(input_path).parent)  # a prepared split folder: DIR/test.parquet/
+    scaler = manifest.scaler.model_dump() if manifest is not None and Path(input_path).is_dir() \
+        and Path(input_path).suffix == ".parquet" else None
+    blob = model_blob(model_dir)  # a constructor argument: Ray puts it in the object store once
+    with warnings.catch_warnings(), writing(output) as tmp:
+        # stderr stays deepgen's: Ray 2.60 names no parameter for a scheduling strategy (the remote arg works),
+        # and Ray Data warns when a small input has fewer blocks than the pool has actors
+        warnings.simplefilter("ignore", RayDeprecationWarning)
+        warnings.filterwarnings("ignore", module=r"ray\.data")
+        scored = ds.map_batches(ScoreBatch, fn_constructor_args=(blob, scaler), batch_size=BATCH_ROWS,
+                                batch_format="pyarrow", concurrency=max(1, actors),
+                                scheduling_strategy="SPREAD")  # a fixed pool, one actor per node where it can
+        _run(lambda: scored.write_parquet(str(tmp)), str(input_path))
+        written = sorted(Path(tmp).glob("*.parquet"))
+        if not written:
+            raise DataError(f"{input_path}: no rows; give at least one row")
+        rows = sum(pq.read_metadata(f).num_rows for f in written)
+        flagged = int(_run(lambda: ray.data.read_parquet(str(tmp)).select_columns(["is_anomaly"]).sum("is_anomaly"),
+                           str(input_path)) or 0)
+    return {"rows": rows, "flagged": flagged, "files": len(written)}
