@@ -107,8 +107,8 @@ def main() -> None:
             G = task.sampler(models)
             columns = getattr(G.config, "num_classes", 0) or 8
             grid = sample_grid(G, 8 * columns, columns=columns, seed=SEED + 1)
-            name = "_".join([args.dataset, Path(args.pipeline).stem, *[s.split(".")[-1] for s in args.set],
-                             str(done)]).replace("/", "-")
+            changes = [f"{s.split('=')[0].split('.')[-1]}-{s.split('=', 1)[1]}" for s in args.set]
+            name = "_".join([args.dataset, Path(args.pipeline).stem, *changes, str(done)]).replace("/", "-")
             Path(args.grids).mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.asarray(grid)).save(Path(args.grids) / f"{name}.png")
 
