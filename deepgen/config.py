@@ -493,6 +493,11 @@ class CGANSpec(ImageGanSpec):
         "aux_weight). G always takes the embedding appended to z"))
     aux_weight: float = Field(default=1.0, ge=0, description=(
         "conditioning acgan: weight of the class term -log C(y | x) in D's loss (real x) and G's (x = G(z, y))"))
+    aux_generated: Literal["real_only", "label", "extra_class"] = Field(default="extra_class", description=(
+        "conditioning acgan: what D's class head learns from G's samples G(z, y). extra_class: a (K+1)-th class "
+        "'generated' (Salimans et al. 2016), so an image off the data cannot score as any label; label: their "
+        "asked label y (Odena et al. 2017); real_only: nothing (it learns on real images only, and G learns to "
+        "satisfy it with images that are not digits: benchmarks/README.md)"))
     nz: int = Field(default=100, gt=0, le=MAX_WIDTH)
     ngf: int = Field(default=64, gt=0, le=MAX_WIDTH, description="dcgan: generator channels")
     ndf: int = Field(default=64, gt=0, le=MAX_WIDTH, description="dcgan: discriminator channels")

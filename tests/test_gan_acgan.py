@@ -3,6 +3,7 @@ that a tiny one learns to draw the label it is asked for, and its spec fields.""
 
 import pytest
 import torch
+import torch.nn.functional as F
 from pydantic import ValidationError
 from test_gans import batch_of, blob_images, make_task
 
@@ -95,3 +96,40 @@ def test_acgan_fields_validate():
         CGANSpec(num_classes=3, architecture="mlp", conditioning="acgan")
     with pytest.raises(ValidationError, match="conditioning"):
         CGANSpec(num_classes=3, conditioning="labels")
+    with pytest.raises(ValidationError, match="aux_generated"):
+        tiny_acgan(aux_generated="fake")
+
+
+def test_the_generated_class_term_targets_the_asked_label_or_the_extra_generated_class():
+    logits, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])  # K = 3 labels and "generated"
+    assert gans.generated_class_loss(logits, y, "real_only") is None
+    assert torch.allclose(gans.generated_class_loss(logits, y, "label"), F.cross_entropy(logits, y))
+    assert torch.allclose(gans.generated_class_loss(logits, y, "extra_class"),
+                          F.cross_entropy(logits, torch.full((6,), 3)))
+
+
+@pytest.mark.parametrize("mode, outputs", [("real_only", 2), ("label", 2), ("extra_class", 3)])
+def test_the_class_head_has_a_generated_output_only_with_extra_class(mode, outputs):
+    models = make_task(tiny_acgan(aux_generated=mode)).build_models()
+    assert models["discriminator"].classifier.out_features == outputs
+
+
+def test_an_extra_class_head_learns_to_call_the_samples_generated_and_the_data_by_label():
+    """With aux_generated extra_class, D's head is trained on G's samples as class K: after some steps
+    it gives G's samples most of their probability on "generated", and real images little."""
+    torch.manual_seed(0)
+    task = make_task(tiny_acgan(aux_generated="extra_class"))
+    models = task.build_models()
+    opts = task.build_optimizers(models)
+    rows, labels = blob_images(256, seed=1)
+    for _ in range(40):
+        i = torch.randint(0, len(rows), (32,))
+        task.train_step(models, opts, {"features": torch.tensor(rows)[i], "label": torch.tensor(labels)[i]})
+    D = models["discriminator"].eval()
+    asked = torch.tensor([0, 1]).repeat_interleave(50)
+    fake = generate(task.sampler(models), len(asked), asked, seed=0) * 2 - 1
+    real = torch.tensor(rows[:100]).view(100, 1, 16, 16) * 2 - 1
+    with torch.no_grad():
+        p_fake = D(fake, None, classes=True)[1].softmax(1)[:, 2].mean().item()
+        p_real = D(real, None, classes=True)[1].softmax(1)[:, 2].mean().item()
+    assert p_fake > 0.5 > p_real

@@ -75,9 +75,23 @@ def generator_loss(fake_logits: torch.Tensor, loss: str = "non_saturating") -> t
 def auxiliary_loss(class_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """AC-GAN's class term (Odena et al. 2017): -log P(C = y | x) = CE(classifier(phi(x)), y). D minimises it on
     real images (it learns to classify the data), G on its own samples G(z, y) through that classifier (it
-    learns to draw images of the asked label). Odena et al. also train D's classifier on generated images;
-    here it learns on real ones only, so early, unrecognisable samples cannot teach it that any blob is a
-    "3" (the bias of AC-GAN's fake term that Gong et al. 2019, TAC-GAN, describe)."""
+    learns to draw images of the asked label). What D's head learns from G's samples: `generated_class_loss`."""
+    return F.cross_entropy(class_logits.float(), labels)
+
+
+def generated_class_loss(class_logits: torch.Tensor, labels: torch.Tensor, mode: str) -> torch.Tensor | None:
+    """D's class term on generated images G(z, y), by `mode` (CGANSpec.aux_generated):
+        real_only    none: the head learns on real images only, so early, unrecognisable samples cannot teach
+                     it that any blob is a "3" (the bias of AC-GAN's fake term, Gong et al. 2019, TAC-GAN);
+                     but G can then satisfy it with off-data images
+        label        CE(C(G(z, y)), y), as Odena et al. 2017 (and most AC-GAN code) train it
+        extra_class  CE(C(G(z, y)), K): a (K+1)-th class "generated" (Salimans et al. 2016), so an off-data
+                     image scores as no label at all; G's term CE(C(G(z, y)), y) runs over all K + 1 outputs
+    """
+    if mode == "real_only":
+        return None
+    if mode == "extra_class":
+        labels = torch.full_like(labels, class_logits.shape[1] - 1)
     return F.cross_entropy(class_logits.float(), labels)
 
 
@@ -186,6 +200,7 @@ class DCGANConfig:
     projection: bool = False  # D conditions by projection (Miyato & Koyama 2018), not by concatenated maps
     auxiliary: bool = False  # D has a class head (AC-GAN, Odena et al. 2017); its adversarial logit then sees
     #                          no label unless `projection` (a head beside concatenated label maps would read y)
+    extra_class: bool = False  # the class head has a (K+1)-th output, "generated" (Salimans et al. 2016)
 
     def __post_init__(self):
         _, h, w = self.image_shape
@@ -358,7 +373,8 @@ class DCGANDiscriminator(nn.Module):
             self.embed = None  # AC-GAN: the adversarial logit is unconditional, the class head carries y
         else:
             self.embed = _label_embedding(config)
-        self.classifier = nn.Linear(ch[-1], config.num_classes) if self.auxiliary else None
+        classes = config.num_classes + int(config.extra_class)  # K labels (and "generated")
+        self.classifier = nn.Linear(ch[-1], classes) if self.auxiliary else None
         c_in = c + (config.embed_dim if self.embed is not None and not self.projection else 0)
         layers: list[nn.Module] = [nn.Conv2d(c_in, ch[0], 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
         # state size. ndf x H/2 x W/2
@@ -372,7 +388,7 @@ class DCGANDiscriminator(nn.Module):
             nn.init.xavier_uniform_(self.embed.weight)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, classes: bool = False):
-        """(B,) logits; with `classes` (an auxiliary D) also the class logits (B, num_classes)."""
+        """(B,) logits; with `classes` (an auxiliary D) also the class logits (B, num_classes [+ 1])."""
         if classes and self.classifier is None:
             raise ValueError("this discriminator has no class head (DCGANConfig.auxiliary)")
         if self.embed is not None and not self.projection:
@@ -383,7 +399,7 @@ class DCGANDiscriminator(nn.Module):
         pooled = phi.sum((2, 3))  # (B, ch[-1])
         if self.projection:
             logits = logits + (self.embed(y).to(phi.dtype) * pooled).sum(1)  # + <e(y), sum_hw phi(x)>
-        return (logits, self.classifier(pooled)) if classes else logits  # (B,), (B, num_classes)
+        return (logits, self.classifier(pooled)) if classes else logits  # (B,), (B, num_classes [+ 1])
 
 
 # --- LAPGAN ----------------------------------------------------------------------------------------
