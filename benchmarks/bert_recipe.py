@@ -8,7 +8,7 @@ one process without Ray (`LocalEnv`), so the curve is the pipeline's. Prints one
 MLM and NSP accuracy and loss, wall and CPU seconds so far, updates so far), then the test split's figures
 beside the two guesses: the training split's most frequent token for MLM and the majority class for NSP,
 and the NSP accuracy of a word-overlap rule (`nsp_overlap_accuracy`: what lexical cues alone give).
-The last epoch's checkpoint (weights, bert-config.json, tokenizer.json) stays in DIR/checkpoints, so
+Every epoch's checkpoint (weights, bert-config.json, tokenizer.json) stays in DIR/checkpoints, so
 `benchmarks/text.py --pretrained` can fine-tune from it.
 
 CPU seconds (process time) are reported beside wall seconds: on a shared machine the wall clock measures the
@@ -121,7 +121,8 @@ def main(argv=None) -> None:
                       "truncated": manifest.truncated, "model": spec.model.model_dump(), "train": {
                           k: v for k, v in spec.train.model_dump().items() if k in (
                               "epochs", "batch_size", "lr", "warmup_fraction", "lr_decay", "weight_decay")}}))
-    env = LocalEnv(spec.data_dir, spec.anomaly, out / "checkpoints", seed=spec.train.seed, keep=1)
+    env = LocalEnv(spec.data_dir, spec.anomaly, out / "checkpoints", seed=spec.train.seed,
+                   keep=spec.train.epochs)  # every epoch's encoder: fine-tune from any point of the curve
     wall0, cpu0 = time.time(), time.process_time()
     updates_per_epoch = manifest.rows["train"] // spec.train.batch_size
 
