@@ -185,3 +185,8 @@ def _written_fingerprint(directory: Path) -> str | None:
         return json.loads((directory / MANIFEST).read_text()).get("fingerprint")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def fixed_size_list(x: np.ndarray) -> pa.FixedSizeListArray:
+    """(N, D) rows -> a fixed-size-list<float32> column, as a prepared split stores `features` and `target`."""
+    return pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float32).ravel(), pa.float32()), x.shape[1])

@@ -6,119 +6,22 @@ The layout of a prepared dataset:
     DIR/manifest.json  schema, row counts, row shape, scaler, source fingerprint
 
 Everything is written into a hidden sibling folder and renamed into place at the end, so a failure
-leaves either the previous dataset or nothing, never a half-written one.
+leaves either the previous dataset or nothing, never a half-written one. What a manifest holds is
+deepgen.data.manifest; large table sources go through Ray Data (deepgen.data.prepare_ray).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel
 
 from deepgen.config import DataSpec
-from deepgen.data.dataset import MANIFEST, splits_present, write_atomically
+from deepgen.data.dataset import fixed_size_list, splits_present, write_atomically
+from deepgen.data.manifest import SPLITS, Manifest, Scaler, dataset_fingerprint, read_manifest
 from deepgen.data.sources import RawData, read_source
 from deepgen.errors import DataError
-
-SPLITS = ("train", "val", "test")
-FORMAT_VERSION = 2  # 2: manifests record binary_features
-
-
-class Scaler(BaseModel):
-    """Maps raw features to [0, 1]: a fixed divisor for images, min-max (fit on train) for tables."""
-
-    divisor: float | None = None
-    minimum: list[float] | None = None
-    maximum: list[float] | None = None
-
-    @classmethod
-    def fit(cls, raw: RawData, x_train: np.ndarray) -> Scaler:
-        if raw.divisor:
-            return cls(divisor=raw.divisor)
-        flat = x_train.reshape(len(x_train), -1)
-        return cls(minimum=flat.min(0).tolist(), maximum=flat.max(0).tolist())
-
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        """(N, D) raw -> (N, D) float32; table values beyond the training range fall outside [0, 1]."""
-        x = x.astype(np.float32, copy=False)
-        if self.divisor:
-            return x / np.float32(self.divisor)
-        lo, span = self._range()
-        return (x - lo) / span
-
-    def rescale(self, x: np.ndarray, scaled_by: Scaler) -> np.ndarray:
-        """Rows that `scaled_by` scaled (another dataset's prepared split) -> rows as this scaler scales
-        them: a table's min-max range moves when its data gains rows."""
-        return x if scaled_by == self else self.apply(scaled_by.invert(x))
-
-    def invert(self, x: np.ndarray) -> np.ndarray:
-        """(N, D) scaled -> (N, D) raw float32: what `apply` was given."""
-        x = x.astype(np.float32, copy=False)
-        if self.divisor:
-            return x * np.float32(self.divisor)
-        lo, span = self._range()
-        return x * span + lo
-
-    def _range(self) -> tuple[np.ndarray, np.ndarray]:
-        lo = np.asarray(self.minimum, np.float32)
-        span = np.asarray(self.maximum, np.float32) - lo
-        return lo, np.where(span > 0, span, 1).astype(np.float32)
-
-
-class Manifest(BaseModel):
-    format: int = FORMAT_VERSION
-    fingerprint: str  # source bytes + data spec: equal fingerprints mean equal outputs
-    source_fingerprint: str
-    shape: list[int]
-    rows: dict[str, int]
-    label_type: str | None  # "int", "str", "float", "bool" or None for unlabelled data
-    feature_names: list[str] | None
-    target_shape: list[int] | None = None  # per-row target, e.g. a (1, H, W) segmentation mask
-    scaler: Scaler
-    arrow_schema: dict[str, str]  # column -> Arrow type
-    # the Ray Data prepare: split -> its part files (name, rows, bytes) under DIR/SPLIT.parquet/; None: one
-    # file per split (DIR/SPLIT.parquet)
-    files: dict[str, list[dict]] | None = None
-    # every scaled training value is 0 or 1: the one case where a Bernoulli likelihood (sigmoid + BCE)
-    # describes the data; grey levels and table values get a Gaussian one (mse) under `loss: auto`
-    binary_features: bool = False
-
-    @property
-    def num_features(self) -> int:
-        return int(np.prod(self.shape))
-
-
-def manifest_from_dict(raw: dict):
-    """A manifest passed around as JSON: an image/table `Manifest` or a text one (`TextManifest`)."""
-    if "task" in raw:
-        from deepgen.data.text import TextManifest
-
-        return TextManifest.model_validate(raw)
-    return Manifest.model_validate(raw)
-
-
-def read_manifest(directory: str | Path) -> Manifest | None:
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        return Manifest.model_validate_json(path.read_text())
-    except ValueError:
-        return None  # an older or damaged manifest: prepare again
-
-
-def dataset_fingerprint(data: DataSpec, source_fingerprint: str, engine: str = "memory") -> str:
-    """Source bytes + spec (+ the engine, when Ray Data wrote it: its split is by row hash, not a permutation)."""
-    spec = data.model_dump(mode="json", exclude={"output", "engine"})
-    key = {"spec": spec, "source": source_fingerprint, "format": FORMAT_VERSION}
-    if engine != "memory":
-        key["engine"] = engine
-    blob = json.dumps(key, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def prepare_dataset(data: DataSpec, out_dir: str | Path, log=print) -> tuple[Manifest, bool]:
@@ -244,16 +147,12 @@ def check_finite(x: np.ndarray, data: DataSpec) -> None:
 
 def to_arrow(x: np.ndarray, y: np.ndarray | None, target: np.ndarray | None = None) -> pa.Table:
     """(N, D) float32 -> a table with a fixed-size-list `features` column, `label` and `target` if given."""
-    columns = {"features": _fixed_size_list(x)}
+    columns = {"features": fixed_size_list(x)}
     if target is not None:
-        columns["target"] = _fixed_size_list(target.reshape(len(target), -1))
+        columns["target"] = fixed_size_list(target.reshape(len(target), -1))
     if y is not None:
         columns["label"] = pa.array(y.tolist() if y.dtype.kind in "OUS" else y)
     return pa.table(columns).replace_schema_metadata({b"deepgen.prepared": b"1"})
-
-
-def _fixed_size_list(x: np.ndarray) -> pa.FixedSizeListArray:
-    return pa.FixedSizeListArray.from_arrays(pa.array(x.astype(np.float32).ravel(), pa.float32()), x.shape[1])
 
 
 def _describe(data: DataSpec) -> str:

@@ -223,11 +223,11 @@ class WriteBatch:
         self.data, self.features, self.scaler, self.label_type = data, features, scaler, label_type
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from deepgen.data.prepare import _fixed_size_list
+        from deepgen.data.dataset import fixed_size_list
 
         x = batch_features(batch, self.features)
         split = assign_splits(x, self.data)
-        columns = {"features": _fixed_size_list(self.scaler.apply(x))}
+        columns = {"features": fixed_size_list(self.scaler.apply(x))}
         label = self.data.source.label_column
         if label is not None:
             y = batch.column(label).combine_chunks()
@@ -287,7 +287,7 @@ def read_table_source(source: TableSource, files: list[Path], types: dict[str, p
 def prepare_with_ray_data(data: DataSpec, out_dir: str | Path, log=print):
     """The Ray Data prepare of a table source; returns (manifest, wrote) like `prepare_dataset`."""
     from deepgen.data.dataset import MANIFEST, ROW_GROUP_BYTES, publish, splits_present
-    from deepgen.data.prepare import Manifest, Scaler, dataset_fingerprint, read_manifest
+    from deepgen.data.manifest import Manifest, Scaler, dataset_fingerprint, read_manifest
     from deepgen.data.sources import _hash_files
 
     out_dir = Path(out_dir)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from deepgen.config import PipelineSpec
-from deepgen.data.prepare import Manifest, manifest_from_dict
+from deepgen.data.manifest import Manifest, manifest_from_dict
 from deepgen.errors import DeepgenError, TrainingError, as_report, from_report
 from deepgen.tasks import Task, build_task, unwrap
 from deepgen.train import accel
