@@ -256,7 +256,7 @@ def test_an_epoch_checkpointed_but_not_logged_before_a_crash_is_logged_on_resume
     assert "ended_at" not in c.get_run(run_id).data.metrics
 
 
-def test_an_image_autoencoder_logs_its_reconstructions_every_few_epochs(tmp_path):
+def test_an_image_autoencoder_logs_its_reconstructions_every_few_epochs(tmp_path, monkeypatch):
     """The run page shows an autoencoder learning: the same validation images and their reconstructions every
     tracking.figures_every epochs and at the last, each picture with its epoch as the step."""
     from mlflow.tracking import MlflowClient
@@ -274,6 +274,7 @@ def test_an_image_autoencoder_logs_its_reconstructions_every_few_epochs(tmp_path
     spec = PipelineSpec.from_yaml(path)
     manifest, _ = prepare_dataset(spec.data, spec.data_dir, log=lambda m: None)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)  # MLflow's log_image also writes a copy under ./mlruns/<experiment>/<run>/
     c = MlflowClient(uri)
     run_id = c.create_run(c.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())).info.run_id
     train_loop(spec, manifest, LocalEnv(spec.data_dir, spec.anomaly, tmp_path / "ckpt", seed=0),
