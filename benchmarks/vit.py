@@ -43,7 +43,6 @@ from deepgen import config  # noqa: E402
 from deepgen.data.dataset import load_split  # noqa: E402
 from deepgen.data.prepare import prepare_dataset  # noqa: E402
 from deepgen.metrics import judge  # noqa: E402
-from deepgen.metrics.images import train_classifier  # noqa: E402
 from deepgen.tasks import build_task  # noqa: E402
 from deepgen.tasks.bert import classification_metrics  # noqa: E402
 from deepgen.train.env import LocalEnv  # noqa: E402
@@ -84,9 +83,8 @@ def run_conv(spec, manifest, split: str, seed: int) -> dict:
     x_tr, y_tr = load_split(spec.data_dir, "train")
     x, y = load_split(spec.data_dir, split)
     k = int(y_tr.max()) + 1
-    clf = train_classifier(torch.tensor(x_tr).view(-1, *shape), torch.tensor(y_tr.astype(np.int64)), k,
-                           epochs=judge.JUDGE_EPOCHS, seed=seed, width=judge.JUDGE_WIDTH, min_steps=0,
-                           max_steps=judge.JUDGE_STEPS, lr=judge.LR, batch_size=judge.BATCH_SIZE, cosine=True)
+    clf = judge.train_judge_classifier(torch.tensor(x_tr).view(-1, *shape), torch.tensor(y_tr.astype(np.int64)),
+                                       k, seed=seed, augment=False)
     with torch.no_grad():
         probs = torch.cat([clf(torch.tensor(x[i:i + 512]).view(-1, *shape)).softmax(-1)
                            for i in range(0, len(x), 512)]).numpy()

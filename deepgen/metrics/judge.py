@@ -40,6 +40,17 @@ JUDGE_NOISE = 0.1  # augmentation: pixel noise of std ~ U(0, 0.1) per image
 JUDGE_SHIFT = 1 / 16  # and shifts of up to this share of the image side (2 pixels at 32, none at 8 x 8)
 
 
+def train_judge_classifier(images: torch.Tensor, labels: torch.Tensor | None, num_classes: int | None,
+                           seed: int = JUDGE_SEED, augment: bool = True) -> metrics.FeatureClassifier:
+    """A FeatureClassifier trained by the judge's protocol on images (N, C, H, W) in [0, 1]; `augment=False`
+    leaves out the pixel noise and shifts (a clean classifier to compare other classifiers with)."""
+    side = min(images.shape[2:])
+    return metrics.train_classifier(images, labels, num_classes=num_classes, epochs=JUDGE_EPOCHS, seed=seed,
+                                    width=JUDGE_WIDTH, min_steps=0, max_steps=JUDGE_STEPS, lr=LR,
+                                    batch_size=BATCH_SIZE, cosine=True, noise=JUDGE_NOISE if augment else 0.0,
+                                    shift=int(JUDGE_SHIFT * side) if augment else 0)
+
+
 def protocol() -> dict:
     """What the cached judge depends on besides the data (read at call time)."""
     return {"steps": JUDGE_STEPS, "epochs": JUDGE_EPOCHS, "width": JUDGE_WIDTH, "seed": JUDGE_SEED,
@@ -90,11 +101,8 @@ def load_or_train(data_dir: str | Path, fingerprint: str, shape, num_classes: in
     labelled = is_labelled(y_train) and is_labelled(y_test)
     if labelled:
         num_classes = num_classes or int(max(y_train.max(), y_test.max())) + 1
-    clf = metrics.train_classifier(unit_images(x_train, shape), torch.tensor(y_train) if labelled else None,
-                                   num_classes=num_classes, epochs=JUDGE_EPOCHS, seed=JUDGE_SEED,
-                                   width=JUDGE_WIDTH, min_steps=0, max_steps=JUDGE_STEPS, lr=LR,
-                                   batch_size=BATCH_SIZE, cosine=True, noise=JUDGE_NOISE,
-                                   shift=int(JUDGE_SHIFT * min(shape[1:])))
+    clf = train_judge_classifier(unit_images(x_train, shape), torch.tensor(y_train) if labelled else None,
+                                 num_classes)
     accuracy = (metrics.classifier_accuracy(clf, unit_images(x_test, shape), torch.tensor(y_test))
                 if labelled and len(x_test) else None)
     classes = clf.head.out_features
