@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,26 @@ class ScoreBatch:
         return pa.table(columns)
 
 
+@contextmanager
+def _worker_logs_held_back():
+    """Keep the lines Ray forwards from its workers (actor start-up, core-worker notices such as "Mismatched
+    ActorID" from an earlier job's actor) off this driver's stderr while scoring, so that an error is the one
+    line deepgen prints; the actors' failures still arrive as exceptions. Ray 2.x's log dispatcher: a no-op on
+    a Ray without it."""
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        yield
+        return
+    with dispatcher._lock:
+        held, dispatcher.handlers = dispatcher.handlers, []
+    try:
+        yield
+    finally:
+        with dispatcher._lock:
+            dispatcher.handlers = held + dispatcher.handlers
+
+
 def score_with_ray_data(model_dir: Path, input_path: str | Path, output: Path, actors: int = 2) -> dict[str, int]:
     """Score every row of `input_path` into the Parquet folder `output` (published whole, or not at all);
     returns {"rows": N, "flagged": K, "files": F}."""
@@ -103,7 +124,7 @@ def score_with_ray_data(model_dir: Path, input_path: str | Path, output: Path, a
     scaler = manifest.scaler.model_dump() if manifest is not None and Path(input_path).is_dir() \
         and Path(input_path).suffix == ".parquet" else None
     blob = model_blob(model_dir)  # a constructor argument: Ray puts it in the object store once
-    with warnings.catch_warnings(), writing(output) as tmp:
+    with warnings.catch_warnings(), _worker_logs_held_back(), writing(output) as tmp:
         # stderr stays deepgen's: Ray 2.60 names no parameter for a scheduling strategy (the remote arg works),
         # and Ray Data warns when a small input has fewer blocks than the pool has actors
         warnings.simplefilter("ignore", RayDeprecationWarning)
