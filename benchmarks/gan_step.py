@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bert_pretrain import ceiling_dtype, matmul_ceiling  # noqa: E402
 
 from deepgen.config import TrainSpec  # noqa: E402
-from deepgen.data.prepare import Manifest, Scaler  # noqa: E402
+from deepgen.data.manifest import Manifest, Scaler  # noqa: E402
 from deepgen.tasks.gan import DCGANSpec, GanTask  # noqa: E402
 from deepgen.train import accel  # noqa: E402
 

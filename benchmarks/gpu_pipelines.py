@@ -91,7 +91,7 @@ def train(args) -> None:
     import ray
 
     from deepgen import orchestrate
-    from deepgen.data.prepare import read_manifest
+    from deepgen.data.manifest import read_manifest
 
     data, deadline = Path(args.data), time.time() + args.budget_s
     ray.init(num_cpus=args.cpus, object_store_memory=2 * 10**9, include_dashboard=False)

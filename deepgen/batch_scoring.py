@@ -41,7 +41,7 @@ class ScoreBatch:
     """An actor of the pool: loads the model once, then scores batches of raw rows."""
 
     def __init__(self, blob: dict[str, bytes], input_scaler: dict | None = None):
-        from deepgen.data.prepare import Scaler
+        from deepgen.data.manifest import Scaler
         from deepgen.serving import load_exported
 
         folder = Path(tempfile.mkdtemp(prefix="deepgen-score-model-"))
@@ -111,7 +111,7 @@ def score_with_ray_data(model_dir: Path, input_path: str | Path, output: Path, a
     import ray.data
     from ray.util.annotations import RayDeprecationWarning
 
-    from deepgen.data.prepare import read_manifest
+    from deepgen.data.manifest import read_manifest
     from deepgen.data.prepare_ray import _quiet, _run, source_files
     from deepgen.files import writing
 

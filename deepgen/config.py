@@ -597,6 +597,8 @@ class MAESpec(ViTSpec):
     norm_pix_loss: bool = Field(
         default=False, description="targets normalised by each patch's mean and std (MAE's option)")
     eval_masks: int = Field(default=8, gt=0, le=1024, description="K fixed masks an image's score averages over")
+    eval_mask_ratio: float | None = Field(
+        default=None, gt=0, lt=1, description="share of patches each scoring mask hides; null: mask_ratio")
     mask_seed: int = Field(default=0, ge=0, description="draws the K fixed masks (the same for every image)")
 
     @model_validator(mode="after")

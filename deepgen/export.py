@@ -20,7 +20,7 @@ import torch
 from pydantic import BaseModel
 
 from deepgen.data.dataset import features_to_numpy
-from deepgen.data.prepare import Manifest, Scaler
+from deepgen.data.manifest import Manifest, Scaler
 from deepgen.data.sources import load_npy, load_table, read_idx_file, table_features
 from deepgen.errors import DataError
 
@@ -101,7 +101,7 @@ def read_rows(path: Path, meta: ModelMeta) -> tuple[np.ndarray, np.ndarray | Non
         if (table.schema.metadata or {}).get(b"deepgen.prepared") != b"1":
             return meta.scaler.apply(x), labels
         # a prepared split: scaled for its own dataset, whose range may not be the model's
-        from deepgen.data.prepare import read_manifest
+        from deepgen.data.manifest import read_manifest
 
         manifest = read_manifest(path.parent)
         if manifest is None:

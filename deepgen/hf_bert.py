@@ -230,7 +230,7 @@ def fingerprint(folder: Path) -> str:
 def convert_checkpoint(folder: Path, dest: Path) -> Path:
     """Write `folder`'s checkpoint as a deepgen bert_pretrain export at `dest` (atomically: a hidden
     sibling renamed into place)."""
-    from deepgen.data.prepare import Scaler
+    from deepgen.data.manifest import Scaler
     from deepgen.data.tokenizer import TOKENIZER_FILE
     from deepgen.export import META, WEIGHTS, ModelMeta
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from deepgen import tracking
 from deepgen.config import NAME_PATTERN, PipelineSpec, TextSpec
 from deepgen.data.dataset import check_normal_rows, normal_mask, normal_row_count, split_bytes, split_path
-from deepgen.data.prepare import Manifest, prepare_dataset
+from deepgen.data.manifest import Manifest
+from deepgen.data.prepare import prepare_dataset
 from deepgen.errors import DeepgenError, RegistryError, TrainingError
 from deepgen.files import copy_into_place
 from deepgen.locks import run_lock

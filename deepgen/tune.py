@@ -17,7 +17,7 @@ from typing import Any
 
 from deepgen import orchestrate, tracking
 from deepgen.config import PipelineSpec, TuneSpec, apply_override
-from deepgen.data.prepare import Manifest
+from deepgen.data.manifest import Manifest
 from deepgen.errors import TrainingError
 from deepgen.locks import run_lock
 

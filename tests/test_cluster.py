@@ -729,7 +729,7 @@ def reference(cluster):
     import torch
 
     from deepgen.config import PipelineSpec
-    from deepgen.data.prepare import Manifest
+    from deepgen.data.manifest import Manifest
     from deepgen.train.env import LocalEnv
     from deepgen.train.loop import train_loop
 

@@ -10,7 +10,8 @@ from helpers import bar_images, race
 
 from deepgen.config import AnomalySpec, DataSpec
 from deepgen.data.dataset import check_normal_rows, load_split, normal_mask
-from deepgen.data.prepare import prepare_dataset, read_manifest
+from deepgen.data.manifest import read_manifest
+from deepgen.data.prepare import prepare_dataset
 from deepgen.data.sources import read_idx_file
 from deepgen.errors import DataError
 from deepgen.train.env import LocalEnv

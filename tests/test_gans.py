@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from deepgen.data.prepare import Manifest, Scaler, to_arrow
+from deepgen.data.manifest import Manifest, Scaler
+from deepgen.data.prepare import to_arrow
 from deepgen.errors import DataError, TrainingError
 from deepgen.metrics import images as metrics
 from deepgen.models import gans

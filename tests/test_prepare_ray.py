@@ -13,7 +13,8 @@ import pytest
 
 from deepgen.config import DataSpec
 from deepgen.data.dataset import load_split, split_files, split_rows
-from deepgen.data.prepare import prepare_dataset, read_manifest
+from deepgen.data.manifest import read_manifest
+from deepgen.data.prepare import prepare_dataset
 from deepgen.data.prepare_ray import assign_splits, use_ray_data
 from deepgen.errors import DataError
 

@@ -85,7 +85,7 @@ def test_a_rescored_champion_sees_the_test_rows_scaled_as_it_was_trained(tmp_pat
     test rows under its own scaler, not rows scaled for the new model."""
     from deepgen.anomaly import evaluate_scores
     from deepgen.data.dataset import load_split, normal_mask
-    from deepgen.data.prepare import read_manifest
+    from deepgen.data.manifest import read_manifest
 
     rng = np.random.default_rng(0)
 

@@ -90,7 +90,7 @@ def test_an_index_round_trips_and_refuses_another_model(tmp_path):
 
 
 def test_a_model_that_is_not_a_bert_encoder_is_refused_in_one_line(tmp_path):
-    from deepgen.data.prepare import Scaler
+    from deepgen.data.manifest import Scaler
     from deepgen.export import META, ModelMeta
 
     meta = ModelMeta(family="anomaly", kind="dense_autoencoder", config={}, shape=[4], scaler=Scaler(),

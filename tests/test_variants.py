@@ -253,7 +253,7 @@ def quickstart_spec(tmp_path: Path, kind: str, *overrides: str) -> PipelineSpec:
 
 
 def _manifest(shape: list[int]):
-    from deepgen.data.prepare import Manifest, Scaler
+    from deepgen.data.manifest import Manifest, Scaler
 
     return Manifest(fingerprint="x", source_fingerprint="x", shape=shape, rows={"train": 1}, label_type=None,
                     scaler=Scaler(divisor=16.0), feature_names=None, arrow_schema={})

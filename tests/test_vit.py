@@ -211,6 +211,21 @@ def test_anomaly_score_uses_fixed_masks_and_learns_the_normal_data():
 def test_mae_config_needs_a_visible_and_a_masked_patch():
     with pytest.raises(ValueError, match="visible"):
         MAEConfig(input_shape=(1, 8, 8), patch_size=4, mask_ratio=0.9)
+    with pytest.raises(ValueError, match="eval_mask_ratio"):
+        MAEConfig(input_shape=(1, 8, 8), patch_size=2, eval_mask_ratio=0.99)  # 16 patches: none visible
+
+
+@pytest.mark.parametrize("eval_ratio, hidden", [(None, 12), (0.25, 4), (0.0625, 1)])
+def test_scoring_masks_hide_the_eval_ratio_while_training_keeps_mask_ratio(eval_ratio, hidden):
+    from deepgen.config import MAESpec
+    from deepgen.tasks.vit import vit_config
+
+    model = _mae(mask_ratio=0.75, eval_mask_ratio=eval_ratio, eval_masks=5)
+    _, _, mask = model.fixed_masks()
+    assert mask.shape == (5, 16) and (mask.sum(1) == hidden).all()
+    assert (model(torch.rand(2, 64)).mask.sum(1) == 12).all()  # training masks: mask_ratio
+    spec = MAESpec(patch_size=2, eval_mask_ratio=eval_ratio)  # the pipeline field reaches the model
+    assert vit_config(MAEConfig, spec, [1, 8, 8]).eval_mask_ratio == eval_ratio
 
 
 def test_random_shift_moves_whole_images_by_at_most_the_limit():

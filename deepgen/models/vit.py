@@ -260,6 +260,7 @@ class MAEConfig(ViTConfig):
     mask_ratio: float = 0.75  # share of patches hidden from the encoder
     norm_pix_loss: bool = False  # targets normalised per patch (MAE's option); the score then too
     eval_masks: int = 4  # K fixed masks the anomaly score averages over
+    eval_mask_ratio: float | None = None  # share of patches the K scoring masks hide; None: mask_ratio
     mask_seed: int = 0  # draws the K fixed masks
 
     def __post_init__(self) -> None:
@@ -270,6 +271,9 @@ class MAEConfig(ViTConfig):
         if self.num_visible < 1 or self.num_visible >= self.num_patches:
             raise ValueError(f"mask_ratio {self.mask_ratio} of {self.num_patches} patches leaves "
                              f"{self.num_visible} visible; at least one patch must be visible and one masked")
+        if self.eval_visible < 1 or self.eval_visible >= self.num_patches:
+            raise ValueError(f"eval_mask_ratio {self.eval_mask_ratio} of {self.num_patches} patches leaves "
+                             f"{self.eval_visible} visible; at least one patch must be visible and one masked")
 
     @property
     def loss(self) -> str:
@@ -279,6 +283,12 @@ class MAEConfig(ViTConfig):
     @property
     def num_visible(self) -> int:
         return int(self.num_patches * (1 - self.mask_ratio))
+
+    @property
+    def eval_visible(self) -> int:
+        """Patches each scoring mask leaves visible."""
+        ratio = self.mask_ratio if self.eval_mask_ratio is None else self.eval_mask_ratio
+        return int(self.num_patches * (1 - ratio))
 
 
 class MAEOutput(NamedTuple):
@@ -381,7 +391,7 @@ class MaskedAutoencoderViT(nn.Module):
         """The K masks every image is scored with: (ids_keep (K, V), ids_restore (K, N), mask (K, N))."""
         c = self.config
         gen = torch.Generator().manual_seed(c.mask_seed)
-        return random_masking(c.num_patches, c.eval_masks, c.num_visible, gen, device)
+        return random_masking(c.num_patches, c.eval_masks, c.eval_visible, gen, device)
 
     @torch.no_grad()
     def anomaly_score(self, x: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # kept light: deepgen.config reads deepgen.tasks.registry
     from torch import nn
 
     from deepgen.config import PipelineSpec
-    from deepgen.data.prepare import Manifest
+    from deepgen.data.manifest import Manifest
 
 Batch = dict[str, "torch.Tensor"]  # column -> tensor; see Task.batch_columns
 

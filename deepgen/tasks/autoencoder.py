@@ -33,7 +33,7 @@ from deepgen.data.dataset import (
     normal_mask,
     split_scores,
 )
-from deepgen.data.prepare import Manifest
+from deepgen.data.manifest import Manifest
 from deepgen.errors import DataError
 from deepgen.export import ModelMeta, load_weights, read_meta, read_rows, save_model_dir, table_rows
 from deepgen.models import AUTOENCODERS, build_autoencoder
@@ -257,7 +257,7 @@ class AnomalyScorer(Predictor):
         The split was scaled for the new model; its rows are mapped back to raw values and scaled as this
         model was trained (a table's min-max range moves when the data gains rows)."""
         from deepgen.data.dataset import split_schema
-        from deepgen.data.prepare import read_manifest
+        from deepgen.data.manifest import read_manifest
 
         if split_schema(data_dir, "test").field("features").type.list_size != self.meta.num_features:
             return None

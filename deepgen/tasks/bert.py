@@ -376,7 +376,7 @@ def pretrained_state(directory: Path) -> dict[str, torch.Tensor]:
 
 def save_text_model_dir(dest: Path, family: str, spec: PipelineSpec, manifest, model, extra: dict) -> Path:
     """weights.pt + deepgen-model.json + the tokenizer the model reads its input with."""
-    from deepgen.data.prepare import Scaler
+    from deepgen.data.manifest import Scaler
     from deepgen.export import META, WEIGHTS, ModelMeta
 
     dest.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ import torch
 from deepgen import plots
 from deepgen.config import GAN_KINDS, AdversarialSpec, CGANSpec, DCGANSpec, GanSpec, LapGANSpec, SRGANSpec  # noqa: F401  (re-exported)
 from deepgen.data.dataset import load_split
-from deepgen.data.prepare import Manifest
+from deepgen.data.manifest import Manifest
 from deepgen.errors import DataError, TrainingError
 from deepgen.export import load_weights, read_meta, save_model_dir
 from deepgen.metrics import images as metrics

@@ -14,7 +14,7 @@ import torch
 
 from deepgen.config import PipelineSpec
 from deepgen.data.dataset import features_to_numpy, split_path
-from deepgen.data.prepare import Manifest
+from deepgen.data.manifest import Manifest
 from deepgen.errors import DataError, DeepgenError
 from deepgen.export import ModelMeta, image_config, load_weights, read_images, read_meta, save_model_dir
 from deepgen.files import check_output, writing_output

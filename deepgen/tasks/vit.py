@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from deepgen.config import PipelineSpec
 from deepgen.data.dataset import load_split
-from deepgen.data.prepare import Manifest
+from deepgen.data.manifest import Manifest
 from deepgen.errors import DataError, DeepgenError
 from deepgen.export import ModelMeta, image_config, load_weights, read_images, read_meta, save_model_dir
 from deepgen.files import check_output, writing_output
@@ -171,7 +171,7 @@ class ImageClassifier(Predictor):
 
     def evaluate(self, data_dir: Path, anomaly_spec=None) -> dict[str, float] | None:
         """Accuracy and macro F1 on another dataset's test split of the same image shape (for the gate)."""
-        from deepgen.data.prepare import read_manifest
+        from deepgen.data.manifest import read_manifest
         from deepgen.tasks.bert import classification_metrics
 
         x, y = load_split(data_dir, "test")
