@@ -179,6 +179,18 @@ def publish(out_dir: Path, fill, fingerprint: str) -> None:
                         "run again once it is done") from None
 
 
+def read_manifest_as(cls, directory: str | Path):
+    """The dataset's manifest as the pydantic class `cls` (an image/table or a text manifest), or None when
+    there is none, or one that is older, damaged or of the other kind: prepare again."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return cls.model_validate_json(path.read_text())
+    except ValueError:
+        return None
+
+
 def _written_fingerprint(directory: Path) -> str | None:
     """The fingerprint in a dataset's manifest, read from the JSON so image and text manifests both count."""
     try:

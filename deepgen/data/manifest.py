@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from deepgen.config import DataSpec
-from deepgen.data.dataset import MANIFEST
+from deepgen.data.dataset import read_manifest_as
 
 if TYPE_CHECKING:
     from deepgen.data.sources import RawData
@@ -97,13 +97,7 @@ def manifest_from_dict(raw: dict):
 
 
 def read_manifest(directory: str | Path) -> Manifest | None:
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        return Manifest.model_validate_json(path.read_text())
-    except ValueError:
-        return None  # an older or damaged manifest: prepare again
+    return read_manifest_as(Manifest, directory)
 
 
 def dataset_fingerprint(data: DataSpec, source_fingerprint: str, engine: str = "memory") -> str:

@@ -31,12 +31,12 @@ import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from deepgen.config import LabelledTextSource, TextFilesSource, TextSpec, TextTableSource
+from deepgen.data.dataset import read_manifest_as
 from deepgen.data.sources import load_table
 from deepgen.data.tokenizer import TOKENIZER_FILE, Encoded, WordPieceTokenizer
 from deepgen.errors import DataError
 
 SPLITS = ("train", "val", "test")
-MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 
 
@@ -463,13 +463,7 @@ def _manifest(task, fingerprint, source_bytes, tokenizer: WordPieceTokenizer, te
 
 
 def read_text_manifest(directory: str | Path) -> TextManifest | None:
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        return TextManifest.model_validate_json(path.read_text())
-    except ValueError:
-        return None  # an older, damaged or non-text manifest: prepare again
+    return read_manifest_as(TextManifest, directory)
 
 
 def load_tokenizer(directory: str | Path) -> WordPieceTokenizer:
