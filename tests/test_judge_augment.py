@@ -49,3 +49,32 @@ def test_a_classifier_trained_with_noise_reads_noisy_images_as_it_reads_clean_on
 def test_the_augmentation_is_part_of_the_judge_protocol_so_a_cached_judge_without_it_is_not_reused():
     assert judge.protocol()["noise"] == judge.JUDGE_NOISE > 0 and judge.protocol()["shift"] == judge.JUDGE_SHIFT > 0
     assert int(judge.JUDGE_SHIFT * 32) == 2 and int(judge.JUDGE_SHIFT * 8) == 0
+
+
+def test_a_deeper_classifier_keeps_the_feature_space_size_and_depth_1_is_the_original_net():
+    shallow, deep = metrics.FeatureClassifier(1, 10, 8), metrics.FeatureClassifier(1, 10, 8, depth=2)
+    convs = lambda m: [k for k, v in m.state_dict().items() if k.endswith("weight") and v.dim() == 4]  # noqa: E731
+    assert convs(shallow) == ["body.0.weight", "body.3.weight", "body.6.weight"]  # SRGAN's content maps, old judges
+    assert len(convs(deep)) == 6
+    x = torch.rand(3, 1, 32, 32)
+    assert shallow.features(x).shape == deep.features(x).shape == (3, 32)
+    assert deep.feature_maps(x).shape == (3, 32, 8, 8)  # still two stride-2 stages
+
+
+def test_the_judges_depth_is_part_of_its_protocol_and_a_cached_deep_judge_loads_as_it_was_saved(
+        tmp_path, monkeypatch):
+    from deepgen.config import DataSpec
+    from deepgen.data.prepare import prepare_dataset
+
+    manifest, _ = prepare_dataset(DataSpec.model_validate({"source": {"kind": "digits"}}), tmp_path / "data",
+                                  log=lambda m: None)
+    assert {"depth", "min_steps"} <= set(judge.protocol())
+    shallow_path = judge.judge_path(tmp_path / "data", manifest.fingerprint)
+    monkeypatch.setattr(judge, "JUDGE_DEPTH", 2)
+    monkeypatch.setattr(judge, "JUDGE_STEPS", 5)  # a few updates: this is about the file, not the accuracy
+    assert judge.judge_path(tmp_path / "data", manifest.fingerprint) != shallow_path  # not the cached shallow one
+    trained = judge.load_or_train(tmp_path / "data", manifest.fingerprint, manifest.shape)
+    loaded = judge.load_or_train(tmp_path / "data", manifest.fingerprint, manifest.shape)
+    assert trained.path == loaded.path and loaded.classifier.depth == 2
+    x = torch.rand(4, *manifest.shape)
+    assert torch.allclose(trained.classifier.eval()(x), loaded.classifier(x), atol=1e-6)

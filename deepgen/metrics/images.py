@@ -97,16 +97,21 @@ class FeatureClassifier(nn.Module):
     Frechet distance, its conv maps the feature space of SRGAN's content loss, and its predictions judge a
     conditional GAN's samples. Input (B, C, H, W) in [0, 1]; any size from 4 x 4 up."""
 
-    def __init__(self, in_channels: int, num_classes: int, width: int = 32):
+    def __init__(self, in_channels: int, num_classes: int, width: int = 32, depth: int = 1):
+        """depth: 3 x 3 convs per stage (the first of a stage strides); 1 keeps the original three-conv net."""
         super().__init__()
 
         def block(a: int, b: int, stride: int) -> list[nn.Module]:
             return [nn.Conv2d(a, b, 3, stride, 1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True)]
 
+        def stage(a: int, b: int, stride: int) -> list[nn.Module]:
+            return block(a, b, stride) + [m for _ in range(depth - 1) for m in block(b, b, 1)]
+
+        self.depth = depth
         self.body = nn.Sequential(
-            *block(in_channels, width, 1),  # state size. width x H x W
-            *block(width, 2 * width, 2),  # state size. (2 width) x H/2 x W/2
-            *block(2 * width, 4 * width, 2),  # state size. (4 width) x H/4 x W/4
+            *stage(in_channels, width, 1),  # state size. width x H x W
+            *stage(width, 2 * width, 2),  # state size. (2 width) x H/2 x W/2
+            *stage(2 * width, 4 * width, 2),  # state size. (4 width) x H/4 x W/4
         )
         self.head = nn.Linear(4 * width, num_classes)
 
@@ -140,7 +145,8 @@ def rotation_batch(x: torch.Tensor, generator: torch.Generator | None = None) ->
 def train_classifier(images: torch.Tensor, labels: torch.Tensor | None = None, num_classes: int | None = None,
                      epochs: int = 3, batch_size: int = 128, lr: float = 2e-3, width: int = 32, seed: int = 0,
                      max_rows: int = 20_000, min_steps: int = 200, cosine: bool = False,
-                     max_steps: int | None = None, noise: float = 0.0, shift: int = 0) -> FeatureClassifier:
+                     max_steps: int | None = None, noise: float = 0.0, shift: int = 0,
+                     depth: int = 1) -> FeatureClassifier:
     """A FeatureClassifier trained on images (N, C, H, W) in [0, 1]: on the labels when given, otherwise on
     predicting rotations (square images). Deterministic for a seed; the global RNG is left untouched.
     At most `max_rows` rows (a seeded subset) keep evaluation at seconds to a minute on a CPU; at least
@@ -148,7 +154,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor | None = None, n
     At most `max_steps` updates (fewer epochs on a large split), where given.
     cosine: the learning rate decays from `lr` to 0 along a half cosine over all updates.
     noise, shift: each training image augmented (`augment`): pixel noise of a standard deviation drawn from
-    U(0, noise), and a translation of up to `shift` pixels."""
+    U(0, noise), and a translation of up to `shift` pixels. depth: convs per stage (FeatureClassifier)."""
     gen = torch.Generator().manual_seed(seed)
     if len(images) > max_rows:
         keep = torch.randperm(len(images), generator=gen)[:max_rows]
@@ -156,7 +162,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor | None = None, n
     classes = 4 if labels is None else (num_classes or int(labels.max()) + 1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = FeatureClassifier(images.shape[1], classes, width)
+        model = FeatureClassifier(images.shape[1], classes, width, depth)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     per_epoch = math.ceil(len(images) / batch_size)

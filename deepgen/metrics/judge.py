@@ -33,7 +33,9 @@ from deepgen.metrics import images as metrics
 JUDGE_DIR = "judge"  # under the prepared data folder
 JUDGE_EPOCHS = 30
 JUDGE_STEPS = 1500  # at most; the old protocol's 200 updates left a small CNN at 0.70 on a clothing set
+JUDGE_MIN_STEPS = 0  # at least this many updates (more epochs on a small train split)
 JUDGE_WIDTH = 32
+JUDGE_DEPTH = 1  # convs per stage of the FeatureClassifier
 JUDGE_SEED = 0
 LR, BATCH_SIZE = 2e-3, 128
 JUDGE_NOISE = 0.1  # augmentation: pixel noise of std ~ U(0, 0.1) per image
@@ -41,19 +43,23 @@ JUDGE_SHIFT = 1 / 16  # and shifts of up to this share of the image side (2 pixe
 
 
 def train_judge_classifier(images: torch.Tensor, labels: torch.Tensor | None, num_classes: int | None,
-                           seed: int = JUDGE_SEED, augment: bool = True) -> metrics.FeatureClassifier:
+                           seed: int = JUDGE_SEED, augment: bool = True,
+                           **protocol_changes) -> metrics.FeatureClassifier:
     """A FeatureClassifier trained by the judge's protocol on images (N, C, H, W) in [0, 1]; `augment=False`
-    leaves out the pixel noise and shifts (a clean classifier to compare other classifiers with)."""
+    leaves out the pixel noise and shifts (a clean classifier to compare other classifiers with).
+    `protocol_changes` (min_steps, max_steps, width, depth, epochs) are for benchmarks/judge.py's search."""
     side = min(images.shape[2:])
-    return metrics.train_classifier(images, labels, num_classes=num_classes, epochs=JUDGE_EPOCHS, seed=seed,
-                                    width=JUDGE_WIDTH, min_steps=0, max_steps=JUDGE_STEPS, lr=LR,
+    settings = {"epochs": JUDGE_EPOCHS, "min_steps": JUDGE_MIN_STEPS, "max_steps": JUDGE_STEPS,
+                "width": JUDGE_WIDTH, "depth": JUDGE_DEPTH} | protocol_changes
+    return metrics.train_classifier(images, labels, num_classes=num_classes, seed=seed, lr=LR,
                                     batch_size=BATCH_SIZE, cosine=True, noise=JUDGE_NOISE if augment else 0.0,
-                                    shift=int(JUDGE_SHIFT * side) if augment else 0)
+                                    shift=int(JUDGE_SHIFT * side) if augment else 0, **settings)
 
 
 def protocol() -> dict:
     """What the cached judge depends on besides the data (read at call time)."""
-    return {"steps": JUDGE_STEPS, "epochs": JUDGE_EPOCHS, "width": JUDGE_WIDTH, "seed": JUDGE_SEED,
+    return {"steps": JUDGE_STEPS, "min_steps": JUDGE_MIN_STEPS, "epochs": JUDGE_EPOCHS, "width": JUDGE_WIDTH,
+            "depth": JUDGE_DEPTH, "seed": JUDGE_SEED,
             "schedule": "cosine", "lr": LR, "batch_size": BATCH_SIZE, "noise": JUDGE_NOISE, "shift": JUDGE_SHIFT,
             "version": 4}
 
@@ -93,7 +99,7 @@ def load_or_train(data_dir: str | Path, fingerprint: str, shape, num_classes: in
     path = judge_path(data_dir, fingerprint)
     if path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
-        clf = metrics.FeatureClassifier(shape[0], saved["num_classes"], JUDGE_WIDTH)
+        clf = metrics.FeatureClassifier(shape[0], saved["num_classes"], JUDGE_WIDTH, saved.get("depth", 1))
         clf.load_state_dict(saved["state"])
         return Judge(clf.eval(), saved["labelled"], saved["num_classes"], saved["test_accuracy"], path)
     x_train, y_train = load_split(data_dir, "train")
@@ -108,7 +114,7 @@ def load_or_train(data_dir: str | Path, fingerprint: str, shape, num_classes: in
     classes = clf.head.out_features
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    torch.save({"state": clf.state_dict(), "labelled": labelled, "num_classes": classes,
+    torch.save({"state": clf.state_dict(), "labelled": labelled, "num_classes": classes, "depth": clf.depth,
                 "test_accuracy": accuracy, "protocol": protocol(), "data_fingerprint": fingerprint}, tmp)
     os.replace(tmp, path)  # a reader sees the whole file or none
     return Judge(clf, labelled, classes, accuracy, path)
