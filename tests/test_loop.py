@@ -274,7 +274,7 @@ def test_an_image_autoencoder_logs_its_reconstructions_every_few_epochs(tmp_path
     spec = PipelineSpec.from_yaml(path)
     manifest, _ = prepare_dataset(spec.data, spec.data_dir, log=lambda m: None)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.chdir(tmp_path)  # MLflow's log_image also writes a copy under ./mlruns/<experiment>/<run>/
+    monkeypatch.chdir(tmp_path)  # nothing may land in the user's working folder (an old ./mlruns did once)
     c = MlflowClient(uri)
     run_id = c.create_run(c.create_experiment("t", artifact_location=(tmp_path / "art").as_uri())).info.run_id
     train_loop(spec, manifest, LocalEnv(spec.data_dir, spec.anomaly, tmp_path / "ckpt", seed=0),
@@ -288,3 +288,4 @@ def test_an_image_autoencoder_logs_its_reconstructions_every_few_epochs(tmp_path
     x_val = load_split(spec.data_dir, "val")[0][:8].reshape(8, h, w)
     top = np.concatenate(list(x_val), axis=1)
     assert np.abs(grid[:h].astype(float) / 255 - top).max() <= 1 / 255  # the same validation images each time
+    assert not (tmp_path / "mlruns").exists()  # the pictures went to the run's artifact store only
