@@ -4,7 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 status=0
-.venv/bin/python -m pytest tests "$@" || status=$?
+# Two test processes, a test file each at a time (its module fixtures set up once): most of the slow tests
+# wait on Ray and MLflow processes starting, so two overlap well even on 2 cores. DEEPGEN_TEST_WORKERS=0: one.
+.venv/bin/python -m pytest tests -n "${DEEPGEN_TEST_WORKERS:-2}" --dist loadfile "$@" || status=$?
 if [ "$status" -eq 5 ]; then
   echo "test.sh: pytest collected no tests; failing" >&2
   exit 1
