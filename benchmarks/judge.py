@@ -108,11 +108,15 @@ def main() -> None:
     p.add_argument("--split", choices=("test", "val"), default="test")
     p.add_argument("--variant", action="append", default=[], metavar="NAME:FIELD=VALUE,...",
                    help="a protocol variant beside the shipped one, e.g. deep:depth=2,min_steps=1500")
+    p.add_argument("--no-shipped", action="store_true", help="only the --variant runs, not the shipped protocol")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workdir", help="where the prepared data goes; default: temporary")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    variants = [("shipped", {})] + [parse_variant(v) for v in args.variant]
+    variants = [] if args.no_shipped else [("shipped", {})]
+    variants += [parse_variant(v) for v in args.variant]
+    if not variants:
+        p.error("--no-shipped needs at least one --variant")
     print(f"machine: {machine()}\ncommand: python {' '.join(sys.argv)}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="deepgen-judge-") as tmp:

