@@ -61,7 +61,7 @@ def test_a_deeper_classifier_keeps_the_feature_space_size_and_depth_1_is_the_ori
     assert deep.feature_maps(x).shape == (3, 32, 8, 8)  # still two stride-2 stages
 
 
-def test_the_judges_depth_is_part_of_its_protocol_and_a_cached_deep_judge_loads_as_it_was_saved(
+def test_the_judges_depth_is_part_of_its_protocol_and_a_cached_judge_loads_at_the_depth_it_was_saved(
         tmp_path, monkeypatch):
     from deepgen.config import DataSpec
     from deepgen.data.prepare import prepare_dataset
@@ -69,12 +69,13 @@ def test_the_judges_depth_is_part_of_its_protocol_and_a_cached_deep_judge_loads_
     manifest, _ = prepare_dataset(DataSpec.model_validate({"source": {"kind": "digits"}}), tmp_path / "data",
                                   log=lambda m: None)
     assert {"depth", "min_steps"} <= set(judge.protocol())
-    shallow_path = judge.judge_path(tmp_path / "data", manifest.fingerprint)
-    monkeypatch.setattr(judge, "JUDGE_DEPTH", 2)
+    shipped_path = judge.judge_path(tmp_path / "data", manifest.fingerprint)
+    other = 1 if judge.JUDGE_DEPTH != 1 else 2  # the protocol-4 net beside the shipped one
+    monkeypatch.setattr(judge, "JUDGE_DEPTH", other)
     monkeypatch.setattr(judge, "JUDGE_STEPS", 5)  # a few updates: this is about the file, not the accuracy
-    assert judge.judge_path(tmp_path / "data", manifest.fingerprint) != shallow_path  # not the cached shallow one
+    assert judge.judge_path(tmp_path / "data", manifest.fingerprint) != shipped_path  # not the shipped depth's file
     trained = judge.load_or_train(tmp_path / "data", manifest.fingerprint, manifest.shape)
     loaded = judge.load_or_train(tmp_path / "data", manifest.fingerprint, manifest.shape)
-    assert trained.path == loaded.path and loaded.classifier.depth == 2
+    assert trained.path == loaded.path and loaded.classifier.depth == trained.classifier.depth == other
     x = torch.rand(4, *manifest.shape)
     assert torch.allclose(trained.classifier.eval()(x), loaded.classifier(x), atol=1e-6)
