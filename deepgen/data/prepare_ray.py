@@ -1,24 +1,33 @@
-"""Prepare a table source larger than memory through Ray Data (`data.engine: ray_data`, or `auto` past
-RAY_DATA_MIN_BYTES of source files).
+"""Prepare a source larger than memory through Ray Data (`data.engine: ray_data`, or `auto` past
+RAY_DATA_MIN_BYTES of source files): a table (CSV / Parquet files or folders), a .npy array (with its labels)
+or an IDX folder (MNIST layout).
 
-Two streaming passes over the source, each a `map_batches` over Ray Data's own readers (`read_parquet`,
-`read_csv`), so no process ever holds the rows:
+`plan_source` checks the source's files before anything is read (a table's schemas, an array's headers: an
+unreadable file, a schema mismatch, a truncated file are one line naming it) and says how its rows are read:
+tables by Ray Data's own readers (`read_parquet`, `read_csv`), arrays by a datasource of row ranges
+(deepgen.data.ray_arrays; `read_numpy` would load a whole file in one task). Then two streaming passes, each
+a `map_batches` over that dataset, so no process ever holds the rows:
 
     1. fit      every batch is checked (missing values, NaN, infinities: one line naming its file), its
                 rows are given a split, and the batch reports a small aggregate (rows per split, the
-                training rows' per-feature min and max, whether each feature takes at most two values,
-                what its labels look like); the aggregates are combined into the min-max scaler
+                training rows' per-feature min and max, whether the scaled features are 0/1, what its
+                labels look like); the aggregates are combined into the scaler
     2. write    every batch is split again (same answer), scaled, and written by `write_parquet`,
                 partitioned by split: many Parquet files per split
+
+Scaling is the in-memory prepare's: min-max fitted on train for tables and non-8-bit arrays, a fixed /255
+for 8-bit images; a row's shape is the source's ((D,), or (C, H, W) for images).
 
 The split of a row depends only on its raw feature values and `data.seed` (a 64-bit hash of the values'
 bits), not on the order or the blocks Ray Data reads them in: no global shuffle, the same split on every
 run and cluster, and duplicate rows always land in the same split (no copy of a test row in train). Split
-sizes are `val_fraction` / `test_fraction` of the rows in expectation, not exactly.
+sizes are `val_fraction` / `test_fraction` of the rows in expectation, not exactly. A source with its own
+test split (IDX t10k) keeps it as test; val is then `val_fraction` of the other rows, by the same hash.
 
 Layout: DIR/train.parquet/ (a folder of part files; pyarrow and Ray Data read it like one file), the same
 for val and test, and DIR/manifest.json written last, naming every file with its rows and bytes.
 Everything is written into a hidden sibling folder and renamed into place (deepgen.files.write_folder).
+`data.resize` is not done here: such a spec is refused (`ray_data`) or prepared in memory (`auto`).
 """
 
 from __future__ import annotations
