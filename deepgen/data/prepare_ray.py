@@ -1,12 +1,12 @@
 """Prepare a source larger than memory through Ray Data (`data.engine: ray_data`, or `auto` past
-RAY_DATA_MIN_BYTES of source files): a table (CSV / Parquet files or folders), a .npy array (with its labels)
-or an IDX folder (MNIST layout).
+RAY_DATA_MIN_BYTES of source files): a table (CSV / Parquet files or folders), a .npy array (with its labels),
+an IDX folder (MNIST layout) or an image table (Parquet, a list of pixels per row).
 
 `plan_source` checks the source's files before anything is read (a table's schemas, an array's headers: an
 unreadable file, a schema mismatch, a truncated file are one line naming it) and says how its rows are read:
-tables by Ray Data's own readers (`read_parquet`, `read_csv`), arrays by a datasource of row ranges
-(deepgen.data.ray_arrays; `read_numpy` would load a whole file in one task). Then two streaming passes, each
-a `map_batches` over that dataset, so no process ever holds the rows:
+tables and image tables by Ray Data's own readers (`read_parquet`, `read_csv`), arrays by a datasource of
+row ranges (deepgen.data.ray_arrays; `read_numpy` would load a whole file in one task). Then two streaming
+passes, each a `map_batches` over that dataset, so no process ever holds the rows:
 
     1. fit      every batch is checked (missing values, NaN, infinities: one line naming its file), its
                 rows are given a split, and the batch reports a small aggregate (rows per split, the
@@ -16,7 +16,8 @@ a `map_batches` over that dataset, so no process ever holds the rows:
                 partitioned by split: many Parquet files per split
 
 Scaling is the in-memory prepare's: min-max fitted on train for tables and non-8-bit arrays, a fixed /255
-for 8-bit images; a row's shape is the source's ((D,), or (C, H, W) for images).
+for 8-bit images (an image table: /255 if any value is above 1, else /1); a row's shape is the source's
+((D,), or (C, H, W) for images).
 
 The split of a row depends only on its raw feature values and `data.seed` (a 64-bit hash of the values'
 bits), not on the order or the blocks Ray Data reads them in: no global shuffle, the same split on every
@@ -32,6 +33,7 @@ Everything is written into a hidden sibling folder and renamed into place (deepg
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -43,11 +45,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from deepgen.config import DataSpec, IdxSource, NpySource, TableSource
+from deepgen.config import DataSpec, IdxSource, ImageTableSource, NpySource, TableSource
 from deepgen.errors import DataError, DeepgenError, first_line
 
 RAY_DATA_MIN_BYTES = 256 << 20  # engine auto: sources from this size on are prepared by Ray Data
-STREAMED = (TableSource, NpySource, IdxSource)  # the sources Ray Data prepares
+STREAMED = (TableSource, NpySource, IdxSource, ImageTableSource)  # the sources Ray Data prepares
 SPLIT_COLUMN = "split"
 PATH_COLUMN = "path"  # Ray Data's include_paths column: which source file a row came from
 FILE_BYTES = 64 << 20  # at most this much float32 feature data per part file
@@ -77,8 +79,8 @@ def source_bytes(data: DataSpec) -> int:
 
 
 def source_paths(source) -> list[Path]:
-    """The files a streamed source reads: a table's files, a .npy and its labels, an IDX folder's four."""
-    if isinstance(source, TableSource):
+    """The files a streamed source reads: a (image) table's files, a .npy and its labels, an IDX folder's four."""
+    if isinstance(source, (TableSource, ImageTableSource)):
         return source_files(source.path)
     if isinstance(source, NpySource):
         return [Path(p).expanduser() for p in (source.path, source.labels) if p]
@@ -90,15 +92,17 @@ def source_paths(source) -> list[Path]:
 
 
 def use_ray_data(data: DataSpec) -> bool:
-    """Whether `data` is prepared by Ray Data: `engine: ray_data`, or `auto` and a table, .npy or IDX source
-    of at least RAY_DATA_MIN_BYTES. The in-memory path is seconds faster on small data (no Ray Data start-up)."""
+    """Whether `data` is prepared by Ray Data: `engine: ray_data`, or `auto` and a table, .npy, IDX or image
+    table source of at least RAY_DATA_MIN_BYTES. The in-memory path is seconds faster on small data (no Ray
+    Data start-up)."""
     engine = getattr(data, "engine", "auto")
     if engine == "memory" or data.is_text:
         return False
     streamed = isinstance(data.source, STREAMED)
     if engine == "ray_data":
         if not streamed:
-            raise DataError(f"data.engine: ray_data prepares table, npy and idx sources; the {data.source.kind} "
+            raise DataError(f"data.engine: ray_data prepares table, npy, idx and image_table sources; the "
+                            f"{data.source.kind} "
                             "source is prepared in memory (data.engine: memory or auto)")
         if data.resize:
             raise DataError("data.resize: the ray_data engine does not resize images; resize the source, or "
@@ -138,6 +142,24 @@ def table_columns(source: TableSource, files: list[Path]) -> tuple[list[str], di
     return features, {c: schema.field(c).type for c in wanted}
 
 
+def image_table_columns(source: ImageTableSource, files: list[Path]) -> list[str]:
+    """The columns an image table's files must all have: a list of numbers per row, and the label."""
+    from deepgen.data.sources import _is_numeric
+
+    for f in files:
+        if f.suffix != ".parquet":
+            raise DataError(f"{f}: an image_table source reads .parquet files")
+        schema = _file_schema(f)
+        for c in (source.image_column, source.label_column):
+            if c is not None and c not in schema.names:
+                raise DataError(f"{f}: no column {c!r} (columns: {', '.join(schema.names)})")
+        t = schema.field(source.image_column).type
+        if not (pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)) \
+                or not _is_numeric(t.value_type):
+            raise DataError(f"{f}: column {source.image_column!r} is {t}, expected a list of numbers per row")
+    return [c for c in (source.image_column, source.label_column) if c is not None]
+
+
 def _file_schema(f: Path) -> pa.Schema:
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
@@ -161,11 +183,13 @@ class Rows:
 
     where: str  # the source, for a message that names no single file
     shape: tuple[int, ...]  # one row: (D,) for tables, (C, H, W) for images
-    columns: tuple[str, ...] | None  # a table's feature columns; None: one `features` list column (arrays)
+    columns: tuple[str, ...] | None  # a table's feature columns; None: one list column of a row's values
     label: str | None  # the label column, or None
     divisor: float | None  # a fixed scale to [0, 1] (8-bit images); None: min-max fitted on train
     own_test: bool = False  # batches carry `test`: the source's own test split (IDX t10k)
     label_file: str | None = None  # where labels come from when not the row's own file (a labels .npy)
+    list_column: str = "features"  # the list column, where `columns` is None
+    divisor_by_max: bool = False  # image tables: /255 if any value is above 1, else /1, as in memory
 
     @property
     def width(self) -> int:
@@ -188,6 +212,12 @@ def plan_source(data: DataSpec) -> RaySource:
     from deepgen.data import ray_arrays
 
     src = data.source
+    if isinstance(src, ImageTableSource):
+        files = source_files(src.path)
+        columns = image_table_columns(src, files)
+        rows = Rows(where=src.path, shape=tuple(src.image_shape), columns=None, label=src.label_column,
+                    divisor=None, list_column=src.image_column, divisor_by_max=True)
+        return RaySource(rows, files, [src.path], lambda: _read_parquet(files, columns))
     if isinstance(src, TableSource):
         files = source_files(src.path)
         features, types = table_columns(src, files)
@@ -218,7 +248,7 @@ def batch_features(batch: pa.Table, rows: Rows) -> np.ndarray:
     from deepgen.data.dataset import features_to_numpy
 
     if rows.columns is None:
-        x = features_to_numpy(batch.column("features"))
+        x = list_features(batch, rows) if rows.list_column != "features" else features_to_numpy(batch["features"])
     else:
         cols = []
         for name in rows.columns:
@@ -235,9 +265,27 @@ def batch_features(batch: pa.Table, rows: Rows) -> np.ndarray:
         if rows.columns is not None:
             raise DataError(f"{where}: non-finite value ({x[row, col]}) in column {rows.columns[col]!r}; "
                             "clean or drop those rows")
-        raise DataError(f"{where}: non-finite value ({x[row, col]}) at row {batch.column('row')[int(row)].as_py()}, "
-                        f"feature {col}; clean or drop those rows")
+        at = f"at row {batch.column('row')[int(row)].as_py()}, feature {col}" if "row" in batch.column_names \
+            else f"in column {rows.list_column!r}, value {col} of a row"
+        raise DataError(f"{where}: non-finite value ({x[row, col]}) {at}; clean or drop those rows")
     return x
+
+
+def list_features(batch: pa.Table, rows: Rows) -> np.ndarray:
+    """(N, D) float32 of a list column whose rows must each hold D numbers (an image table's pixels)."""
+    import pyarrow.compute as pc
+
+    name, width = rows.list_column, rows.width
+    col = batch.column(name).combine_chunks()
+    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+    bad = np.asarray(col.is_null().to_numpy(zero_copy_only=False)) | (np.nan_to_num(lengths, nan=-1) != width)
+    if bad.any():
+        raise DataError(f"{_file_of(batch, bad)}: column {name!r} must hold {width} values in every row")
+    values = col.flatten()
+    if values.null_count:
+        raise DataError(f"{_file_of(batch, np.ones(len(col), bool))}: column {name!r} has missing values "
+                        "inside its lists; fix or drop those rows")
+    return values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(col), width)
 
 
 def batch_labels(batch: pa.Table, rows: Rows) -> np.ndarray | None:
@@ -313,13 +361,14 @@ class FitBatch:
         hi = train.max(0) if len(train) else np.full(d, -np.inf, np.float32)
         two_valued = ((train == lo) | (train == hi)).all(0) if len(train) else np.ones(d, bool)
         # a fixed divisor maps the training values to {0, 1} exactly when they are 0 or the divisor
-        zero_or_full = bool(np.isin(train, (0.0, self.rows.divisor)).all()) if self.rows.divisor else False
+        zero_or_full = [bool(np.isin(train, (0.0, d)).all()) for d in _divisors(self.rows)]
         kind = "" if y is None else y.dtype.kind
         whole = y is None or kind != "f" or bool(np.all(y == np.round(y)) and np.abs(y).max(initial=0) <= 2**53)
         return pa.table({
             "rows": [np.bincount(split, minlength=3).tolist()],
             "lo": [lo.tolist()], "hi": [hi.tolist()], "two_valued": [two_valued.tolist()],
-            "zero_or_full": [zero_or_full], "label_kind": [kind], "label_whole": [whole],
+            "zero_or_full": [zero_or_full], "top": [float(x.max(initial=-np.inf))],
+            "label_kind": [kind], "label_whole": [whole],
         })
 
 
@@ -343,9 +392,16 @@ class WriteBatch:
         return pa.table(columns).replace_schema_metadata({b"deepgen.prepared": b"1"})
 
 
+def _divisors(rows: Rows) -> tuple[float, ...]:
+    """The fixed scales a source may have: its divisor, or both an image table's (decided by its maximum)."""
+    return (rows.divisor,) if rows.divisor else (255.0, 1.0) if rows.divisor_by_max else ()
+
+
 def fit_aggregates(aggregates: list[dict], data: DataSpec, rows: Rows) -> tuple[dict[str, int], np.ndarray,
-                                                                                  np.ndarray, bool, str | None]:
-    """Combine the per-batch aggregates: (rows per split, min (D,), max (D,), binary features, label type)."""
+                                                                                  np.ndarray, bool, str | None,
+                                                                                  float | None]:
+    """Combine the per-batch aggregates: (rows per split, min (D,), max (D,), binary features, label type,
+    the fixed divisor or None for min-max)."""
     counts = np.sum([r["rows"] for r in aggregates], axis=0).astype(int) if aggregates else np.zeros(3, int)
     per_split = dict(zip(SPLIT_NAMES, counts.tolist(), strict=True))
     for name, n in per_split.items():
@@ -354,8 +410,11 @@ def fit_aggregates(aggregates: list[dict], data: DataSpec, rows: Rows) -> tuple[
                             "give more rows or change data.val_fraction / data.test_fraction")
     lo = np.stack([np.asarray(r["lo"], np.float32) for r in aggregates])  # (batches, D)
     hi = np.stack([np.asarray(r["hi"], np.float32) for r in aggregates])
-    if rows.divisor:
-        binary = all(r["zero_or_full"] for r in aggregates)
+    divisor = rows.divisor
+    if rows.divisor_by_max:  # 8-bit pixels or already in [0, 1], over every row as the in-memory prepare says
+        divisor = 255.0 if max(r["top"] for r in aggregates) > 1 else 1.0
+    if divisor:
+        binary = all(r["zero_or_full"][_divisors(rows).index(divisor)] for r in aggregates)
     else:  # min-max scaling maps a feature to {0, 1} exactly when it takes at most two values on train
         binary = all(all(r["two_valued"]) for r in aggregates) and all(
             len(np.unique(np.concatenate([lo[:, j], hi[:, j]])[np.isfinite(np.concatenate([lo[:, j], hi[:, j]]))]))
@@ -370,7 +429,7 @@ def fit_aggregates(aggregates: list[dict], data: DataSpec, rows: Rows) -> tuple[
     else:
         kind = "f" if "f" in kinds else kinds.pop()
         label_type = {"f": "float", "b": "bool", "O": "str", "U": "str", "S": "str"}.get(kind, kind)
-    return per_split, lo.min(0), hi.max(0), binary, label_type
+    return per_split, lo.min(0), hi.max(0), binary, label_type, divisor
 
 
 # --- the whole prepare ------------------------------------------------------------------------------
@@ -388,11 +447,17 @@ def read_table_source(source: TableSource, files: list[Path], types: dict[str, p
             column_types={c: (pa.float64() if pa.types.is_integer(t) or pa.types.is_floating(t) else t)
                           for c, t in types.items()}, include_columns=list(types))
         return ray.data.read_csv(paths, include_paths=True, convert_options=convert)
-    return ray.data.read_parquet(paths, include_paths=True).select_columns([*types, PATH_COLUMN])
+    return _read_parquet(files, list(types))
+
+
+def _read_parquet(files: list[Path], columns: list[str]):
+    import ray.data
+
+    return ray.data.read_parquet([str(f) for f in files], include_paths=True).select_columns([*columns, PATH_COLUMN])
 
 
 def prepare_with_ray_data(data: DataSpec, out_dir: str | Path, log=print):
-    """The Ray Data prepare of a table, .npy or IDX source; returns (manifest, wrote) like `prepare_dataset`."""
+    """The Ray Data prepare of a streamed source (STREAMED); returns (manifest, wrote) like `prepare_dataset`."""
     from deepgen.data.dataset import MANIFEST, ROW_GROUP_BYTES, publish, splits_present
     from deepgen.data.manifest import Manifest, Scaler, dataset_fingerprint, read_manifest
     from deepgen.data.sources import _hash_files
@@ -410,9 +475,9 @@ def prepare_with_ray_data(data: DataSpec, out_dir: str | Path, log=print):
     ds = plan.dataset()
     stats = _run(lambda: ds.map_batches(FitBatch(data, rows_spec), batch_format="pyarrow", batch_size=None)
                  .take_all(), where)
-    rows, lo, hi, binary, label_type = fit_aggregates(stats, data, rows_spec)
-    scaler = Scaler(divisor=rows_spec.divisor) if rows_spec.divisor else Scaler(minimum=lo.tolist(),
-                                                                                 maximum=hi.tolist())
+    rows, lo, hi, binary, label_type, divisor = fit_aggregates(stats, data, rows_spec)
+    rows_spec = dataclasses.replace(rows_spec, divisor=divisor, divisor_by_max=False)
+    scaler = Scaler(divisor=divisor) if divisor else Scaler(minimum=lo.tolist(), maximum=hi.tolist())
     log(f"prepare: Ray Data read {len(plan.files)} files, {sum(rows.values())} rows; writing the splits")
 
     manifest_box: list[Manifest] = []
