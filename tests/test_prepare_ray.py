@@ -144,7 +144,7 @@ def test_bad_input_is_one_line_naming_the_file_and_nothing_is_published(tmp_path
 
 def test_engine_ray_data_refuses_sources_it_does_not_stream(tmp_path):
     spec = DataSpec.model_validate({"source": {"kind": "digits"}, "engine": "ray_data"})
-    with pytest.raises(DataError, match="data.engine: ray_data prepares table, npy and idx sources"):
+    with pytest.raises(DataError, match="data.engine: ray_data prepares table, npy, idx and image_table sources"):
         prepare_dataset(spec, tmp_path / "out", **quiet)
     resized = DataSpec.model_validate({"source": {"kind": "npy", "path": str(tmp_path / "x.npy")}, "resize": 16,
                                        "engine": "ray_data"})
@@ -231,7 +231,24 @@ def test_idx_through_ray_data_keeps_t10k_as_test_and_reads_gzip(tmp_path, ray_lo
         assert np.array_equal(all_rows(tmp_path / "gz", [split]), all_rows(tmp_path / "ray", [split]))
 
 
-@pytest.mark.parametrize("case", ["bad_magic", "truncated", "truncated_gz", "nan", "labels"])
+@pytest.mark.parametrize("pixels", [255, 1])
+def test_image_table_through_ray_data_matches_the_in_memory_prepare(tmp_path, ray_local, pixels):
+    rng = np.random.default_rng(3)
+    (tmp_path / "src").mkdir()
+    for i in range(2):  # 8-bit pixels (scaled /255) or values already in [0, 1] (/1), as in memory
+        images = rng.integers(0, 256, (400, 2 * 4 * 4)) if pixels == 255 else rng.random((400, 2 * 4 * 4))
+        pq.write_table(pa.table({"image": list(images), "label": rng.integers(0, 3, 400)}),
+                       tmp_path / "src" / f"part-{i}.parquet")
+    source = {"kind": "image_table", "path": str(tmp_path / "src"), "image_shape": [2, 4, 4]}
+    ray, _ = prepare_dataset(array_spec(source), tmp_path / "ray", **quiet)
+    memory, _ = prepare_dataset(array_spec(source, "memory"), tmp_path / "memory", **quiet)
+    assert ray.shape == memory.shape == [2, 4, 4] and ray.scaler == memory.scaler
+    assert ray.scaler.divisor == pixels and ray.label_type == memory.label_type == "int"
+    assert np.allclose(all_rows(tmp_path / "ray"), all_rows(tmp_path / "memory"))
+    assert sum(len(v) for v in ray.files.values()) >= 3
+
+
+@pytest.mark.parametrize("case", ["bad_magic", "truncated", "truncated_gz", "nan", "labels", "image_width"])
 def test_bad_array_file_is_one_line_naming_it_and_nothing_is_published(tmp_path, ray_local, case):
     if case in ("bad_magic", "truncated", "truncated_gz"):
         directory, _ = make_idx_dir(tmp_path / "idx", n_train=600, n_test=100, gz=case == "truncated_gz")
@@ -247,6 +264,13 @@ def test_bad_array_file_is_one_line_naming_it_and_nothing_is_published(tmp_path,
         else:  # a gzip stream cut short: found by the read task that decompresses it
             bad.write_bytes(gzip.compress(gzip.decompress(data)[:-250]))
             message = r"train-images-idx3-ubyte.gz: IDX header says \(600, 10, 10\) but the file ends at row 597"
+    elif case == "image_width":  # one file's images are a value short: found in the batch that reads it
+        (tmp_path / "src").mkdir()
+        for i, width in enumerate((16, 15)):
+            pq.write_table(pa.table({"image": list(np.ones((300, width))), "label": np.zeros(300, int)}),
+                           tmp_path / "src" / f"part-{i}.parquet")
+        source = {"kind": "image_table", "path": str(tmp_path / "src"), "image_shape": [1, 4, 4]}
+        message = r"part-1.parquet: column 'image' must hold 16 values in every row"
     else:
         x = np.random.default_rng(2).normal(size=(700, 4, 4)).astype(np.float32)
         if case == "nan":
@@ -260,5 +284,5 @@ def test_bad_array_file_is_one_line_naming_it_and_nothing_is_published(tmp_path,
         prepare_dataset(array_spec(source), tmp_path / "out", **quiet)
     assert "\n" not in str(err.value) and len(str(err.value)) < 400
     assert not (tmp_path / "out").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx" if case.startswith(("bad", "trunc")) else "x.npy",
-                                                         *([] if case.startswith(("bad", "trunc")) else ["y.npy"])]
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["idx"] if case.startswith(("bad", "trunc")) else
+                                                          ["src"] if case == "image_width" else ["x.npy", "y.npy"])
