@@ -184,9 +184,9 @@ class DataSpec(Spec):
         default=None, ge=4, description="images: resize to this square side (bilinear), e.g. 32 or 64 for GANs")
     engine: Literal["auto", "memory", "ray_data"] = Field(default="auto", description=(
         "how prepare runs: memory (one process reads the whole source: fastest for small data), ray_data "
-        "(table sources: streamed by Ray Data in two passes, many Parquet files per split, for sources larger "
-        "than memory; rows are split by a hash of their values), auto: ray_data for table sources of 256 MiB "
-        "and more"))
+        "(table, npy, idx and image_table sources: streamed by Ray Data in two passes, many Parquet files per "
+        "split, for sources larger than memory; rows are split by a hash of their values; no data.resize), auto: "
+        "ray_data for such sources of 256 MiB and more"))
 
     def with_absolute_paths(self) -> DataSpec:
         """Source paths resolved against the current directory, for a Ray task that runs elsewhere."""

@@ -7,7 +7,7 @@ The layout of a prepared dataset:
 
 Everything is written into a hidden sibling folder and renamed into place at the end, so a failure
 leaves either the previous dataset or nothing, never a half-written one. What a manifest holds is
-deepgen.data.manifest; large table sources go through Ray Data (deepgen.data.prepare_ray).
+deepgen.data.manifest; large table, .npy, IDX and image-table sources go through Ray Data (deepgen.data.prepare_ray).
 """
 
 from __future__ import annotations
