@@ -260,6 +260,30 @@ def test_nsp_pairs_are_balanced_and_not_next_comes_from_another_document():
     assert abs(skewed.is_next.mean() - 0.25) <= 1 / len(pairs.a)
 
 
+def test_not_next_stays_within_the_file_of_a_when_the_corpus_has_several_files(tmp_path):
+    documents = make_documents(61, seed=2)
+    groups = np.array([0] * 40 + [1] * 20 + [2])  # two files, and one holding a single document
+    pairs = make_nsp_pairs(documents, np.random.default_rng(0), groups=groups)
+    other = pairs.is_next == 0
+    doc_a, doc_b = pairs.document[pairs.a[other]], pairs.document[pairs.b[other]]
+    assert (doc_a != doc_b).all()
+    lone = doc_a == 60
+    assert (groups[doc_b[~lone]] == groups[doc_a[~lone]]).all()  # never the other file's
+    assert lone.any() and (groups[doc_b[lone]] != 2).all()  # the lone file's A: from any other document
+    for g, docs in ((0, range(40)), (1, range(40, 60))):  # drawn across the whole of its own file
+        assert len(set(doc_b[groups[doc_a] == g])) > 0.5 * len(docs)
+    # one file: the pairs of before, draw for draw
+    one = make_nsp_pairs(documents, np.random.default_rng(0), groups=np.zeros(61, int))
+    plain = make_nsp_pairs(documents, np.random.default_rng(0))
+    assert np.array_equal(one.b, plain.b) and np.array_equal(one.is_next, plain.is_next)
+
+    # through read_text_files: each document knows its file
+    write_corpus(tmp_path / "a.txt", [["One a.", "Two a."], ["Three a.", "Four a."]])
+    write_corpus(tmp_path / "b.txt", [["One b.", "Two b."]])
+    corpus = read_text_files(TextFilesSource(paths=[str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]))
+    assert corpus.files == [0, 0, 1]
+
+
 def test_document_split_is_seeded_and_refuses_too_few_documents():
     splits = split_documents(20, 0.15, 0.15, seed=4)
     assert sorted(np.concatenate(list(splits.values())).tolist()) == list(range(20))

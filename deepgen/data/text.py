@@ -114,6 +114,7 @@ def parse_documents(text: str, sentence_split: str = "auto") -> list[list[str]]:
 @dataclass
 class TextCorpus:
     documents: list[list[str]]  # each document a list of sentences, none empty
+    files: list[int] | None = None  # the file each document came from (text_files sources), else None
 
 
 @dataclass
@@ -144,17 +145,19 @@ def source_fingerprint(source: TextSource) -> str:
 
 def read_text_files(source: TextFilesSource) -> TextCorpus:
     files = _expand_paths(source.paths)
-    documents = []
-    for path in files:
+    documents, origin = [], []
+    for i, path in enumerate(files):
         raw = path.read_bytes()
         try:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as e:
             raise DataError(f"{path}: not UTF-8 text (byte {e.start}); convert it, e.g. iconv -t UTF-8") from None
-        documents += parse_documents(text, source.sentence_split)
+        found = parse_documents(text, source.sentence_split)
+        documents += found
+        origin += [i] * len(found)
     if not documents:
         raise DataError(f"{', '.join(map(str, files))}: no text found")
-    return TextCorpus(documents)
+    return TextCorpus(documents, origin)
 
 
 def _expand_paths(paths: list[str]) -> list[Path]:
@@ -287,10 +290,16 @@ class SentencePairs:
     document: np.ndarray  # (S,) int64: the document of each sentence
 
 
-def make_nsp_pairs(documents: list[list[str]], rng: np.random.Generator, next_fraction: float = 0.5) -> SentencePairs:
+def make_nsp_pairs(documents: list[list[str]], rng: np.random.Generator, next_fraction: float = 0.5,
+                   groups: np.ndarray | list[int] | None = None) -> SentencePairs:
     """One pair per sentence A that has a successor in its document (Devlin et al. 2019, sec. 3.1):
     B = that successor (is_next = 1) for round(next_fraction * P) pairs chosen at random, else a random
-    sentence of a random other document (is_next = 0)."""
+    sentence of a random other document (is_next = 0).
+
+    groups: a group per document (the file it came from). When there are several, the other document is
+    drawn from A's own group (any other document where A's group has no other), so that a corpus of
+    several files (dictionary glosses beside tweets) does not turn "not next" into "from another file",
+    a cue that would let NSP be solved without reading the pair."""
     if len(documents) < 2:
         raise DataError("text: NSP needs at least two documents to draw 'not next' sentences from")
     lengths = np.array([len(d) for d in documents], np.int64)
@@ -301,11 +310,32 @@ def make_nsp_pairs(documents: list[list[str]], rng: np.random.Generator, next_fr
     n = len(a)
     is_next = np.zeros(n, np.int8)
     is_next[rng.permutation(n)[:round(n * next_fraction)]] = 1
-    other = rng.integers(0, len(documents) - 1, n)
-    other += other >= document[a]  # uniform over the documents other than A's
+    if groups is None or len(np.unique(groups)) < 2:
+        other = rng.integers(0, len(documents) - 1, n)
+        other += other >= document[a]  # uniform over the documents other than A's
+    else:
+        other = _other_in_group(np.asarray(groups), document[a], rng)
     random_b = starts[other] + (rng.random(n) * lengths[other]).astype(np.int64)
     b = np.where(is_next == 1, a + 1, random_b)
     return SentencePairs([s for d in documents for s in d], a, b, is_next, document)
+
+
+def _other_in_group(groups: np.ndarray, own: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """For each document index in `own`, a uniformly drawn other document of its group (D,) labels; of
+    any group where its group holds only it."""
+    order = np.argsort(groups, kind="stable")  # documents sorted by group
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))  # each document's place in that order
+    _, first, size = np.unique(groups[order], return_index=True, return_counts=True)
+    g = np.searchsorted(groups[order][first], groups[own])  # each A's group, as an index into first/size
+    lone = size[g] < 2
+    pick = first[g] + (rng.random(len(own)) * np.maximum(size[g] - 1, 1)).astype(np.int64)
+    pick += pick >= rank[own]  # skip A's own document within its group
+    other = order[np.minimum(pick, len(order) - 1)]
+    if lone.any():  # no other document in the group: any other document
+        anywhere = rng.integers(0, len(groups) - 1, int(lone.sum()))
+        other[lone] = anywhere + (anywhere >= own[lone])
+    return other
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> dict[str, np.ndarray]:
@@ -356,7 +386,8 @@ def prepare_pretraining(source: TextFilesSource | TextTableSource, out_dir: str 
     rng = np.random.default_rng(seed + 1)  # the split used `seed`; pairs get their own stream
     tables, stats = {}, {"documents": {}, "sentences": {}, "nsp_balance": {}, "truncated": {}}
     for name, doc_ids in doc_splits.items():
-        pairs = make_nsp_pairs([corpus.documents[i] for i in doc_ids], rng, text.next_fraction)
+        groups = None if corpus.files is None else [corpus.files[i] for i in doc_ids]
+        pairs = make_nsp_pairs([corpus.documents[i] for i in doc_ids], rng, text.next_fraction, groups)
         if len(pairs.a) == 0:
             raise DataError(f"text: the {name} split has no document with two sentences, so no NSP pairs")
         pieces = tokenizer.pieces(pairs.sentences)
@@ -426,6 +457,7 @@ def _fingerprint(source, text: TextSpec, source_bytes: str, val_fraction: float,
         "source": source.model_dump(mode="json"), "text": text.model_dump(mode="json", include=used),
         "split": [val_fraction, test_fraction, seed], "source_bytes": source_bytes,
         "tokenizer_bytes": given, "format": FORMAT_VERSION,
+        **({"nsp_negatives": "same_file"} if source.kind != "labelled_text" else {}),
     }, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 

@@ -8,13 +8,13 @@ below: re-preparing other data into the same folder, or changing the protocol, t
 
 Protocol (version 5): a FeatureClassifier of two 3 x 3 convs per stage (six in all; the three-conv net of
 protocol 4 read validation digits and MNIST-5k at 0.956 and 0.955, this one at 0.993 and 0.987:
-benchmarks/README.md, "The judge"); labels when the data has integer labels, else rotations
-(self-supervised, square images); JUDGE_EPOCHS epochs (at most JUDGE_STEPS Adam updates) of batch 128 with a cosine-decayed learning rate
-from 2e-3, seed 0, on at most 20,000 train rows, each batch augmented by pixel noise (std ~ U(0, 0.1)) and
-shifts of up to a 16th of the side (2 pixels at 32 x 32), so faint noise in a generated image does not
-change what the judge reads (without it, real MNIST digits with noise of std 0.05 were read at 0.48
-accuracy). Digits (about 1,200 train rows) get 300 updates, MNIST-5k (3,400) 810, a 60,000-image set 1,500
-(10 epochs of a 20,000-row subset).
+benchmarks/README.md, "The judge"); labels when the data has integer labels, else rotations (self-supervised,
+square images); JUDGE_EPOCHS epochs (at most JUDGE_STEPS Adam updates) of batch 128 with a cosine-decayed
+learning rate from 2e-3, seed 0, on at most 20,000 train rows, each batch augmented by pixel noise (std ~ U(0,
+0.1)) and shifts of up to a 16th of the side (2 pixels at 32 x 32), so faint noise in a generated image does
+not change what the judge reads (without it, real MNIST digits with noise of std 0.05 were read at 0.48
+accuracy). Digits (about 1,200 train rows) get 300 updates, MNIST-5k (3,400) 810, a 60,000-image set 1,500 (10
+epochs of a 20,000-row subset).
 """
 
 from __future__ import annotations
@@ -77,7 +77,8 @@ class Judge:
     def describe(self) -> str:
         target = "labels" if self.labelled else "rotations"
         acc = "" if self.test_accuracy is None else f", test accuracy {self.test_accuracy:.4f}"
-        return (f"FeatureClassifier (width {JUDGE_WIDTH}, {JUDGE_DEPTH} convs per stage, pooled conv features) trained {JUDGE_EPOCHS} epochs "
+        return (f"FeatureClassifier (width {JUDGE_WIDTH}, {JUDGE_DEPTH} convs per stage, pooled conv features) "
+                f"trained {JUDGE_EPOCHS} epochs "
                 f"(at most {JUDGE_STEPS} updates; pixel noise up to {JUDGE_NOISE}, shifts up to 1/16 of the side) "
                 f"on the train split's {target}, seed {JUDGE_SEED}{acc}; cached at {JUDGE_DIR}/{self.path.name}")
 
