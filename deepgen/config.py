@@ -415,6 +415,9 @@ class BertClassifierSpec(BertSpec):
                     "a local Hugging Face BERT folder (config.json, model.safetensors, vocab.txt); its encoder "
                     "sizes and tokenizer replace the ones here. null: random initialisation")
     classifier_dropout: float = Field(default=0.1, ge=0, lt=1)
+    pooling: Literal["cls", "mean"] = Field(default="cls", description=(
+        "the vector the classifier reads: cls, BERT's pooled [CLS] (tanh of a linear map of its last-layer "
+        "state, trained by NSP); mean, the last layer averaged over the real tokens"))
     domain_adaptive: DomainAdaptiveSpec | None = Field(
         default=None, description="continue masked-LM pretraining on the training texts first; null: do not")
     class_weight: Literal["auto", "balanced", "none"] = Field(

@@ -263,3 +263,24 @@ def test_classifier_from_pretraining_carries_the_encoder_weights():
     assert not BertForSequenceClassification(tiny(), 3).load_encoder_state(ddp_of_compiled).missing_keys
     with pytest.raises(RuntimeError, match="size mismatch"):
         BertForSequenceClassification(tiny(hidden=64), 3).load_encoder_state(pre.state_dict())
+
+
+def test_mean_pooling_reads_the_average_of_the_real_tokens_and_ignores_padding():
+    torch.manual_seed(0)
+    clf = BertForSequenceClassification(tiny(), num_labels=2, pooling="mean").eval()
+    ids = sentences(2, 12, 60, seed=7)
+    ids[1, 8:] = 0  # the second text is 8 tokens and 4 pads
+    mask = ids != 0
+    seq = clf.bert(ids, None, mask).sequence_output
+    expected = torch.stack([seq[0].mean(0), seq[1, :8].mean(0)])
+    torch.testing.assert_close(clf(ids, None, mask).logits, clf.classifier(expected))
+    # the pooler is not read: changing it leaves the logits as they were; with cls it changes them
+    cls = BertForSequenceClassification(tiny(), num_labels=2).eval()
+    cls.load_state_dict(clf.state_dict())
+    before_mean, before_cls = clf(ids).logits, cls(ids).logits
+    with torch.no_grad():
+        clf.bert.pooler.weight.add_(1.0), cls.bert.pooler.weight.add_(1.0)
+    torch.testing.assert_close(clf(ids).logits, before_mean)
+    assert not torch.allclose(cls(ids).logits, before_cls)
+    with pytest.raises(ValueError, match="pooling 'max'"):
+        BertForSequenceClassification(tiny(), 2, pooling="max")

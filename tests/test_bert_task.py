@@ -130,6 +130,25 @@ def test_fine_tuning_from_the_pretrained_encoder_beats_random_initialisation(pre
     assert accuracy["pretrained"] > 0.9, accuracy
 
 
+def test_a_mean_pooled_classifier_is_exported_with_its_pooling(pretrained):
+    root, ckpt = pretrained["root"], pretrained["checkpoint"]
+    data = {"source": {"kind": "labelled_text", "path": str(root / "seen.csv")},
+            "text": {**TEXT, "tokenizer": str(ckpt / "tokenizer.json")}}
+    model = {"kind": "bert_classifier", **ENCODER, "pretrained": str(ckpt), "pooling": "mean"}
+    s = resolve_inputs(spec(root, "cls-mean", data, model, epochs=2, lr=2e-3))
+    _, task, models, _ = fit(s, root)
+    assert models["model"].pooling == "mean"
+    exported = load_exported(task.export(root / "export-mean", models, task.evaluate(models, s.data_dir)))
+    assert exported.model.pooling == "mean"
+    texts = list(pretrained["held_out"].text[:16])
+    as_cls = TextClassifier(type(exported.model)(exported.model.config, exported.model.num_labels), exported.tokenizer,
+                            exported.meta)
+    as_cls.model.load_state_dict(exported.model.state_dict())
+    as_cls.model.eval()
+    # the export reads the mean, as training did: the same weights read through [CLS] answer otherwise
+    assert not np.allclose(exported.probabilities(texts), as_cls.probabilities(texts), atol=1e-4)
+
+
 def test_the_classifier_takes_the_pretrained_encoders_sizes_and_tokenizer(pretrained, tmp_path):
     ckpt = pretrained["checkpoint"]
     pd.DataFrame({"text": ["a b", "c d"] * 10, "label": ["x", "y"] * 10}).to_csv(tmp_path / "l.csv", index=False)

@@ -336,13 +336,21 @@ def strip_wrappers(key: str) -> str:
     return key
 
 
-class BertForSequenceClassification(nn.Module):
-    """The encoder, dropout, and one linear layer on the pooled [CLS] representation."""
+POOLINGS = ("cls", "mean")
 
-    def __init__(self, config: BertConfig, num_labels: int, dropout: float | None = None):
+
+class BertForSequenceClassification(nn.Module):
+    """The encoder, dropout, and one linear layer on one vector per text: pooling "cls" is BERT's pooled
+    [CLS] representation tanh(W h_[CLS]) (the vector NSP pretraining trains), "mean" the mean of the last
+    layer over the real tokens (the pooler unused)."""
+
+    def __init__(self, config: BertConfig, num_labels: int, dropout: float | None = None, pooling: str = "cls"):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling {pooling!r}: expected one of {', '.join(POOLINGS)}")
         self.config = config
         self.num_labels = num_labels
+        self.pooling = pooling
         self.bert = BertModel(config)
         self.dropout = nn.Dropout(config.dropout if dropout is None else dropout)
         self.classifier = nn.Linear(config.hidden, num_labels)
@@ -351,7 +359,13 @@ class BertForSequenceClassification(nn.Module):
     def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None) -> SequenceClassifierOutput:
-        pooled = self.bert(input_ids, segment_ids, attention_mask).pooled_output  # (B, C)
+        out = self.bert(input_ids, segment_ids, attention_mask)
+        if self.pooling == "cls":
+            pooled = out.pooled_output  # (B, C)
+        else:
+            real = (input_ids != self.config.pad_id) if attention_mask is None else attention_mask.bool()
+            weights = real.unsqueeze(-1).to(out.sequence_output.dtype)  # (B, T, 1)
+            pooled = (out.sequence_output * weights).sum(1) / weights.sum(1).clamp(min=1)  # (B, C)
         logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
         if labels is None:
             return SequenceClassifierOutput(logits, None, None, None)

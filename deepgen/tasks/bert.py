@@ -225,7 +225,8 @@ class BertClassifierTask(ScheduledTask):
                                            self.m.class_weight)
 
     def build_models(self):
-        model = BertForSequenceClassification(self.config, self.num_labels, dropout=self.m.classifier_dropout)
+        model = BertForSequenceClassification(self.config, self.num_labels, dropout=self.m.classifier_dropout,
+                                              pooling=self.m.pooling)
         state = pretrained_state(self.pretrained) if self.pretrained is not None else None
         if self.m.domain_adaptive is not None:
             state = domain_adaptive_pretraining(self.config, state, self.spec.data_dir, special_tokens(self.manifest),
@@ -279,7 +280,8 @@ class BertClassifierTask(ScheduledTask):
 
     def export(self, dest: Path, models, evaluation: Evaluation) -> Path:
         return save_text_model_dir(dest, "text_classifier", self.spec, self.manifest, unwrap(models["model"]),
-                                   {"class_names": self.manifest.class_names, "num_labels": self.num_labels})
+                                   {"class_names": self.manifest.class_names, "num_labels": self.num_labels,
+                                    "pooling": self.m.pooling})
 
 
 def class_weights(counts: list[int] | None, rule: str) -> torch.Tensor | None:
@@ -407,7 +409,8 @@ class TextClassifier(Predictor):
         from deepgen.models.bert import BertConfig, BertForSequenceClassification
 
         meta = read_meta(directory)
-        model = BertForSequenceClassification(BertConfig(**meta.config), meta.extra["num_labels"])
+        model = BertForSequenceClassification(BertConfig(**meta.config), meta.extra["num_labels"],
+                                              pooling=meta.extra.get("pooling", "cls"))  # older exports: cls
         return cls(load_weights(directory, model), WordPieceTokenizer.load(directory), meta)
 
     @property
