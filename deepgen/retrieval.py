@@ -32,8 +32,8 @@ import pyarrow.parquet as pq
 import torch
 
 from deepgen.errors import DataError
+from deepgen.models.bert import POOLINGS, pool_text
 
-POOLINGS = ("mean", "cls")
 DEFAULT_POOLING = "mean"
 INDEX_META = b"deepgen.index"
 TEXT_FAMILIES = ("bert_encoder", "text_classifier")  # exported folders that hold a BERT encoder
@@ -93,13 +93,8 @@ class TextEmbedder:
 
     def pool(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """ids, mask (B, T) -> (B, C) unit vectors."""
-        h, pooled = self.bert(ids, None, None if bool(mask.all()) else mask)  # (B, T, C), (B, C)
-        if self.pooling == "cls":
-            v = pooled
-        else:
-            m = mask[..., None].to(h.dtype)  # (B, T, 1)
-            v = (h * m).sum(1) / m.sum(1)  # (B, C)
-        return torch.nn.functional.normalize(v.float(), dim=-1)
+        out = self.bert(ids, None, None if bool(mask.all()) else mask)
+        return torch.nn.functional.normalize(pool_text(out, mask, self.pooling).float(), dim=-1)
 
 
 def top_k(queries: np.ndarray, vectors: np.ndarray, k: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:

@@ -336,7 +336,16 @@ def strip_wrappers(key: str) -> str:
     return key
 
 
-POOLINGS = ("cls", "mean")
+POOLINGS = ("mean", "cls")
+
+
+def pool_text(out: BertOutput, real: torch.Tensor, pooling: str) -> torch.Tensor:
+    """One vector per text (B, C) from the encoder's output: "cls", BERT's pooled [CLS] tanh(W h_[CLS]);
+    "mean", the last layer averaged over the real tokens (`real` (B, T): True where a token is not padding)."""
+    if pooling == "cls":
+        return out.pooled_output
+    weights = real.unsqueeze(-1).to(out.sequence_output.dtype)  # (B, T, 1)
+    return (out.sequence_output * weights).sum(1) / weights.sum(1).clamp(min=1)
 
 
 class BertForSequenceClassification(nn.Module):
@@ -359,13 +368,8 @@ class BertForSequenceClassification(nn.Module):
     def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None) -> SequenceClassifierOutput:
-        out = self.bert(input_ids, segment_ids, attention_mask)
-        if self.pooling == "cls":
-            pooled = out.pooled_output  # (B, C)
-        else:
-            real = (input_ids != self.config.pad_id) if attention_mask is None else attention_mask.bool()
-            weights = real.unsqueeze(-1).to(out.sequence_output.dtype)  # (B, T, 1)
-            pooled = (out.sequence_output * weights).sum(1) / weights.sum(1).clamp(min=1)  # (B, C)
+        real = (input_ids != self.config.pad_id) if attention_mask is None else attention_mask.bool()
+        pooled = pool_text(self.bert(input_ids, segment_ids, attention_mask), real, self.pooling)  # (B, C)
         logits = self.classifier(self.dropout(pooled))  # (B, num_labels)
         if labels is None:
             return SequenceClassifierOutput(logits, None, None, None)
