@@ -24,9 +24,6 @@ from deepgen.errors import DataError, first_line
 BLOCK_VALUES = 4 << 20  # raw values per block a read task yields (16 MiB as float32)
 MIN_TASK_ROWS = 256  # fewer rows than this are not worth a read task of their own
 
-_IDX_DTYPES = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-_IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-              "t10k-labels-idx1-ubyte")
 
 
 @dataclass(frozen=True)
@@ -92,24 +89,16 @@ def npy_header(path: str | Path, kinds: str = "iuf") -> ArrayFile:
 
 
 def idx_header(path: Path) -> ArrayFile:
-    """The header of an IDX file (magic 00 00 TYPE NDIM, NDIM big-endian sizes), checked against its size
-    where the file is not gzipped (a gzipped one is checked as its rows are read)."""
+    """The header of an IDX file (`sources.read_idx_header`), checked against its size where the file is not
+    gzipped (a gzipped one is checked as its rows are read)."""
+    from deepgen.data.sources import read_idx_header
+
     gz = path.suffix == ".gz"
     try:
         with (gzip.open if gz else open)(path, "rb") as f:
-            head = f.read(4)
-            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
-                raise DataError(f"{path}: not an IDX file (bad magic number)")
-            sizes = f.read(4 * head[3])
+            dtype, dims, offset = read_idx_header(f, path)
     except (OSError, EOFError) as e:
         raise DataError(f"{path}: cannot read IDX file: {first_line(e)}") from None
-    offset = 4 + 4 * head[3]
-    if len(sizes) < 4 * head[3]:
-        raise DataError(f"{path}: truncated IDX file ({4 + len(sizes)} bytes, the header alone needs {offset})")
-    dims = tuple(np.frombuffer(sizes, ">i4").tolist())
-    if any(d < 0 for d in dims):
-        raise DataError(f"{path}: IDX header has a negative size {dims}; the file is damaged")
-    dtype = np.dtype(_IDX_DTYPES[head[2]])
     if not gz and path.stat().st_size - offset != math.prod(dims) * dtype.itemsize:
         raise DataError(f"{path}: IDX header says {dims} but the file holds {path.stat().st_size - offset} "
                         "data bytes")
@@ -133,12 +122,12 @@ def npy_parts(source: NpySource) -> tuple[list[ArrayPart], tuple[int, ...]]:
 
 def idx_parts(source: IdxSource) -> tuple[list[ArrayPart], tuple[int, ...]]:
     """([train images and labels, t10k images and labels (the test split)], (1, H, W)) of an IDX folder."""
-    from deepgen.data.sources import _find_idx
+    from deepgen.data.sources import IDX_NAMES, _find_idx
 
     directory = Path(source.path).expanduser()
     if not directory.is_dir():
         raise DataError(f"{directory}: no such IDX directory (data.source.path)")
-    x, y, xt, yt = (idx_header(_find_idx(directory, name)) for name in _IDX_NAMES)
+    x, y, xt, yt = (idx_header(_find_idx(directory, name)) for name in IDX_NAMES)
     for images, labels, name in ((x, y, "train"), (xt, yt, "t10k")):
         if len(images.shape) != 3 or len(labels.shape) != 1 or images.rows != labels.rows:
             raise DataError(f"{directory}: {name} images {images.shape} and labels {labels.shape} do not match")
@@ -151,9 +140,9 @@ def idx_parts(source: IdxSource) -> tuple[list[ArrayPart], tuple[int, ...]]:
 
 def idx_files(source: IdxSource) -> list[Path]:
     """The four files of an IDX folder, in the order the in-memory reader hashes them."""
-    from deepgen.data.sources import _find_idx
+    from deepgen.data.sources import IDX_NAMES, _find_idx
 
-    return [_find_idx(Path(source.path).expanduser(), name) for name in _IDX_NAMES]
+    return [_find_idx(Path(source.path).expanduser(), name) for name in IDX_NAMES]
 
 
 # --- the datasource ----------------------------------------------------------------------------------

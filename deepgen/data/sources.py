@@ -61,32 +61,40 @@ def read_digits(source: DigitsSource) -> RawData:
 
 # --- IDX (MNIST layout) ----------------------------------------------------------------------------
 
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+             "t10k-labels-idx1-ubyte")  # an IDX folder's four files, in the order they are read and hashed
+
+
+def read_idx_header(f, path: Path) -> tuple[np.dtype, tuple[int, ...], int]:
+    """(dtype, dims, data offset) from an open IDX file positioned at its start: magic 00 00 TYPE NDIM, then
+    NDIM big-endian sizes. Leaves `f` at the first data byte."""
+    head = f.read(4)
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in IDX_DTYPES:
+        raise DataError(f"{path}: not an IDX file (bad magic number)")
+    offset = 4 + 4 * head[3]
+    sizes = f.read(4 * head[3])
+    if len(sizes) < 4 * head[3]:
+        raise DataError(f"{path}: truncated IDX file ({4 + len(sizes)} bytes, the header alone needs {offset})")
+    dims = tuple(np.frombuffer(sizes, dtype=">i4").tolist())  # Python ints: no overflow below
+    if any(d < 0 for d in dims):
+        raise DataError(f"{path}: IDX header has a negative size {dims}; the file is damaged")
+    return np.dtype(IDX_DTYPES[head[2]]), dims, offset
 
 
 def read_idx_file(path: str | Path) -> np.ndarray:
-    """Parse one IDX file (optionally gzipped): magic 00 00 TYPE NDIM, NDIM big-endian sizes, data."""
+    """Parse one IDX file (optionally gzipped): the header (`read_idx_header`), then the data."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
+            dtype, dims, _ = read_idx_header(f, path)
             raw = f.read()
     except (OSError, EOFError) as e:
         raise DataError(f"{path}: cannot read IDX file: {e}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DataError(f"{path}: not an IDX file (bad magic number)")
-    ndim = raw[3]
-    offset = 4 + 4 * ndim
-    if len(raw) < offset:
-        raise DataError(f"{path}: truncated IDX file ({len(raw)} bytes, the header alone needs {offset})")
-    dims = tuple(np.frombuffer(raw, dtype=">i4", count=ndim, offset=4).tolist())  # Python ints: no overflow below
-    if any(d < 0 for d in dims):
-        raise DataError(f"{path}: IDX header has a negative size {dims}; the file is damaged")
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = math.prod(dims) * dtype.itemsize
-    if len(raw) - offset != expected:
-        raise DataError(f"{path}: IDX header says {dims} but the file holds {len(raw) - offset} data bytes")
-    return np.frombuffer(raw, dtype=dtype, offset=offset).reshape(dims)
+    if len(raw) != math.prod(dims) * dtype.itemsize:
+        raise DataError(f"{path}: IDX header says {dims} but the file holds {len(raw)} data bytes")
+    return np.frombuffer(raw, dtype=dtype).reshape(dims)
 
 
 def _find_idx(directory: Path, stem: str) -> Path:
@@ -103,8 +111,7 @@ def read_idx_dir(source: IdxSource) -> RawData:
     directory = Path(source.path).expanduser()
     if not directory.is_dir():
         raise DataError(f"{directory}: no such IDX directory (data.source.path)")
-    files = {k: _find_idx(directory, k) for k in (
-        "train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+    files = {k: _find_idx(directory, k) for k in IDX_NAMES}
     x, y, xt, yt = (read_idx_file(p) for p in files.values())
     for images, labels, name in ((x, y, "train"), (xt, yt, "t10k")):
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
