@@ -141,6 +141,8 @@ def test_a_mean_pooled_classifier_is_exported_with_its_pooling(pretrained):
     exported = load_exported(task.export(root / "export-mean", models, task.evaluate(models, s.data_dir)))
     assert exported.model.pooling == "mean"
     texts = list(pretrained["held_out"].text[:16])
+    trained = TextClassifier(models["model"], exported.tokenizer, exported.meta)  # the model as training left it
+    np.testing.assert_allclose(exported.probabilities(texts), trained.probabilities(texts), atol=1e-5)
     as_cls = TextClassifier(type(exported.model)(exported.model.config, exported.model.num_labels), exported.tokenizer,
                             exported.meta)
     as_cls.model.load_state_dict(exported.model.state_dict())

@@ -321,8 +321,8 @@ def make_nsp_pairs(documents: list[list[str]], rng: np.random.Generator, next_fr
 
 
 def _other_in_group(groups: np.ndarray, own: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """For each document index in `own`, a uniformly drawn other document of its group (D,) labels; of
-    any group where its group holds only it."""
+    """For each document index in `own`, another document drawn uniformly from its own group (`groups`: one
+    label per document); from any other document where its group holds no other."""
     order = np.argsort(groups, kind="stable")  # documents sorted by group
     rank = np.empty_like(order)
     rank[order] = np.arange(len(order))  # each document's place in that order
