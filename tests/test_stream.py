@@ -12,7 +12,7 @@ from helpers import write_pipeline
 
 from deepgen.config import AnomalySpec, PipelineSpec
 from deepgen.data.dataset import normal_mask
-from deepgen.train.env import arrow_tensors
+from deepgen.train.env import column_to_numpy
 from deepgen.train.stream import row_groups, stream_batches
 
 
@@ -32,7 +32,7 @@ def split_folder(tmp_path, n_files=3, rows=500, group=64):
 
 def epoch_ids(files, groups, epoch, rank, world, keep=None, shuffle=True, batch=32, buffer=200):
     batches = list(stream_batches(files, groups, batch, epoch, seed=7, rank=rank, world_size=world, shuffle=shuffle,
-                                  columns=("features", "label"), keep=keep, to_tensors=arrow_tensors,
+                                  columns=("features", "label"), keep=keep, to_numpy=column_to_numpy,
                                   device=torch.device("cpu"), buffer_rows=buffer))
     return [b["features"][:, 0].long().tolist() for b in batches]
 

@@ -116,7 +116,7 @@ class LocalEnv:
             from deepgen.train.stream import stream_batches
 
             return stream_batches(split_files(self.data_dir, split), self._groups[split], batch_size, epoch, self.seed,
-                                  0, 1, split == "train", columns, self._keep, arrow_tensors, self.device)
+                                  0, 1, split == "train", columns, self._keep, column_to_numpy, self.device)
         if (split, columns) not in self._splits:
             self._splits[split, columns] = place_split(arrow_tensors(self._tables[split], columns), self.device)
         return tensor_batches(self._splits[split, columns], batch_size, epoch, self.seed, split == "train",
@@ -205,7 +205,7 @@ class RayTrainEnv:
         if split not in self._groups:
             self._groups[split] = row_groups(files, keep)
         return stream_batches(files, self._groups[split], batch_size, epoch, self.seed, self.world_rank,
-                              self.world_size, split == "train", columns, keep, arrow_tensors, self.device)
+                              self.world_size, split == "train", columns, keep, column_to_numpy, self.device)
 
     def _keep(self):
         """table -> the rows an autoencoder learns from and is validated on (its normal rows), or None."""

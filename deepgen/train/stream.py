@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,7 +91,7 @@ def read_plan(plan: list[tuple[RowGroup, int, int]], columns: tuple[str, ...], k
 
 
 def shuffled_chunks(tables: Iterator[pa.Table], columns: tuple[str, ...], rng: np.random.Generator | None,
-                    buffer_rows: int, to_tensors) -> Iterator[dict[str, torch.Tensor]]:
+                    buffer_rows: int, to_numpy) -> Iterator[dict[str, torch.Tensor]]:
     """Tables -> chunks of tensors: rows gathered up to `buffer_rows`, permuted (when `rng`), and handed on
     as one chunk, the rows of one buffer never split by a row group boundary's order."""
     pending: list[pa.Table] = []
@@ -99,18 +100,44 @@ def shuffled_chunks(tables: Iterator[pa.Table], columns: tuple[str, ...], rng: n
         pending.append(t)
         size += t.num_rows
         if size >= buffer_rows:
-            yield _chunk(pending, columns, rng, to_tensors)
+            yield _chunk(pending, columns, rng, to_numpy)
             pending, size = [], 0
     if size:
-        yield _chunk(pending, columns, rng, to_tensors)
+        yield _chunk(pending, columns, rng, to_numpy)
 
 
-def _chunk(tables: list[pa.Table], columns, rng, to_tensors) -> dict[str, torch.Tensor]:
-    tensors = to_tensors(pa.concat_tables(tables), columns)
-    if rng is None:
-        return tensors
-    order = torch.from_numpy(rng.permutation(len(next(iter(tensors.values())))))
-    return {k: v[order] for k, v in tensors.items()}
+def _chunk(tables: list[pa.Table], columns, rng, to_numpy) -> dict[str, torch.Tensor]:
+    """One buffer's tables -> a tensor per column, its rows permuted by `rng`, in one pass: each table's
+    column is a view of Arrow's memory (`to_numpy`, column -> array) copied straight to its rows' shuffled
+    places (no concatenation, no second copy to shuffle) by torch, which leaves the GIL to the training step
+    while it copies (numpy's fancy assignment holds it)."""
+    n = sum(t.num_rows for t in tables)
+    places = torch.from_numpy(rng.permutation(n)) if rng is not None else None
+    out = {}
+    for c in (c for c in columns if c in tables[0].column_names):
+        at, buf = 0, None
+        for t in tables:
+            part = _read_only_tensor(to_numpy(_one_chunk(t.column(c))))
+            if buf is None:
+                buf = torch.empty((n, *part.shape[1:]), dtype=part.dtype)
+            if places is None:
+                buf[at:at + len(part)] = part
+            else:
+                buf.index_copy_(0, places[at:at + len(part)], part)
+            at += len(part)
+        out[c] = buf
+    return out
+
+
+def _read_only_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor over Arrow's read-only memory, only ever read from (torch warns that it could be written)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)
+
+
+def _one_chunk(column: pa.ChunkedArray) -> pa.Array:
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
 def prefetched(chunks: Iterator, depth: int = PREFETCH_CHUNKS) -> Iterator:
@@ -149,20 +176,24 @@ def prefetched(chunks: Iterator, depth: int = PREFETCH_CHUNKS) -> Iterator:
 
 
 def stream_batches(files: list[Path], groups: list[RowGroup], batch_size: int, epoch: int, seed: int, rank: int,
-                   world_size: int, shuffle: bool, columns: tuple[str, ...], keep: Keep | None, to_tensors,
+                   world_size: int, shuffle: bool, columns: tuple[str, ...], keep: Keep | None, to_numpy,
                    device: torch.device, buffer_rows: int = SHUFFLE_BUFFER_ROWS) -> Iterator[dict[str, torch.Tensor]]:
     """Batches of this rank's share of a split for one epoch (see the module's docstring)."""
     plan = epoch_plan(groups, seed, epoch, rank, world_size, shuffle)
     rng = np.random.default_rng([seed, epoch, rank]) if shuffle else None
     carry: dict[str, torch.Tensor] | None = None  # a chunk's last rows that did not fill a batch
     for chunk in prefetched(shuffled_chunks(read_plan(plan, columns, keep), columns, rng,
-                                            max(buffer_rows, batch_size), to_tensors)):
-        if carry is not None:
-            chunk = {k: torch.cat([carry[k], v]) for k, v in chunk.items()}
+                                            max(buffer_rows, batch_size), to_numpy)):
+        n, at = len(next(iter(chunk.values()))), 0
+        if carry is not None:  # the batch across two chunks: only its own rows are copied
+            at = min(batch_size - len(next(iter(carry.values()))), n)
+            carry = {k: torch.cat([carry[k], v[:at]]) for k, v in chunk.items()}
+            if len(next(iter(carry.values()))) < batch_size:
+                continue
+            yield {k: v.to(device, non_blocking=True) for k, v in carry.items()}
             carry = None
-        n = len(next(iter(chunk.values())))
-        full = n - n % batch_size
-        for i in range(0, full, batch_size):
+        full = n - (n - at) % batch_size
+        for i in range(at, full, batch_size):
             yield {k: v[i:i + batch_size].to(device, non_blocking=True) for k, v in chunk.items()}
         if full < n:
             carry = {k: v[full:] for k, v in chunk.items()}
