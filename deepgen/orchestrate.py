@@ -23,7 +23,7 @@ from deepgen.data.prepare import prepare_dataset
 from deepgen.errors import DeepgenError, RegistryError, TrainingError
 from deepgen.files import copy_into_place
 from deepgen.locks import run_lock
-from deepgen.tasks import Evaluation, Task, build_task
+from deepgen.tasks import Evaluation, Task, build_task, task_class
 
 
 def say(message: str) -> None:
@@ -141,7 +141,43 @@ def prepare(spec: PipelineSpec) -> Manifest:
         manifest, _ = ray.get(task.remote(spec.data.with_absolute_paths(), str(spec.data_dir), say))
     except ray.exceptions.RayTaskError as e:
         raise _user_error(e) from None
+    prepare_data_aids(spec, manifest)
     return manifest
+
+
+DATA_AID_TASK = "deepgen-data-aid"
+
+
+def prepare_data_aids(spec: PipelineSpec, manifest: Manifest) -> None:
+    """What the model's task computes once per prepared data set (a GAN's judge: Task.data_aid_missing),
+    as one Ray task with the trainer's CPUs, capped at the largest node's, or one GPU where the workers use
+    GPUs; before the workers start, so no rank waits on another's side job. Cached beside the data, so a
+    later run, a tune trial or a resumed one finds it done."""
+    import ray
+
+    if task_class(spec.model.kind).data_aid_missing is Task.data_aid_missing:
+        return  # this family computes nothing per data set (build no task: some read files to build)
+    what = build_task(spec, manifest).data_aid_missing(spec.data_dir)
+    if what is None:
+        return
+    s = spec.scaling
+    node_cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    cpus = max(1, min(int(s.num_workers * s.cpus_per_worker), int(max(node_cpus, default=0)) or 1))
+    where = "1 GPU" if s.use_gpu else f"{cpus} CPU{'s' if cpus > 1 else ''}"
+    say(f"prepare: training {what}, once for this data set, on {where}")
+
+    @ray.remote(num_cpus=cpus, num_gpus=1 if s.use_gpu else 0, max_retries=0)
+    def make(spec: PipelineSpec, manifest: Manifest, threads: int, device: str) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        build_task(spec, manifest).make_data_aid(spec.data_dir, device)
+
+    try:
+        ray.get(make.options(name=DATA_AID_TASK).remote(spec.with_absolute_paths(), manifest, cpus,
+                                                        "cuda" if s.use_gpu else "cpu"))
+    except ray.exceptions.RayTaskError as e:
+        raise _user_error(e) from None
 
 
 def _user_error(e: Exception) -> Exception:

@@ -67,12 +67,28 @@ def test_bert_pretrain_then_fine_tune_from_the_champion_then_predict(ray_local, 
 def test_conditional_gan_pipeline_registers_a_generator_that_samples_a_label(ray_local, workdir):
     root, uri, env = workdir
     pipeline = os.path.join(os.path.dirname(__file__), "..", "pipelines", "gan_conditional.yaml")
-    assert cli.main(["run", pipeline, *_sets("data.resize=null", "model.nz=16", "model.ngf=8", "model.ndf=8",
-                                             "train.epochs=1", "scaling.num_workers=1")]) == 0
+    small = ["data.resize=null", "model.nz=16", "model.ngf=8", "model.ndf=8", "train.epochs=1",
+             "scaling.num_workers=1"]
+    assert cli.main(["run", pipeline, *_sets(*small)]) == 0
     v = MlflowClient(uri, uri).get_model_version_by_alias("gan-cgan-digits", "champion")
     assert {"test_frechet_distance", "test_conditional_accuracy"} <= set(v.tags)
     assert float(v.tags["test_frechet_distance"]) > 0
     assert float(v.tags["test_classifier_test_accuracy"]) > 0.8  # the features that judge G are a good classifier's
+
+    # The judge was trained once, in its own Ray task before the workers started (not on rank 0 while the
+    # other ranks wait), and cached with the prepared data: preparing again finds it and starts no task.
+    from ray.util.state import list_tasks
+
+    from deepgen import config, orchestrate
+
+    def judge_tasks():
+        return [t.state for t in list_tasks(filters=[("name", "=", orchestrate.DATA_AID_TASK)], limit=1000)]
+
+    assert judge_tasks() == ["FINISHED"]
+    spec = config.PipelineSpec.from_yaml(pipeline, overrides=small)
+    assert list((spec.data_dir / "judge").glob("judge-*.pt"))
+    orchestrate.prepare(spec)
+    assert judge_tasks() == ["FINISHED"]
 
     out = subprocess.run([sys.executable, "-m", "deepgen.cli", "sample", "--model", "gan-cgan-digits@champion",
                           "--n", "16", "--label", "3", "--out", str(root / "threes.png")],

@@ -146,7 +146,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor | None = None, n
                      epochs: int = 3, batch_size: int = 128, lr: float = 2e-3, width: int = 32, seed: int = 0,
                      max_rows: int = 20_000, min_steps: int = 200, cosine: bool = False,
                      max_steps: int | None = None, noise: float = 0.0, shift: int = 0,
-                     depth: int = 1) -> FeatureClassifier:
+                     depth: int = 1, device: str | torch.device = "cpu") -> FeatureClassifier:
     """A FeatureClassifier trained on images (N, C, H, W) in [0, 1]: on the labels when given, otherwise on
     predicting rotations (square images). Deterministic for a seed; the global RNG is left untouched.
     At most `max_rows` rows (a seeded subset) keep evaluation at seconds to a minute on a CPU; at least
@@ -154,7 +154,9 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor | None = None, n
     At most `max_steps` updates (fewer epochs on a large split), where given.
     cosine: the learning rate decays from `lr` to 0 along a half cosine over all updates.
     noise, shift: each training image augmented (`augment`): pixel noise of a standard deviation drawn from
-    U(0, noise), and a translation of up to `shift` pixels. depth: convs per stage (FeatureClassifier)."""
+    U(0, noise), and a translation of up to `shift` pixels. depth: convs per stage (FeatureClassifier).
+    device: where the updates run (batches are drawn and augmented on the CPU, so a seed draws the same
+    batches anywhere); the classifier is returned on the CPU."""
     gen = torch.Generator().manual_seed(seed)
     if len(images) > max_rows:
         keep = torch.randperm(len(images), generator=gen)[:max_rows]
@@ -162,7 +164,7 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor | None = None, n
     classes = 4 if labels is None else (num_classes or int(labels.max()) + 1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = FeatureClassifier(images.shape[1], classes, width, depth)
+        model = FeatureClassifier(images.shape[1], classes, width, depth).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     per_epoch = math.ceil(len(images) / batch_size)
@@ -180,12 +182,12 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor | None = None, n
                 continue
             x = augment(images[idx].float(), noise, shift, gen)
             x, y = rotation_batch(x, gen) if labels is None else (x, labels[idx].long())
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(model(x.to(device)), y.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             schedule.step()
-    return model.eval()
+    return model.cpu().eval()
 
 
 def augment(x: torch.Tensor, noise: float, shift: int, generator: torch.Generator) -> torch.Tensor:

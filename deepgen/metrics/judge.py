@@ -45,17 +45,18 @@ JUDGE_SHIFT = 1 / 16  # and shifts of up to this share of the image side (2 pixe
 
 
 def train_judge_classifier(images: torch.Tensor, labels: torch.Tensor | None, num_classes: int | None,
-                           seed: int = JUDGE_SEED, augment: bool = True,
+                           seed: int = JUDGE_SEED, augment: bool = True, device: str = "cpu",
                            **protocol_changes) -> metrics.FeatureClassifier:
     """A FeatureClassifier trained by the judge's protocol on images (N, C, H, W) in [0, 1]; `augment=False`
     leaves out the pixel noise and shifts (a clean classifier to compare other classifiers with).
-    `protocol_changes` (min_steps, max_steps, width, depth, epochs) are for benchmarks/judge.py's search."""
+    `protocol_changes` (min_steps, max_steps, width, depth, epochs) are for benchmarks/judge.py's search.
+    device: where the updates run (the same batches on any device; the weights agree up to float rounding)."""
     side = min(images.shape[2:])
     settings = {"epochs": JUDGE_EPOCHS, "min_steps": JUDGE_MIN_STEPS, "max_steps": JUDGE_STEPS,
                 "width": JUDGE_WIDTH, "depth": JUDGE_DEPTH} | protocol_changes
     return metrics.train_classifier(images, labels, num_classes=num_classes, seed=seed, lr=LR,
                                     batch_size=BATCH_SIZE, cosine=True, noise=JUDGE_NOISE if augment else 0.0,
-                                    shift=int(JUDGE_SHIFT * side) if augment else 0, **settings)
+                                    shift=int(JUDGE_SHIFT * side) if augment else 0, device=device, **settings)
 
 
 def protocol() -> dict:
@@ -77,10 +78,14 @@ class Judge:
     def describe(self) -> str:
         target = "labels" if self.labelled else "rotations"
         acc = "" if self.test_accuracy is None else f", test accuracy {self.test_accuracy:.4f}"
-        return (f"FeatureClassifier (width {JUDGE_WIDTH}, {JUDGE_DEPTH} convs per stage, pooled conv features) "
-                f"trained {JUDGE_EPOCHS} epochs "
-                f"(at most {JUDGE_STEPS} updates; pixel noise up to {JUDGE_NOISE}, shifts up to 1/16 of the side) "
-                f"on the train split's {target}, seed {JUDGE_SEED}{acc}; cached at {JUDGE_DIR}/{self.path.name}")
+        return (f"{describe_protocol()} on the train split's {target}, seed {JUDGE_SEED}{acc}; "
+                f"cached at {JUDGE_DIR}/{self.path.name}")
+
+
+def describe_protocol() -> str:
+    return (f"FeatureClassifier (width {JUDGE_WIDTH}, {JUDGE_DEPTH} convs per stage, pooled conv features) "
+            f"trained {JUDGE_EPOCHS} epochs "
+            f"(at most {JUDGE_STEPS} updates; pixel noise up to {JUDGE_NOISE}, shifts up to 1/16 of the side)")
 
 
 def is_labelled(y: np.ndarray | None) -> bool:
@@ -97,8 +102,11 @@ def unit_images(rows: np.ndarray, shape) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float32).view(len(rows), *shape)
 
 
-def load_or_train(data_dir: str | Path, fingerprint: str, shape, num_classes: int | None = None) -> Judge:
-    """The cached judge of the prepared data in `data_dir`, trained and written (atomically) on first use."""
+def load_or_train(data_dir: str | Path, fingerprint: str, shape, num_classes: int | None = None,
+                  device: str = "cpu") -> Judge:
+    """The cached judge of the prepared data in `data_dir`, trained (on `device`) and written (atomically) on
+    first use. A pipeline trains it before its workers start (GanTask.make_data_aid); a benchmark or a
+    run whose data was prepared otherwise trains it here on first use."""
     path = judge_path(data_dir, fingerprint)
     if path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
@@ -111,7 +119,7 @@ def load_or_train(data_dir: str | Path, fingerprint: str, shape, num_classes: in
     if labelled:
         num_classes = num_classes or int(max(y_train.max(), y_test.max())) + 1
     clf = train_judge_classifier(unit_images(x_train, shape), torch.tensor(y_train) if labelled else None,
-                                 num_classes)
+                                 num_classes, device=device)
     accuracy = (metrics.classifier_accuracy(clf, unit_images(x_test, shape), torch.tensor(y_test))
                 if labelled and len(x_test) else None)
     classes = clf.head.out_features

@@ -92,6 +92,17 @@ class Task:
     def checkpoint_files(self, directory: Path) -> None:
         """Files a checkpoint needs beside the weights to be usable on its own (written on rank 0)."""
 
+    # -- once per prepared data set, before any worker starts (deepgen.orchestrate.prepare_data_aids) -- #
+
+    def data_aid_missing(self, data_dir: Path) -> str | None:
+        """What this task computes once per prepared data set and caches beside it (a GAN's judge), named
+        for the progress line, when it is not cached yet; None: nothing to compute."""
+        return None
+
+    def make_data_aid(self, data_dir: Path, device: str) -> None:
+        """Compute and cache it. The pipeline runs this as one Ray task with the trainer's CPUs (or a GPU
+        where the workers have one) before the workers start, instead of on rank 0 while the others wait."""
+
 
 def task_class(kind: str) -> type:
     """The task that trains a `model.kind` (deepgen.tasks.registry)."""

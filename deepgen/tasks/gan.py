@@ -29,7 +29,7 @@ from deepgen.data.manifest import Manifest
 from deepgen.errors import DataError, TrainingError
 from deepgen.export import load_weights, read_meta, save_model_dir
 from deepgen.metrics import images as metrics
-from deepgen.metrics.judge import load_or_train as load_or_train_judge
+from deepgen.metrics import judge as judges
 from deepgen.models import gans
 from deepgen.serving import Predictor
 from deepgen.tasks import Evaluation, Task, unwrap
@@ -255,13 +255,24 @@ class GanTask(Task):
         out.pop("d_loss_levels", None)
         return {k: v * n for k, v in out.items()}
 
+    def _judge(self, data_dir: Path, device: str = "cpu") -> judges.Judge:
+        return judges.load_or_train(data_dir, self.manifest.fingerprint, self.shape,
+                                    getattr(self.config, "num_classes", 0) or None, device=device)
+
+    def data_aid_missing(self, data_dir: Path) -> str | None:
+        if judges.judge_path(data_dir, self.manifest.fingerprint).is_file():
+            return None
+        return f"the data set's judge, a {judges.describe_protocol()}"
+
+    def make_data_aid(self, data_dir: Path, device: str) -> None:
+        self._judge(data_dir, device)
+
     def evaluate(self, models, data_dir: Path, split: str = "test") -> Evaluation:
         """The metrics of the module docstring on `split` (test; the benchmarks choose settings on val)."""
         G = self.sampler(models).eval()
         x_eval, y_eval = load_split(data_dir, split)
         x_train, _ = load_split(data_dir, "train")
-        judge = load_or_train_judge(data_dir, self.manifest.fingerprint, self.shape,
-                                    getattr(self.config, "num_classes", 0) or None)
+        judge = self._judge(data_dir)
         clf = judge.classifier
         rng = np.random.default_rng(SEED)
         n = min(len(x_eval), FID_SAMPLES)
@@ -311,8 +322,7 @@ class GanTask(Task):
         metrics_ = {}
         data_dir = getattr(self.spec, "data_dir", None)
         if data_dir and Path(data_dir).is_dir() and (epoch % every == 0 or epoch == self.spec.train.epochs):
-            judge = load_or_train_judge(data_dir, self.manifest.fingerprint, self.shape,
-                                        getattr(self.config, "num_classes", 0) or None)
+            judge = self._judge(data_dir)
             x_val, y_val = load_split(data_dir, "val")
             idx = np.random.default_rng(SEED).permutation(len(x_val))[:WATCH_SAMPLES]
             labels = torch.tensor(y_val[idx]) if self.kind == "cgan" else None

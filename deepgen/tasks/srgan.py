@@ -126,6 +126,9 @@ class SRGANTask(GanTask):
     def epoch_extras(self, models, epoch: int):
         return {}, {}  # no sample grid: an SRGAN upscales given images
 
+    def data_aid_missing(self, data_dir: Path) -> str | None:
+        return None  # judged by PSNR and SSIM: no judge to train
+
 
 @torch.no_grad()
 def upscale(G, lr: torch.Tensor | np.ndarray, batch_size: int = 64) -> torch.Tensor:
