@@ -2,6 +2,7 @@
 judged in one judge's features, beside a VAE's samples as a non-adversarial reference.
 
     python benchmarks/gan_quality.py [--datasets digits,mnist5k] [--models dcgan,conditional,lapgan,srgan,vae]
+                                     [--models dcgan_gpu,lapgan_gpu]   # the *_gpu.yaml recipes, on the CPU
                                      [--seeds 0,1,2] [--split test|val] [--set FIELD=VALUE ...] [--out FILE.jsonl]
     python benchmarks/gan_quality.py --table FILE.jsonl      # the tables of earlier runs
 
@@ -55,7 +56,9 @@ from deepgen.train.env import LocalEnv  # noqa: E402
 from deepgen.train.loop import load_model_weights, train_loop  # noqa: E402
 
 PIPELINES = {"dcgan": "gan_dcgan.yaml", "conditional": "gan_conditional.yaml", "lapgan": "gan_lapgan.yaml",
-             "srgan": "gan_srgan.yaml", "vae": "gan_dcgan.yaml"}
+             "srgan": "gan_srgan.yaml", "vae": "gan_dcgan.yaml",
+             # the quality recipes shipped for one GPU, trained here in the same CPU process (same updates)
+             "dcgan_gpu": "gan_dcgan_gpu.yaml", "lapgan_gpu": "gan_lapgan_gpu.yaml"}
 VAE = ["model={kind: vae, architecture: conv, channels: [32, 64], latent_dim: 16}", "train.epochs=30",
        "train.lr=0.001", "registry.gate_metric=val_loss", "registry.greater_is_better=false"]
 DATASETS = ("digits", "mnist5k")
@@ -71,7 +74,7 @@ def pipeline_spec(model: str, dataset: str, seed: int, root: Path, sets: list[st
     # one process for every worker of the pipeline: the same rows per update (batch_size is per worker)
     rows_per_update = shipped.train.batch_size * shipped.scaling.num_workers
     overrides = [f"data.source={json.dumps(source)}", f"data.seed={seed}", f"train.seed={seed}",
-                 "scaling.num_workers=1", f"train.batch_size={rows_per_update}",
+                 "scaling.num_workers=1", "scaling.use_gpu=false", f"train.batch_size={rows_per_update}",
                  f"tracking.runs_dir={root / 'runs'}", f"data.output={root / 'data' / f'{dataset}-{seed}'}"]
     extra = VAE if model == "vae" else []
     return config.PipelineSpec.from_yaml(path, overrides + extra + (sets if model != "vae" else []))
@@ -124,8 +127,9 @@ def run_one(model: str, dataset: str, seed: int, args, root: Path) -> dict:
         result = task.evaluate(models, Path(spec.data_dir), split=args.split).metrics
         grid = None
         if model != "srgan":  # a conditional G draws the labels 0, 1, ... in turn: a column per label
-            grid = sample_grid(task.sampler(models), 80 if model == "conditional" else 64,
-                               columns=10 if model == "conditional" else 8, seed=SEED + 1)
+            conditional = task.kind == "cgan"
+            grid = sample_grid(task.sampler(models), 80 if conditional else 64, columns=10 if conditional else 8,
+                               seed=SEED + 1)
     row = {"model": model, "dataset": dataset, "seed": seed, "split": args.split, "sets": args.set,
            "epochs": len(history), "train_rows": manifest.rows.get("train"), "train_s": round(train_s, 1),
            **{k: (float(v) if v is not None else None) for k, v in result.items()}}
