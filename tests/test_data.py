@@ -374,3 +374,29 @@ def test_a_table_autoencoder_sees_the_normal_training_rows_range_and_carries_it(
                                                                            "input_range": "prepared"}})
     model_p = build_task(prepared, manifest).build_models()["model"]
     assert model_p.input_low.item() == 0 and model_p.input_span.item() == 1  # the prepared scale, unchanged
+
+
+@pytest.mark.parametrize("files", [1, 3])
+def test_take_rows_reads_the_asked_rows_in_the_asked_order_chunk_by_chunk(tmp_path, files):
+    """What a GAN's evaluation samples instead of loading whole splits: the rows load_split would give at
+    those positions, across part files (Ray Data's split folders) and chunk boundaries."""
+    from deepgen.data.dataset import fixed_size_list, split_rows, take_rows
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((50, 4), dtype=np.float32), rng.integers(0, 5, 50)
+    folder = tmp_path / "train.parquet"
+    if files == 1:
+        pq.write_table(pa.table({"features": fixed_size_list(x), "label": y}), folder, row_group_size=7)
+    else:
+        folder.mkdir()
+        for i, part in enumerate(np.array_split(np.arange(50), files)):
+            pq.write_table(pa.table({"features": fixed_size_list(x[part]), "label": y[part]}),
+                           folder / f"part-{i:03d}.parquet", row_group_size=7)
+    whole_x, whole_y = load_split(tmp_path, "train")
+    np.testing.assert_array_equal(whole_x, x)  # the file order is the row order
+    rows = rng.permutation(split_rows(tmp_path, "train"))[:20]
+    got_x, got_y = take_rows(tmp_path, "train", rows)
+    np.testing.assert_array_equal(got_x, x[rows])
+    np.testing.assert_array_equal(got_y, y[rows])
+    with pytest.raises(IndexError, match="train.parquet"):
+        take_rows(tmp_path, "train", np.array([3, 50]))

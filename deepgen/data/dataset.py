@@ -78,6 +78,28 @@ def iter_split(data_dir: str | Path, split: str, chunk_rows: int = 65_536):
             yield features_to_numpy(batch.column("features")), labels
 
 
+def take_rows(data_dir: str | Path, split: str, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(features (n, D) float32, labels (n,) or None) of the split's rows at positions `rows`, in that order
+    (positions in iter_split's order, which is load_split's), read chunk by chunk: memory is one chunk and
+    the rows taken, never the split (a GAN's evaluation samples a thousand rows of splits of any size)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    order = np.argsort(rows, kind="stable")
+    wanted = rows[order]
+    width = split_schema(data_dir, split).field("features").type.list_size
+    features, labels, start = np.empty((len(rows), width), np.float32), None, 0
+    for x, y in iter_split(data_dir, split):
+        lo, hi = np.searchsorted(wanted, [start, start + len(x)])
+        if y is not None and labels is None:
+            labels = np.empty(len(rows), y.dtype)
+        features[order[lo:hi]] = x[wanted[lo:hi] - start]
+        if y is not None:
+            labels[order[lo:hi]] = y[wanted[lo:hi] - start]
+        start += len(x)
+    if len(rows) and (wanted[0] < 0 or wanted[-1] >= start):
+        raise IndexError(f"{split_path(data_dir, split)}: rows {wanted[0]}..{wanted[-1]} asked of {start}")
+    return features, labels
+
+
 def split_scores(score, data_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """(scores (N,), labels (N,) or None, the first rows (<= 8, D)) of a split scored chunk by chunk by
     `score(x) -> (n,)`: evaluation holds score arrays, never the split's features."""

@@ -24,7 +24,7 @@ import torch
 
 from deepgen import plots
 from deepgen.config import GAN_KINDS, AdversarialSpec, CGANSpec, DCGANSpec, GanSpec, LapGANSpec, SRGANSpec  # noqa: F401  (re-exported)
-from deepgen.data.dataset import load_split
+from deepgen.data.dataset import split_rows, take_rows
 from deepgen.data.manifest import Manifest
 from deepgen.errors import DataError, TrainingError
 from deepgen.export import load_weights, read_meta, save_model_dir
@@ -270,23 +270,24 @@ class GanTask(Task):
     def evaluate(self, models, data_dir: Path, split: str = "test") -> Evaluation:
         """The metrics of the module docstring on `split` (test; the benchmarks choose settings on val)."""
         G = self.sampler(models).eval()
-        x_eval, y_eval = load_split(data_dir, split)
-        x_train, _ = load_split(data_dir, "train")
         judge = self._judge(data_dir)
         clf = judge.classifier
+        # N random rows of the split and of train, read chunk by chunk (never a whole split)
         rng = np.random.default_rng(SEED)
-        n = min(len(x_eval), FID_SAMPLES)
-        eval_idx, train_idx = rng.permutation(len(x_eval))[:n], rng.permutation(len(x_train))[:n]
-        real = self._unit_images(x_eval[eval_idx])
+        n_eval, n_train = split_rows(data_dir, split), split_rows(data_dir, "train")
+        n = min(n_eval, FID_SAMPLES)
+        x_eval, y_eval = take_rows(data_dir, split, rng.permutation(n_eval)[:n])
+        x_train, _ = take_rows(data_dir, "train", rng.permutation(n_train)[:n])
+        real = self._unit_images(x_eval)
         # cgan: the generated set has the real subset's labels, so both sets have the same class mix
-        labels = torch.tensor(y_eval[eval_idx]) if self.kind == "cgan" else None
+        labels = torch.tensor(y_eval) if self.kind == "cgan" else None
         fake = generate(G, n, labels, seed=SEED)
         real_features = metrics.classifier_features(clf, real)
         metrics_ = {
             "frechet_distance": metrics.frechet_distance(real_features, metrics.classifier_features(clf, fake)),
             # the floor: N train images against the N real images, what a perfect generator would score
             "frechet_distance_train_vs_test": metrics.frechet_distance(
-                real_features, metrics.classifier_features(clf, self._unit_images(x_train[train_idx]))),
+                real_features, metrics.classifier_features(clf, self._unit_images(x_train))),
             "fid_samples": float(n),
         }
         metrics_["frechet_ratio"] = metrics_["frechet_distance"] / max(metrics_["frechet_distance_train_vs_test"],
@@ -294,7 +295,7 @@ class GanTask(Task):
         if judge.labelled:
             metrics_["classifier_test_accuracy"] = (
                 judge.test_accuracy if split == "test" and judge.test_accuracy is not None
-                else metrics.classifier_accuracy(clf, real, torch.tensor(y_eval[eval_idx])))
+                else metrics.classifier_accuracy(clf, real, torch.tensor(y_eval)))
         if self.kind == "cgan":
             metrics_["conditional_accuracy"] = conditional_accuracy(G, clf, self.config.num_classes, n)
         from deepgen import plots
@@ -323,12 +324,12 @@ class GanTask(Task):
         data_dir = getattr(self.spec, "data_dir", None)
         if data_dir and Path(data_dir).is_dir() and (epoch % every == 0 or epoch == self.spec.train.epochs):
             judge = self._judge(data_dir)
-            x_val, y_val = load_split(data_dir, "val")
-            idx = np.random.default_rng(SEED).permutation(len(x_val))[:WATCH_SAMPLES]
-            labels = torch.tensor(y_val[idx]) if self.kind == "cgan" else None
-            fake = generate(G, len(idx), labels, seed=SEED)
+            n_val = split_rows(data_dir, "val")
+            x_val, y_val = take_rows(data_dir, "val", np.random.default_rng(SEED).permutation(n_val)[:WATCH_SAMPLES])
+            labels = torch.tensor(y_val) if self.kind == "cgan" else None
+            fake = generate(G, len(x_val), labels, seed=SEED)
             metrics_["val_frechet_distance"] = metrics.frechet_distance(
-                metrics.classifier_features(judge.classifier, self._unit_images(x_val[idx])),
+                metrics.classifier_features(judge.classifier, self._unit_images(x_val)),
                 metrics.classifier_features(judge.classifier, fake))
         G.train(was_training)
         return metrics_, images
