@@ -26,7 +26,7 @@ exactly the scores evaluation gave.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -105,24 +105,41 @@ class Scorer:
     @classmethod
     def fit(cls, method: str, model, x_normal: np.ndarray) -> Scorer:
         """Fit the statistics of `method` on normal training rows (N, D)."""
+        return cls.fit_chunks(method, model, lambda: iter([x_normal]))
+
+    @classmethod
+    def fit_chunks(cls, method: str, model, chunks: Callable[[], Iterator[np.ndarray]]) -> Scorer:
+        """Fit the statistics of `method` on normal training rows given chunk by chunk: `chunks()` starts a
+        pass over them ((n, D) arrays). Memory is a chunk, the codes (N, latent) and, for `combined`, one
+        number a row (from a second pass), never the rows: the split may be larger than memory."""
         if method in STATELESS:
             return cls(method)
-        if len(x_normal) < 2:
+        want = {"sq_error", "code"} - ({"code"} if method == "standardized" else set()) \
+            - ({"sq_error"} if method == "latent" else set())
+        error_sum, n, codes = 0.0, 0, []
+        for x in chunks():
+            p = parts(model, x, want)
+            n += len(x)
+            if "sq_error" in want:
+                error_sum = error_sum + p["sq_error"].sum(0)
+            if "code" in want:
+                codes.append(p["code"])
+        if n < 2:
             raise ValueError(f"anomaly.score {method}: needs at least 2 normal training rows")
-        p = parts(model, x_normal, {"sq_error", "code"} - ({"code"} if method == "standardized" else set())
-                  - ({"sq_error"} if method == "latent" else set()))
         stats: dict[str, np.ndarray] = {}
-        if method != "latent":
-            mse = p["sq_error"].mean(0)  # (D,)
+        if "sq_error" in want:
+            mse = error_sum / n  # (D,)
             # a feature no normal row gets wrong (a border pixel) would divide by ~0: floor it at a
             # thousandth of the mean error, so a tiny error there is large, not infinite
             stats["feature_mse"] = np.maximum(mse, 1e-3 * mse.mean() + 1e-12)
-        if method != "standardized":
-            stats |= _latent_stats(p["code"])
+        if "code" in want:
+            codes = np.concatenate(codes)
+            stats |= _latent_stats(codes)
         if method == "combined":
-            error = (p["sq_error"] / stats["feature_mse"]).mean(1)
+            error = np.concatenate([(parts(model, x, {"sq_error"})["sq_error"] / stats["feature_mse"]).mean(1)
+                                    for x in chunks()])
             stats["log_stats"] = np.array([_mean_std(np.log(error + _EPS)),
-                                           _mean_std(np.log(_mahalanobis(p["code"], stats) + _EPS))]).ravel()
+                                           _mean_std(np.log(_mahalanobis(codes, stats) + _EPS))]).ravel()
         return cls(method, stats)
 
     def score(self, model, x: np.ndarray) -> np.ndarray:

@@ -261,3 +261,20 @@ def test_an_unknown_score_is_refused():
 
     with pytest.raises(ValueError, match="anomaly.score: unknown score 'knn'"):
         Scorer("knn")
+
+
+@pytest.mark.parametrize("method", ["standardized", "latent", "combined"])
+def test_score_statistics_fitted_chunk_by_chunk_equal_those_fitted_on_all_rows(method):
+    """What lets evaluation fit them on a training split larger than memory (AutoencoderTask.fit_scorer
+    reads it chunk by chunk): the same statistics, so the same scores."""
+    from deepgen.scoring import Scorer
+
+    model, x, y = _trained_autoencoder()
+    normal = x[y == 0]
+    whole = Scorer.fit(method, model, normal)
+    chunked = Scorer.fit_chunks(method, model, lambda: iter(np.array_split(normal, 4)))
+    assert whole.stats.keys() == chunked.stats.keys()
+    for k in whole.stats:
+        np.testing.assert_allclose(chunked.stats[k], whole.stats[k], rtol=1e-9, err_msg=k)
+    with pytest.raises(ValueError, match="at least 2"):
+        Scorer.fit_chunks(method, model, lambda: iter([normal[:1], normal[:0]]))

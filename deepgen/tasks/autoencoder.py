@@ -29,7 +29,6 @@ from deepgen.config import PipelineSpec, resolve_input_range, resolve_loss, reso
 from deepgen.data.dataset import (
     check_normal_rows,
     iter_split,
-    load_split,
     normal_mask,
     split_scores,
 )
@@ -145,9 +144,11 @@ class AutoencoderTask(ScheduledTask):
         """The `anomaly.score` statistics, fitted on the normal training rows (the rows the model learnt)."""
         if self.score in STATELESS:  # nothing to fit: the training split is not read
             return Scorer(self.score)
-        x_train, y_train = load_split(data_dir, "train")
-        x_normal = x_train[normal_mask(y_train, self.spec.anomaly, len(x_train))]
-        return Scorer.fit(self.score, model, x_normal)
+        def normal_rows():  # chunk by chunk: the training split may not fit in memory
+            for x, y in iter_split(data_dir, "train"):
+                yield x[normal_mask(y, self.spec.anomaly, len(x))]
+
+        return Scorer.fit_chunks(self.score, model, normal_rows)
 
     def evaluate(self, models, data_dir: Path) -> Evaluation:
         model = models["model"].eval()
