@@ -675,7 +675,8 @@ class TrainSpec(Spec):
     # only (anomalies in the validation split never choose a model).
     monitor: str | None = Field(default=None, description=(
         "validation metric that picks the epoch to evaluate and register and drives early stopping; default: "
-        "the family's (val_loss; GANs: none, the last epoch)"))
+        "the family's (val_loss; GANs: val_frechet_distance, measured every model.watch_every epochs; SRGAN: "
+        "none, the last epoch)"))
     monitor_mode: Literal["min", "max"] = Field(default="min", description="min for losses, max for accuracies")
     keep: Literal["best", "last"] = Field(
         default="best", description="register the best epoch by `monitor`, or the last one")

@@ -22,10 +22,10 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def cgan_spec(root, epochs: int) -> PipelineSpec:
+def cgan_spec(root, epochs: int, **model) -> PipelineSpec:
     return PipelineSpec.validate_dict({
         "name": "cgan", "data": {"source": {"kind": "digits"}},
-        "model": {"kind": "cgan", "num_classes": 10, "nz": 16, "ngf": 8, "ndf": 8, "embed_dim": 4},
+        "model": {"kind": "cgan", "num_classes": 10, "nz": 16, "ngf": 8, "ndf": 8, "embed_dim": 4, **model},
         "train": {"epochs": epochs, "batch_size": 64, "seed": 3}, "scaling": {"num_workers": 1},
         "registry": {"model_name": "cgan", "gate_metric": "frechet_distance", "greater_is_better": False},
         "tracking": {"runs_dir": str(root / "runs")}})
@@ -152,3 +152,17 @@ def test_at_an_epochs_end_every_rank_takes_rank_0s_batch_norm_statistics(tmp_pat
     mp.start_processes(_buffers_after_sync, args=(str(tmp_path),), nprocs=2, start_method="spawn")
     (before0, after0), (before1, after1) = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
     assert before0 != before1 and after0 == after1 == before0
+
+
+def test_the_kept_epoch_is_the_one_whose_validation_frechet_distance_was_lowest(tmp_path):
+    """A GAN's model is the epoch with the best validation Frechet distance (measured every
+    model.watch_every epochs and at the last), not simply the last: late epochs can be worse."""
+    from deepgen.train.checkpoint import BEST_FILE
+
+    # measured at epochs 2 and 3 only: epoch 1 is no candidate (and no error)
+    history, env, _ = train_locally(cgan_spec(tmp_path, 3, watch_every=2), tmp_path / "ckpt")
+    measured = {h["epoch"]: h["val_frechet_distance"] for h in history if "val_frechet_distance" in h}
+    assert sorted(measured) == [2, 3]
+    best = min(measured, key=measured.get)
+    assert [h.get("best_epoch") for h in history] == [None, 2, best]
+    assert torch.load(env.latest_checkpoint() / BEST_FILE, weights_only=False)["epoch"] == best

@@ -41,6 +41,9 @@ class Task:
     # The validation metric that picks the kept epoch and drives early stopping when train.monitor is not
     # set; (None, _): the last epoch is the model.
     monitor: tuple[str | None, str] = ("val_loss", "min")
+    # Metrics of epoch_extras (rank 0) that only some epochs report (a GAN's Frechet distance every
+    # model.watch_every epochs): a monitor may name one; the epochs without it are not candidates.
+    periodic_metrics: tuple[str, ...] = ()
     # Keyword arguments of DistributedDataParallel for this task's modules (None: its defaults).
     ddp_options: dict[str, Any] | None = None
     # name -> (numerator, denominator): metrics the loop reports as a ratio of two sums over every rank

@@ -117,8 +117,12 @@ class GanTask(Task):
     # broadcast rewrites batch norm's running statistics in place at every forward, which cuDNN's batch
     # norm backward then refuses (pytorch/pytorch issues 22095, 175024): each rank keeps its own instead.
     ddp_options = {"broadcast_buffers": False}
-    # no validation loss says which epoch of a minimax game is best: the last epoch is the model
-    monitor = (None, "min")
+    # No validation loss says which epoch of a minimax game is best; the Frechet distance of validation
+    # images does (every model.watch_every epochs and at the last): the epoch that measured best is the
+    # model (train.keep: last for the last epoch). A long run's samples can get worse late: the cGAN on
+    # MNIST-5k read 10.4x the floor at 810 updates and 17.4x at 2,125 (benchmarks/README.md, GANs).
+    monitor = ("val_frechet_distance", "min")
+    periodic_metrics = ("val_frechet_distance",)
 
     def __init__(self, spec, manifest: Manifest):
         m = spec.model

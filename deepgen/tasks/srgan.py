@@ -31,6 +31,8 @@ def srgan_config(m, shape: tuple[int, int, int]) -> gans.SRGANConfig:
 
 
 class SRGANTask(GanTask):
+    monitor = (None, "min")  # the last epoch (no Frechet distance: an SRGAN is judged by PSNR and SSIM)
+    periodic_metrics = ()
     make_config = staticmethod(srgan_config)
 
     def __init__(self, spec, manifest):

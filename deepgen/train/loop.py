@@ -149,13 +149,19 @@ def train_loop(spec: PipelineSpec, manifest: Manifest, env, on_epoch=None) -> li
         }
         if "tokens" in sums:
             metrics["tokens_per_s"] = totals[keys.index("tokens")].item() / max(train_time, 1e-9)
-        images = {}
+        images, extra = {}, {}
         if env.world_rank == 0:  # e.g. a GAN's sample grid and Frechet distance
             extra, images = task.epoch_extras(models, epoch)
-            metrics |= extra
+        if selector.monitor in task.periodic_metrics:  # rank 0's, shared: every rank keeps and stops alike
+            m = selector.monitor
+            shared = env.all_reduce(torch.tensor([1.0, float(extra[m])] if m in extra else [0.0, 0.0],
+                                                 dtype=torch.float64, device=env.device))
+            if shared[0] > 0:
+                extra[m] = shared[1].item()
+        metrics |= extra
         if selector.offer(epoch, metrics):
             best = {"epoch": epoch, "models": {k: cpu_state(m) for k, m in models.items()}}
-        if selector.monitor:
+        if selector.best_epoch is not None:  # none yet while a periodic monitor has not been measured
             metrics["best_epoch"] = selector.best_epoch
         history.append({**metrics, "ended_at": time.time()})  # wall clock, for start-up cost benchmarks
         with tempfile.TemporaryDirectory(prefix="deepgen-ckpt-") as tmp:
@@ -185,8 +191,9 @@ class EpochSelector:
     `train.patience` epochs without improvement have passed. Decided from the metric history alone, so a
     resumed run makes the same choices (every rank sees the same all-reduced metrics)."""
 
-    def __init__(self, monitor: str | None, mode: str, patience: int | None, keep: str):
-        self.monitor, self.mode, self.patience = monitor, mode, patience
+    def __init__(self, monitor: str | None, mode: str, patience: int | None, keep: str,
+                 periodic: tuple[str, ...] = ()):
+        self.monitor, self.mode, self.patience, self.periodic = monitor, mode, patience, periodic
         self.keep_best = keep == "best" and monitor is not None
         self.best_epoch: int | None = None
         self.best_value = math.nan
@@ -196,7 +203,7 @@ class EpochSelector:
     def for_task(cls, spec: PipelineSpec, task: Task, history: list[dict]) -> EpochSelector:
         t = spec.train
         monitor, mode = (t.monitor, t.monitor_mode) if t.monitor else task.monitor
-        selector = cls(monitor, mode, t.patience if monitor else None, t.keep)
+        selector = cls(monitor, mode, t.patience if monitor else None, t.keep, task.periodic_metrics)
         for entry in history:
             selector.offer(entry["epoch"], entry)
         return selector
@@ -207,6 +214,8 @@ class EpochSelector:
         if self.monitor is None:
             return False
         if self.monitor not in metrics:
+            if self.monitor in self.periodic:
+                return False  # not measured this epoch
             raise TrainingError(f"train.monitor: {self.monitor!r} is not a metric of this model; it reports "
                                 f"{', '.join(k for k in metrics if k.startswith('val_'))}")
         value = float(metrics[self.monitor])
