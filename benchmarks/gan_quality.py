@@ -131,7 +131,10 @@ def run_one(model: str, dataset: str, seed: int, args, root: Path) -> dict:
             grid = sample_grid(task.sampler(models), 80 if conditional else 64, columns=10 if conditional else 8,
                                seed=SEED + 1)
     row = {"model": model, "dataset": dataset, "seed": seed, "split": args.split, "sets": args.set,
-           "epochs": len(history), "train_rows": manifest.rows.get("train"), "train_s": round(train_s, 1),
+           "epochs": len(history), "kept_epoch": history[-1].get("best_epoch", len(history)),
+           "val_frechet_distance": {h["epoch"]: round(h["val_frechet_distance"], 3) for h in history
+                                    if "val_frechet_distance" in h},
+           "train_rows": manifest.rows.get("train"), "train_s": round(train_s, 1),
            **{k: (float(v) if v is not None else None) for k, v in result.items()}}
     if grid is not None and args.figures and seed == min(args.seeds):
         from PIL import Image
