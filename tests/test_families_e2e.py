@@ -81,8 +81,9 @@ def test_conditional_gan_pipeline_registers_a_generator_that_samples_a_label(ray
 
     from deepgen import config, orchestrate
 
-    def judge_tasks():
-        return [t.state for t in list_tasks(filters=[("name", "=", orchestrate.DATA_AID_TASK)], limit=1000)]
+    def judge_tasks():  # this test's Ray, by its address (another test process may run its own)
+        return [t.state for t in list_tasks(address=ray_local.get_runtime_context().gcs_address,
+                                            filters=[("name", "=", orchestrate.DATA_AID_TASK)], limit=1000)]
 
     assert judge_tasks() == ["FINISHED"]
     spec = config.PipelineSpec.from_yaml(pipeline, overrides=small)
