@@ -400,3 +400,9 @@ def test_take_rows_reads_the_asked_rows_in_the_asked_order_chunk_by_chunk(tmp_pa
     np.testing.assert_array_equal(got_y, y[rows])
     with pytest.raises(IndexError, match="train.parquet"):
         take_rows(tmp_path, "train", np.array([3, 50]))
+    from deepgen.data.dataset import sample_rows
+
+    drawn = np.random.default_rng(5).permutation(50)
+    got_x, got_y = sample_rows(tmp_path, "train", 60, np.random.default_rng(5))  # more than the split holds
+    np.testing.assert_array_equal(got_x, x[drawn])
+    np.testing.assert_array_equal(got_y, y[drawn])

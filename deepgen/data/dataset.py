@@ -100,6 +100,13 @@ def take_rows(data_dir: str | Path, split: str, rows: np.ndarray) -> tuple[np.nd
     return features, labels
 
 
+def sample_rows(data_dir: str | Path, split: str, count: int,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
+    """`count` random rows of a split (all of them, shuffled, if it has fewer): the positions
+    rng.permutation(rows)[:count], read by take_rows."""
+    return take_rows(data_dir, split, rng.permutation(split_rows(data_dir, split))[:count])
+
+
 def split_scores(score, data_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """(scores (N,), labels (N,) or None, the first rows (<= 8, D)) of a split scored chunk by chunk by
     `score(x) -> (n,)`: evaluation holds score arrays, never the split's features."""

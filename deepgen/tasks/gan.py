@@ -24,7 +24,7 @@ import torch
 
 from deepgen import plots
 from deepgen.config import GAN_KINDS, AdversarialSpec, CGANSpec, DCGANSpec, GanSpec, LapGANSpec, SRGANSpec  # noqa: F401  (re-exported)
-from deepgen.data.dataset import split_rows, take_rows
+from deepgen.data.dataset import sample_rows
 from deepgen.data.manifest import Manifest
 from deepgen.errors import DataError, TrainingError
 from deepgen.export import load_weights, read_meta, save_model_dir
@@ -278,10 +278,9 @@ class GanTask(Task):
         clf = judge.classifier
         # N random rows of the split and of train, read chunk by chunk (never a whole split)
         rng = np.random.default_rng(SEED)
-        n_eval, n_train = split_rows(data_dir, split), split_rows(data_dir, "train")
-        n = min(n_eval, FID_SAMPLES)
-        x_eval, y_eval = take_rows(data_dir, split, rng.permutation(n_eval)[:n])
-        x_train, _ = take_rows(data_dir, "train", rng.permutation(n_train)[:n])
+        x_eval, y_eval = sample_rows(data_dir, split, FID_SAMPLES, rng)
+        n = len(x_eval)
+        x_train, _ = sample_rows(data_dir, "train", n, rng)
         real = self._unit_images(x_eval)
         # cgan: the generated set has the real subset's labels, so both sets have the same class mix
         labels = torch.tensor(y_eval) if self.kind == "cgan" else None
@@ -328,8 +327,7 @@ class GanTask(Task):
         data_dir = getattr(self.spec, "data_dir", None)
         if data_dir and Path(data_dir).is_dir() and (epoch % every == 0 or epoch == self.spec.train.epochs):
             judge = self._judge(data_dir)
-            n_val = split_rows(data_dir, "val")
-            x_val, y_val = take_rows(data_dir, "val", np.random.default_rng(SEED).permutation(n_val)[:WATCH_SAMPLES])
+            x_val, y_val = sample_rows(data_dir, "val", WATCH_SAMPLES, np.random.default_rng(SEED))
             labels = torch.tensor(y_val) if self.kind == "cgan" else None
             fake = generate(G, len(x_val), labels, seed=SEED)
             metrics_["val_frechet_distance"] = metrics.frechet_distance(
