@@ -110,20 +110,27 @@ class Scorer:
     @classmethod
     def fit_chunks(cls, method: str, model, chunks: Callable[[], Iterator[np.ndarray]]) -> Scorer:
         """Fit the statistics of `method` on normal training rows given chunk by chunk: `chunks()` starts a
-        pass over them ((n, D) arrays). Memory is a chunk, the codes (N, latent) and, for `combined`, one
-        number a row (from a second pass), never the rows: the split may be larger than memory."""
+        pass over them ((n, D) arrays)."""
+        return cls.fit_map(method, model, lambda fn: (fn(x) for x in chunks()))
+
+    @classmethod
+    def fit_map(cls, method: str, model, map_rows: Callable[[Callable], Iterator]) -> Scorer:
+        """Fit the statistics of `method` on normal training rows that `map_rows(fn)` passes over, giving
+        fn(rows) of each chunk of them, in any order: in this process, or on Ray Data actors that each
+        hold fn (deepgen.batch_scoring.map_split; fn is picklable). What comes back is a chunk's sums, its
+        codes (n, latent) and, for `combined`, one number a row (from a second pass), never the rows: the
+        split may be larger than memory."""
         if method in STATELESS:
             return cls(method)
         want = {"sq_error", "code"} - ({"code"} if method == "standardized" else set()) \
             - ({"sq_error"} if method == "latent" else set())
         error_sum, n, codes = 0.0, 0, []
-        for x in chunks():
-            p = parts(model, x, want)
-            n += len(x)
+        for part in map_rows(_Sums(model, want)):
+            n += part["n"]
             if "sq_error" in want:
-                error_sum = error_sum + p["sq_error"].sum(0)
+                error_sum = error_sum + part["sq_error"]
             if "code" in want:
-                codes.append(p["code"])
+                codes.append(part["code"])
         if n < 2:
             raise ValueError(f"anomaly.score {method}: needs at least 2 normal training rows")
         stats: dict[str, np.ndarray] = {}
@@ -136,8 +143,7 @@ class Scorer:
             codes = np.concatenate(codes)
             stats |= _latent_stats(codes)
         if method == "combined":
-            error = np.concatenate([(parts(model, x, {"sq_error"})["sq_error"] / stats["feature_mse"]).mean(1)
-                                    for x in chunks()])
+            error = np.concatenate(list(map_rows(_StandardizedErrors(model, stats["feature_mse"]))))
             stats["log_stats"] = np.array([_mean_std(np.log(error + _EPS)),
                                            _mean_std(np.log(_mahalanobis(codes, stats) + _EPS))]).ravel()
         return cls(method, stats)
@@ -171,6 +177,42 @@ class Scorer:
             return cls("reconstruction")
         with np.load(path, allow_pickle=False) as f:
             return cls(str(f["method"]), {k: f[k] for k in f.files if k != "method"})
+
+
+class _Sums:
+    """Scorer.fit_map's first pass over a chunk of normal rows: their count, summed squared error per
+    feature, codes."""
+
+    def __init__(self, model, want: set[str]):
+        self.model, self.want = model.eval(), want
+
+    def __call__(self, x: np.ndarray) -> dict:
+        p = parts(self.model, x, self.want)
+        return {"n": len(x), "sq_error": p["sq_error"].sum(0) if "sq_error" in p else None, "code": p.get("code")}
+
+
+class _StandardizedErrors:
+    """Scorer.fit_map's second pass (`combined`): each normal row's standardized error."""
+
+    def __init__(self, model, feature_mse: np.ndarray):
+        self.model, self.feature_mse = model.eval(), feature_mse
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return (parts(self.model, x, {"sq_error"})["sq_error"] / self.feature_mse).mean(1)
+
+
+class RowScorer:
+    """Prepared rows (n, D) -> scores (n,) of one model by one Scorer, as a picklable object: Ray Data's
+    actors each hold one (deepgen.batch_scoring.map_split). `scaler` / `scaled_by`: rows prepared for another
+    data set are first mapped to this model's scale (the gate rescoring a champion; Scaler.rescale)."""
+
+    def __init__(self, model, scorer: Scorer, scaler=None, scaled_by=None):
+        self.model, self.scorer, self.scaler, self.scaled_by = model.eval(), scorer, scaler, scaled_by
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self.scaler is not None:
+            x = self.scaler.rescale(x, scaled_by=self.scaled_by)
+        return self.scorer.score(self.model, x)
 
 
 _EPS = 1e-12

@@ -1,6 +1,7 @@
 """Two Ray nodes on this machine (`ray start --head` and `ray start --address`, 3 CPUs each, temp dirs and
 ports of their own, stopped here by PID): a driver prepares a table source through Ray Data, trains two
-streaming workers and scores the test split through Ray Data actors, all on a shared folder. Ray's state
+streaming workers, evaluates (the score's statistics, val and test scores) and scores the test split
+through Ray Data actors, all on a shared folder. Ray's state
 API shows each stage's tasks or actors on both nodes, and the driver, watched by an audit hook and by
 wrappers of pyarrow's Parquet entry points, opened no file of the prepared splits (only the manifest).
 
@@ -62,19 +63,15 @@ pds.dataset = watched(pds.dataset)
 
 import ray
 from deepgen import orchestrate
-from deepgen.anomaly import threshold_tags
 from deepgen.batch_scoring import score_with_ray_data
-from deepgen.config import FprThreshold, PipelineSpec
-from deepgen.tasks import Evaluation, build_task
-from deepgen.train.loop import load_model_weights
+from deepgen.config import PipelineSpec
 
 spec = PipelineSpec.from_yaml(sys.argv[1])
 manifest = orchestrate.prepare(spec)
 checkpoint = orchestrate.train(spec, manifest, None, None)
-task = build_task(spec, manifest)
-models = load_model_weights(checkpoint, task)
-model_dir = task.export(Path(sys.argv[3]) / "model", models,
-                        Evaluation({}, registry_tags=threshold_tags(0.5, FprThreshold())))
+# evaluation: the score's statistics fitted on train, val and test scored, by Ray Data actors (map_split)
+ev, models, task = orchestrate.evaluate(spec, manifest, checkpoint)
+model_dir = task.export(Path(sys.argv[3]) / "model", models, ev)
 done = score_with_ray_data(model_dir, Path(data_dir) / "test.parquet", Path(sys.argv[3]) / "scores.parquet",
                            actors=2)
 
@@ -86,7 +83,7 @@ tasks = [{"name": t.name, "node": t.node_id} for t in list_tasks(filters=[("job_
 actors = [{"name": a.class_name, "node": a.node_id} for a in list_actors(limit=10000, raise_on_missing_output=False)
           if a.job_id == job]
 print("RESULT " + json.dumps({"tasks": tasks, "actors": actors, "opened": opened, "scored": done,
-                               "rows": manifest.rows}), flush=True)
+                               "rows": manifest.rows, "metrics": ev.metrics}), flush=True)
 '''
 
 
@@ -177,7 +174,7 @@ def test_prepare_train_and_score_land_on_both_nodes_and_the_driver_reads_no_prep
         "train": {"epochs": 1, "batch_size": 256, "cache_shards": False},
         # 2 CPUs a worker on 3-CPU nodes: one training worker per node
         "scaling": {"num_workers": 2, "cpus_per_worker": 2},
-        "anomaly": {"anomalous_labels": [1], "score": "reconstruction"},
+        "anomaly": {"anomalous_labels": [1], "score": "standardized"},  # fitted on train: one more pass
         "registry": {"model_name": "twonodes"},
         "tracking": {"runs_dir": str(shared / "runs")},
     }))
@@ -196,3 +193,5 @@ def test_prepare_train_and_score_land_on_both_nodes_and_the_driver_reads_no_prep
     assert len(nodes(result["tasks"], "ReadFiles", "ReadParquet", "MapBatches(FitBatch)", "Write")) == 2, names
     assert len(nodes(result["actors"], "RayTrainWorker")) == 2, names  # training
     assert len(nodes(result["actors"], "ScoreBatch")) == 2, names  # scoring
+    assert len(nodes(result["actors"], "MapBatches(_MapBatch)")) == 2, names  # evaluation
+    assert {"roc_auc", "precision", "recall"} <= set(result["metrics"])

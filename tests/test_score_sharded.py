@@ -85,3 +85,56 @@ def test_a_bad_file_in_the_folder_is_one_line_naming_it_and_nothing_is_written(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "part-9.parquet: rows hold NaN" in err[0], err
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["rows"]
+
+
+def test_evaluation_of_a_split_ray_data_prepared_runs_on_actors_and_gives_the_in_process_figures(
+        tmp_path, ray_local, monkeypatch):
+    """A split the Ray Data prepare wrote (a folder of part files) is evaluated by Ray Data actors that each
+    hold the model: the `combined` score's statistics fitted on the train split in two passes, the val and
+    test scores, the threshold and the metrics, and the gate's rescoring of an exported model, all equal
+    to the same evaluation read chunk by chunk in this process."""
+    from ray.util.state import list_actors
+    from sklearn.datasets import load_digits
+
+    from deepgen import batch_scoring
+    from deepgen.data.dataset import split_files
+    from deepgen.tasks.autoencoder import AnomalyScorer
+
+    d = load_digits()
+    np.save(tmp_path / "x.npy", d.data.astype(np.float32))
+    np.save(tmp_path / "y.npy", d.target.astype(np.int64))
+    spec = PipelineSpec.validate_dict({
+        "name": "ev", "data": {"source": {"kind": "npy", "path": str(tmp_path / "x.npy"),
+                                          "labels": str(tmp_path / "y.npy")},
+                               "engine": "ray_data", "output": str(tmp_path / "data")},
+        "model": {"kind": "dense_autoencoder", "hidden": [16], "latent_dim": 4},
+        "anomaly": {"anomalous_labels": [9], "score": "combined"}, "registry": {"model_name": "ev"}})
+    manifest, _ = prepare_dataset(spec.data, spec.data_dir, log=lambda m: None)
+    assert all(len(split_files(spec.data_dir, s)) > 1 for s in ("train", "val", "test"))  # part files
+    assert batch_scoring.maps_on_ray_data(spec.data_dir, "test")
+    task = build_task(spec, manifest)
+    import torch
+
+    torch.manual_seed(0)
+    models = task.build_models()
+    gcs = ray_local.get_runtime_context().gcs_address
+    job = ray_local.get_runtime_context().get_job_id()
+
+    def map_actors():  # Ray Data's actors of map_split's pool: class MapWorker(MapBatches(_MapBatch))
+        return {a.actor_id for a in list_actors(address=gcs, limit=10000, raise_on_missing_output=False)
+                if a.job_id == job and "MapBatches(_MapBatch)" in a.class_name}
+
+    before = map_actors()
+    on_actors = task.evaluate(models, spec.data_dir)
+    assert map_actors() - before, "no Ray Data actor mapped the splits"
+    exported = AnomalyScorer.load(task.export(tmp_path / "model", models, on_actors))
+    rescored = exported.evaluate(spec.data_dir, spec.anomaly)
+
+    monkeypatch.setattr(batch_scoring, "maps_on_ray_data", lambda *a: False)  # the same, chunk by chunk here
+    here = build_task(spec, manifest).evaluate(models, spec.data_dir)
+    assert on_actors.registry_tags["threshold"] == pytest.approx(here.registry_tags["threshold"], rel=1e-6)
+    assert on_actors.metrics.keys() == here.metrics.keys() and np.isfinite(list(here.metrics.values())).all()
+    for k, v in here.metrics.items():
+        assert on_actors.metrics[k] == pytest.approx(v, rel=1e-6, abs=1e-9), k
+    assert rescored == pytest.approx(exported.evaluate(spec.data_dir, spec.anomaly), rel=1e-6)
+    assert rescored["roc_auc"] == pytest.approx(here.metrics["roc_auc"], rel=1e-6)

@@ -107,19 +107,6 @@ def sample_rows(data_dir: str | Path, split: str, count: int,
     return take_rows(data_dir, split, rng.permutation(split_rows(data_dir, split))[:count])
 
 
-def split_scores(score, data_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """(scores (N,), labels (N,) or None, the first rows (<= 8, D)) of a split scored chunk by chunk by
-    `score(x) -> (n,)`: evaluation holds score arrays, never the split's features."""
-    scores, labels, head = [], [], None
-    for x, y in iter_split(data_dir, split):
-        scores.append(score(x))
-        if y is not None:
-            labels.append(y)
-        if head is None:
-            head = x[:8].copy()
-    return np.concatenate(scores), (np.concatenate(labels) if labels else None), head
-
-
 def normal_mask(labels: pa.Array | np.ndarray | None, anomaly: AnomalySpec, n: int) -> np.ndarray:
     """True for rows that are normal under the spec; every row when the data has no labels."""
     if labels is None or (anomaly.normal_labels is None and anomaly.anomalous_labels is None):

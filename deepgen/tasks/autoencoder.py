@@ -25,13 +25,9 @@ import pyarrow as pa
 import torch
 
 from deepgen import anomaly, plots
+from deepgen.batch_scoring import map_split, score_split
 from deepgen.config import PipelineSpec, resolve_input_range, resolve_loss, resolve_score
-from deepgen.data.dataset import (
-    check_normal_rows,
-    iter_split,
-    normal_mask,
-    split_scores,
-)
+from deepgen.data.dataset import check_normal_rows, iter_split, normal_mask
 from deepgen.data.manifest import Manifest
 from deepgen.errors import DataError
 from deepgen.export import ModelMeta, load_weights, read_meta, read_rows, save_model_dir, table_rows
@@ -39,7 +35,7 @@ from deepgen.models import AUTOENCODERS, build_autoencoder
 from deepgen.models.autoencoders import Autoencoder, AutoencoderConfig
 from deepgen.models.vae import VAE
 from deepgen.models.vit import MAEConfig, MaskedAutoencoderViT
-from deepgen.scoring import STATELESS, Scorer
+from deepgen.scoring import STATELESS, RowScorer, Scorer
 from deepgen.serving import Predictor, example_rows, input_rows
 from deepgen.tasks import Evaluation, unwrap
 from deepgen.tasks.vit import vit_config
@@ -144,23 +140,22 @@ class AutoencoderTask(ScheduledTask):
         """The `anomaly.score` statistics, fitted on the normal training rows (the rows the model learnt)."""
         if self.score in STATELESS:  # nothing to fit: the training split is not read
             return Scorer(self.score)
-        def normal_rows():  # chunk by chunk: the training split may not fit in memory
-            for x, y in iter_split(data_dir, "train"):
-                yield x[normal_mask(y, self.spec.anomaly, len(x))]
-
-        return Scorer.fit_chunks(self.score, model, normal_rows)
+        # chunk by chunk here, or on Ray Data actors for a split Ray Data prepared: it may not fit in memory
+        return Scorer.fit_map(self.score, model,
+                              lambda fn: map_split(OnNormalRows(fn, self.spec.anomaly), data_dir, "train"))
 
     def evaluate(self, models, data_dir: Path) -> Evaluation:
         model = models["model"].eval()
         spec = self.spec
         self.scorer = self.fit_scorer(model, data_dir)
-        # scored split by split, chunk by chunk: the threshold and the metrics need the score arrays only
-        score = lambda x: self.scorer.score(model, x)  # noqa: E731
-        val_scores, y_val, _ = split_scores(score, data_dir, "val")
+        # scored split by split (chunk by chunk here, or by Ray Data actors for a split Ray Data prepared):
+        # the threshold and the metrics need the score arrays only
+        score = RowScorer(model, self.scorer)
+        val_scores, y_val, _ = score_split(score, data_dir, "val")
         val_is_anomaly = ~normal_mask(y_val, spec.anomaly, len(val_scores))
         # after a fallback (f1 without validation anomalies), the registry records the method really used
         threshold, method = anomaly.calibrate(val_scores, val_is_anomaly, spec.anomaly.threshold)
-        scores, y_test, x_test = split_scores(score, data_dir, "test")  # x_test: the first rows, for pictures
+        scores, y_test, x_test = score_split(score, data_dir, "test")  # x_test: a few rows, for pictures
         is_anomaly = ~normal_mask(y_test, spec.anomaly, len(scores))
         metrics = anomaly.evaluate_scores(scores, is_anomaly, threshold)
         tags = anomaly.threshold_tags(threshold, method) | {"score": self.score, "resolved_loss": self.config.loss,
@@ -188,6 +183,16 @@ class AutoencoderTask(ScheduledTask):
         scorer = self.scorer or self.fit_scorer(models["model"].eval(), self.spec.data_dir)
         scorer.save(dest)
         return dest
+
+
+class OnNormalRows:
+    """fn(x) of a chunk's normal rows, as map_split's fn(x, labels); picklable (Ray Data's actors hold it)."""
+
+    def __init__(self, fn, anomaly_spec):
+        self.fn, self.anomaly = fn, anomaly_spec
+
+    def __call__(self, x: np.ndarray, y: np.ndarray | None):
+        return self.fn(x[normal_mask(y, self.anomaly, len(x))])
 
 
 # --- masked autoencoder ----------------------------------------------------------------------------
@@ -263,8 +268,8 @@ class AnomalyScorer(Predictor):
         if split_schema(data_dir, "test").field("features").type.list_size != self.meta.num_features:
             return None
         theirs = read_manifest(data_dir).scaler
-        scores, y_test, _ = split_scores(lambda x: self.score(self.meta.scaler.rescale(x, scaled_by=theirs)),
-                                         data_dir, "test")  # chunk by chunk: the gate holds scores only
+        score = RowScorer(self.model, self.scorer, self.meta.scaler, scaled_by=theirs)
+        scores, y_test, _ = score_split(score, data_dir, "test")  # the gate holds scores only
         truth = ~normal_mask(y_test, anomaly_spec, len(scores))
         return anomaly.evaluate_scores(scores, truth, self.threshold)
 
