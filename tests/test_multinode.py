@@ -193,5 +193,6 @@ def test_prepare_train_and_score_land_on_both_nodes_and_the_driver_reads_no_prep
     assert len(nodes(result["tasks"], "ReadFiles", "ReadParquet", "MapBatches(FitBatch)", "Write")) == 2, names
     assert len(nodes(result["actors"], "RayTrainWorker")) == 2, names  # training
     assert len(nodes(result["actors"], "ScoreBatch")) == 2, names  # scoring
-    assert len(nodes(result["actors"], "MapBatches(_MapBatch)")) == 2, names  # evaluation
+    # evaluation: an actor of a pool larger than the free CPUs may still be pending (no node) when it ends
+    assert len(nodes(result["actors"], "MapBatches(_MapBatch)") - {None}) == 2, names
     assert {"roc_auc", "precision", "recall"} <= set(result["metrics"])
