@@ -88,6 +88,14 @@ class ScoreBatch:
         return pa.table(columns)
 
 
+def pool_size(wanted: int) -> int:
+    """Actors for a map_batches pool: `wanted`, but never every free CPU of the cluster. One stays for Ray
+    Data's read tasks: a pool holding every CPU waits on them forever (on a 2-CPU Ray, two actors hang)."""
+    import ray
+
+    return max(1, min(wanted, int(ray.available_resources().get("CPU", 2)) - 1))
+
+
 @contextmanager
 def _worker_logs_held_back():
     """Keep the lines Ray forwards from its workers (actor start-up, core-worker notices such as "Mismatched
@@ -137,7 +145,7 @@ def score_with_ray_data(model_dir: Path, input_path: str | Path, output: Path, a
         warnings.simplefilter("ignore", RayDeprecationWarning)
         warnings.filterwarnings("ignore", module=r"ray\.data")
         scored = ds.map_batches(ScoreBatch, fn_constructor_args=(blob, scaler), batch_size=BATCH_ROWS,
-                                batch_format="pyarrow", concurrency=max(1, actors),
+                                batch_format="pyarrow", concurrency=pool_size(actors),
                                 scheduling_strategy="SPREAD")  # a fixed pool, one actor per node where it can
         _run(lambda: scored.write_parquet(str(tmp)), str(input_path))
         written = sorted(Path(tmp).glob("*.parquet"))
@@ -185,8 +193,8 @@ def map_split(fn: Callable[[np.ndarray, np.ndarray | None], object], data_dir: s
               actors: int | None = None) -> Iterator:
     """`fn(features (n, D) float32, labels (n,) or None)` of every batch of a prepared split, one result per
     batch, in no promised order. On Ray Data (`maps_on_ray_data`) `fn` is pickled once into the object
-    store and held by each of `actors` actors (default: one per batch of the split, at most 8 and one per
-    free CPU of the cluster but one), spread over the nodes; this process only receives the results.
+    store and held by each of `actors` actors (default: one per batch of the split, at most 8; never every
+    free CPU: pool_size), spread over the nodes; this process only receives the results.
     Otherwise the split is read here chunk by chunk (deepgen.data.dataset.iter_split). `fn` must be
     picklable (a class, not a lambda)."""
     from deepgen.data.dataset import iter_split, split_files, split_path
@@ -207,10 +215,10 @@ def map_split(fn: Callable[[np.ndarray, np.ndarray | None], object], data_dir: s
     files = split_files(data_dir, split)
     if not files:
         raise DataError(f"{split_path(data_dir, split)}: missing; run `deepgen prepare` first")
-    if actors is None:  # a CPU stays free for the read tasks: a pool holding every CPU would wait on them forever
+    if actors is None:
         manifest = read_manifest(data_dir)  # the rows per split, without opening a part file here
         batches = -(-manifest.rows.get(split, 0) // BATCH_ROWS) if manifest is not None else len(files)
-        actors = min(max(1, batches), 8, max(1, int(ray.available_resources().get("CPU", 2)) - 1))
+        actors = min(max(1, batches), 8)
     _quiet()
     where = split_path(data_dir, split)
     with warnings.catch_warnings(), _worker_logs_held_back():
@@ -218,7 +226,7 @@ def map_split(fn: Callable[[np.ndarray, np.ndarray | None], object], data_dir: s
         warnings.filterwarnings("ignore", module=r"ray\.data")
         ds = ray.data.read_parquet([str(f) for f in files])  # the prepared columns: features (, label)
         mapped = ds.map_batches(_MapBatch, fn_constructor_args=(fn,), batch_size=BATCH_ROWS,
-                                batch_format="pyarrow", concurrency=max(1, actors), scheduling_strategy="SPREAD",
+                                batch_format="pyarrow", concurrency=pool_size(actors), scheduling_strategy="SPREAD",
                                 max_restarts=0)  # no restart from arguments that may be gone (and no warning)
         tables = _run(lambda: ray.get(mapped.to_arrow_refs()), where)  # one small result per batch
     for table in tables:
