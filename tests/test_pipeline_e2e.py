@@ -55,14 +55,23 @@ def _train_until_epoch_1_then_kill(root, spec) -> None:
     log = root / "train.log"
     proc = subprocess.Popen([sys.executable, "-m", "deepgen.cli", "train", str(spec)], cwd=root, env=env,
                             start_new_session=True, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    try:
+    snapshot = root / "runs" / "ray" / "bars-e2e" / "checkpoint_manager_snapshot.json"
+    try:  # killed once Ray Train has recorded a checkpoint (what a resume starts from): the worker's "epoch
+        # 1/6" line comes earlier, and on a loaded machine a kill then leaves nothing to resume
         deadline = time.monotonic() + 300
-        while f"[deepgen] epoch 1/{EPOCHS} " not in log.read_text():  # said once it is checkpointed and logged
+        while not _recorded(snapshot):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.05)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
         proc.wait(60)
+
+
+def _recorded(snapshot: Path) -> bool:
+    try:
+        return bool(json.loads(snapshot.read_text())["checkpoint_results"])
+    except (OSError, ValueError, KeyError):  # not written yet, or caught mid-write
+        return False
 
 
 def _client(p) -> MlflowClient:
