@@ -791,6 +791,7 @@ def _final_history(c, spec) -> dict[str, list]:
             for key in ("train_loss", "val_loss")}
 
 
+@pytest.mark.slow
 def test_a_killed_driver_is_resumed_by_rerunning_the_same_command(cluster, faults):
     f = faults
     assert f["driver_killed_after"] >= 1 and "Pipeline faults done" not in f["first"].out
@@ -801,6 +802,7 @@ def test_a_killed_driver_is_resumed_by_rerunning_the_same_command(cluster, fault
         assert [m.step for m in history] == list(range(1, FAULT_EPOCHS + 1)), key  # each epoch once, in order
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_restarted_from_the_last_checkpoint(cluster, faults, reference):
     f = faults
     assert f["rc"] == 0, f["second"].out[-4000:]

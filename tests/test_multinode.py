@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_cluster import BIN, MARKER_VAR, free_ports, free_range, kill_ours, ray_temp_dir
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 DRIVER = r'''
 import json, os, sys

@@ -1,5 +1,6 @@
 """End to end on generated data: 2 Ray Train workers (gloo), a temporary SQLite MLflow store, the registry,
-then lookup and scoring from a fresh process. One pipeline run serves the whole module (Ray is costly)."""
+then lookup and scoring from a fresh process. One pipeline run serves most of the module (Ray is costly);
+the kill-and-resume test (slow: a second Ray and a second run) has its own."""
 
 from __future__ import annotations
 
@@ -25,10 +26,8 @@ EPOCHS = 6  # enough that a kill after epoch 1 lands before the last
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory, ray_local):
-    root = tmp_path_factory.mktemp("e2e")
-    spec = write_pipeline(
+def _write_spec(root: Path) -> Path:
+    return write_pipeline(
         root / "bars.yaml", name="bars", data={"source": bars_source(root, 600, seed=7)},
         model={"kind": "dense_autoencoder", "hidden": [32], "latent_dim": 4, "loss": "bce"},
         train={"epochs": EPOCHS, "batch_size": 32, "lr": 0.01, "run_name": "bars-e2e"},
@@ -37,16 +36,23 @@ def pipeline(tmp_path_factory, ray_local):
         anomaly={"normal_labels": [0], "threshold": {"method": "fpr", "target_fpr": 0.05}, "score": "standardized"},
         registry={"model_name": MODEL},
     )
-    # 1) `deepgen train` killed (with its own Ray) once epoch 1 is checkpointed and logged, 2) the whole
-    # pipeline under the same run name and spec: it must resume, not restart (another spec is refused)
-    _train_until_epoch_1_then_kill(root, spec)
+
+
+def _run(root: Path, spec: Path) -> dict:
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.chdir(root)
         between = time.time() * 1000
         assert cli.main(["run", str(spec)]) == 0
-        yield {"root": root, "spec": spec, "between": between, "uri": f"sqlite:///{root / 'runs' / 'mlflow.db'}",
-               "runs_dir": str(root / "runs")}
+    return {"root": root, "spec": spec, "between": between, "uri": f"sqlite:///{root / 'runs' / 'mlflow.db'}",
+            "runs_dir": str(root / "runs")}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, ray_local):
+    """The whole pipeline, run once for the module's tests."""
+    root = tmp_path_factory.mktemp("e2e")
+    return _run(root, _write_spec(root))
 
 
 def _train_until_epoch_1_then_kill(root, spec) -> None:
@@ -78,7 +84,13 @@ def _client(p) -> MlflowClient:
     return MlflowClient(tracking_uri=p["uri"], registry_uri=p["uri"])
 
 
-def test_rerun_with_the_same_run_name_resumed_without_duplicating_history(pipeline):
+@pytest.mark.slow
+def test_rerun_with_the_same_run_name_resumed_without_duplicating_history(ray_local, tmp_path):
+    # 1) `deepgen train` killed (with its own Ray) once Ray Train has recorded a checkpoint, 2) the whole
+    # pipeline under the same run name and spec: it must resume, not restart (another spec is refused)
+    spec = _write_spec(tmp_path)
+    _train_until_epoch_1_then_kill(tmp_path, spec)
+    pipeline = _run(tmp_path, spec)
     c = _client(pipeline)
     [run] = c.search_runs([c.get_experiment_by_name("bars").experiment_id])
     history = c.get_metric_history(run.info.run_id, "train_loss")
@@ -89,6 +101,11 @@ def test_rerun_with_the_same_run_name_resumed_without_duplicating_history(pipeli
     ended = {h["epoch"]: h["ended_at"] * 1000 for h in json.loads((final / "history.json").read_text())}
     first = sorted(e for e, t in ended.items() if t < pipeline["between"])
     assert sorted(ended) == epochs and first == epochs[:len(first)] and 1 <= len(first) < EPOCHS
+
+
+def test_a_run_logs_its_evaluation_plots(pipeline):
+    c = _client(pipeline)
+    [run] = c.search_runs([c.get_experiment_by_name("bars").experiment_id])
     artifacts = {a.path for a in c.list_artifacts(run.info.run_id, "plots")}
     assert {"plots/score_histogram.png", "plots/roc_curve.png", "plots/pr_curve.png",
             "plots/reconstructions.png"} <= artifacts

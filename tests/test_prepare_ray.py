@@ -67,6 +67,7 @@ def test_ray_data_prepare_writes_split_folders_a_manifest_of_files_and_a_hash_sp
     assert prepare_dataset(ray_spec(tmp_path / "src"), tmp_path / "out", **quiet)[1] is False
 
 
+@pytest.mark.slow
 def test_the_same_rows_get_the_same_split_however_the_files_are_cut(tmp_path, ray_local):
     whole = parts(tmp_path / "three", n_files=3)
     (tmp_path / "one").mkdir()

@@ -87,6 +87,7 @@ def test_a_bad_file_in_the_folder_is_one_line_naming_it_and_nothing_is_written(
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["rows"]
 
 
+@pytest.mark.slow
 def test_evaluation_of_a_split_ray_data_prepared_runs_on_actors_and_gives_the_in_process_figures(
         tmp_path, ray_local, monkeypatch):
     """A split the Ray Data prepare wrote (a folder of part files) is evaluated by Ray Data actors that each

@@ -22,6 +22,8 @@ from deepgen.data.prepare import prepare_dataset
 from deepgen.train.env import LocalEnv
 from deepgen.train.loop import train_loop
 
+pytestmark = pytest.mark.slow  # each test waits out a server outage over several epochs
+
 
 class Server:
     """`mlflow server --workers 1` on a free port, in a process group of its own (stopped by its id)."""

@@ -25,6 +25,7 @@ def _spec(tmp_path, lrs, epochs=3, name="sweep", space=None):
     )
 
 
+@pytest.mark.slow
 def test_sweep_stops_weak_trials_survives_a_failing_one_and_registers_the_best(ray_local, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     # 1e30 diverges (NaN): that trial fails; 1e-5 barely learns: ASHA should stop it at the first rung

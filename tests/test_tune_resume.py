@@ -10,12 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from helpers import bars_source, write_pipeline
 from mlflow.tracking import MlflowClient
 
 from deepgen.config import PipelineSpec
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
 
 
 def test_a_killed_sweep_resumes_its_trials_and_mlflow_runs_when_rerun(tmp_path):
