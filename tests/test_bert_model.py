@@ -170,6 +170,29 @@ def test_mlm_decoder_is_tied_to_the_token_embeddings():
     assert all(p.dim() >= 2 for p in all_params if id(p) in decayed)
 
 
+def test_layer_wise_lr_decay_scales_each_layer_below_the_top_and_the_schedule_keeps_the_scales():
+    from deepgen.config import TrainSpec
+    from deepgen.models.bert import configure_optimizers
+    from deepgen.train.optim import Schedule
+
+    model = BertForSequenceClassification(tiny(layers=3), num_labels=2)
+    opt = configure_optimizers(model, weight_decay=0.01, lr=1.0, fused=False, layer_lr_decay=0.5)
+    scale = {id(p): g["lr_scale"] for g in opt.param_groups for p in g["params"]}
+    assert len(scale) == len(list(model.parameters()))  # every parameter in exactly one group
+    b = model.bert
+    assert scale[id(b.embeddings.word.weight)] == scale[id(b.embeddings.norm.weight)] == 0.5 ** 4
+    assert [scale[id(layer.intermediate.weight)] for layer in b.encoder.layers] == [0.5 ** 3, 0.5 ** 2, 0.5]
+    assert scale[id(b.pooler.weight)] == scale[id(model.classifier.weight)] == scale[id(model.classifier.bias)] == 1
+    assert all(g["weight_decay"] == (0.01 if g["params"][0].dim() >= 2 else 0.0) for g in opt.param_groups)
+    schedule = Schedule(TrainSpec(lr=0.1, epochs=1, batch_size=4, lr_decay="constant"), 10)
+    model(sentences(4, 8, 60)).logits.sum().backward()
+    schedule.step(model, opt)
+    assert [g["lr"] / g["lr_scale"] for g in opt.param_groups] == pytest.approx([0.1] * len(opt.param_groups))
+    # 1: the two groups of before (matrices decayed first, then the rest), all at lr
+    plain = configure_optimizers(model, weight_decay=0.01, lr=1.0, fused=False).param_groups
+    assert [(g["weight_decay"], g["lr_scale"]) for g in plain] == [(0.01, 1.0), (0.0, 1.0)]
+
+
 # (e) a tiny model memorises a tiny corpus ---------------------------------------------------------------
 
 

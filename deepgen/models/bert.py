@@ -307,15 +307,44 @@ class BertForPreTraining(nn.Module):
 
 def configure_optimizers(model: nn.Module, weight_decay: float, lr: float,
                          betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
-                         fused: bool | None = None) -> torch.optim.AdamW:
+                         fused: bool | None = None, layer_lr_decay: float = 1.0) -> torch.optim.AdamW:
     """AdamW with decay on matrices only (linear weights and embedding tables); biases and LayerNorm
-    parameters (all 1-D) are not decayed, as in BERT. fused None = fused when the parameters are on CUDA."""
-    params = [p for p in model.parameters() if p.requires_grad]  # shared (tied) parameters appear once
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    parameters (all 1-D) are not decayed, as in BERT. fused None = fused when the parameters are on CUDA.
+
+    layer_lr_decay d < 1 (layer-wise learning-rate decay, as ELECTRA and most BERT fine-tuning recipes): the
+    top encoder layer and what sits above it (pooler, heads) learn at lr, each layer below at d times the
+    one above it, the embeddings at d ** (layers + 1) times lr, so fine-tuning moves what pretraining learnt in
+    the lower layers less. Each group's factor is its `lr_scale`, which the loop's schedule honours."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # tied parameters appear once
+    layers = len(bert_of(model).encoder.layers) if layer_lr_decay != 1.0 else 0
+    groups: dict[tuple[bool, int], dict] = {}
+    for name, p in named:
+        depth = layer_depth(strip_wrappers(name), layers) if layers else 0
+        group = groups.setdefault((p.dim() >= 2, depth), {
+            "params": [], "weight_decay": weight_decay if p.dim() >= 2 else 0.0,
+            "lr_scale": layer_lr_decay ** (layers + 1 - depth) if layers else 1.0})
+        group["params"].append(p)
+    ordered = [groups[k] for k in sorted(groups, key=lambda k: (k[1], not k[0]))]  # matrices first, as before
+    for group in ordered:
+        group["lr"] = lr * group["lr_scale"]
     if fused is None:
-        fused = params[0].is_cuda
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=fused)
+        fused = named[0][1].is_cuda
+    return torch.optim.AdamW(ordered, lr=lr, betas=betas, eps=eps, fused=fused)
+
+
+def bert_of(model: nn.Module) -> BertModel:
+    """The BertModel inside a pretraining or classification model (or the model itself)."""
+    return model if isinstance(model, BertModel) else model.bert
+
+
+def layer_depth(name: str, layers: int) -> int:
+    """0 for the embeddings, i + 1 for encoder layer i, layers + 1 for the rest (pooler, heads)."""
+    name = name.removeprefix("bert.")
+    if name.startswith("embeddings."):
+        return 0
+    if name.startswith("encoder.layers."):
+        return int(name.split(".")[2]) + 1
+    return layers + 1
 
 
 # --- fine-tuning ------------------------------------------------------------------------------------

@@ -242,7 +242,7 @@ class BertClassifierTask(ScheduledTask):
         from deepgen.models.bert import configure_optimizers
 
         return {"model": configure_optimizers(unwrap(models["model"]), self.spec.train.weight_decay,
-                                              self.spec.train.lr)}
+                                              self.spec.train.lr, layer_lr_decay=self.m.layer_lr_decay)}
 
     def forward(self, model, batch):
         """Cross-entropy on the [CLS] classifier, each class weighted by `class_weights` (None: all 1)."""

@@ -79,7 +79,7 @@ class Schedule:
             self.updates = optimizer_steps(optimizer)
         lr = self.lr_at(self.updates)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # a group's own factor (BERT's layer-wise decay)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         self.updates += 1
