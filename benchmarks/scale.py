@@ -8,10 +8,15 @@ Per factor: a Parquet source folder of FACTOR * BASE rows (written file by file,
     train     a 1-worker TorchTrainer with train.cache_shards false (deepgen.train.stream), 1 epoch
     score     deepgen.batch_scoring.score_with_ray_data over the source folder (every row), the model
               exported from the trained checkpoint (reconstruction score, no statistics to fit)
-and, per stage, wall time, rows/s, and the peak RSS of this process (the driver) and of the largest Ray
-worker process (sampled every 0.2 s from /proc through psutil), and that worker peak without shared pages
-(RSS - shared: a worker's RSS also counts the object store's memory-mapped blocks it reads). The target:
-peak memory flat (within 20%) from 1x to 16x, time growing about linearly.
+and, per stage, wall time, rows/s, the peak resident memory of this process (the driver) and of the largest
+Ray worker process, and that worker's peak anonymous memory (what it holds of its own: a worker's resident
+memory also counts libraries and the object store's memory-mapped blocks), sampled every 0.2 s from
+/proc/PID/smaps_rollup. With --limit-mib, the driver and every Ray worker process each run in a memory
+cgroup of that size (root only), so a stage that held a split whole would be killed: the OOM kills column
+counts them. The target: peak memory flat (within 20%) from 1x to 16x, time growing about linearly, with
+the largest source larger than the limit.
+
+    python benchmarks/scale.py --base-rows 125000 --features 128 --factors 1,4,16 --limit-mib 1024
 """
 
 from __future__ import annotations
@@ -35,35 +40,128 @@ from deepgen.config import PipelineSpec  # noqa: E402
 FILE_ROWS = 50_000
 
 
-class PeakRss:
-    """Peak RSS (bytes) of this process and of the largest Ray worker process while the block runs."""
+def ray_workers(me: int):
+    """PIDs of Ray's worker processes (tasks and actors; not raylet, GCS or this driver)."""
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == me:
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmd and (cmd[0].startswith(b"ray::") or any(b"default_worker.py" in c for c in cmd)):
+            yield int(d.name)
 
-    def __init__(self, period_s: float = 0.2):
-        import psutil
 
-        self.psutil, self.period = psutil, period_s
-        self.me = psutil.Process()
-        self.driver = self.worker = self.worker_private = 0
+def memory_of(pid: int) -> tuple[int, int]:
+    """(resident, anonymous) bytes of a process from /proc/PID/smaps_rollup. Anonymous memory is what the
+    process holds of its own (heap, arrays, Arrow buffers); resident also counts shared libraries and the
+    object store's memory-mapped blocks, which every reader of a block maps."""
+    fields = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name in ("Rss", "Anonymous"):
+                fields[name] = int(rest.split()[0]) * 1024
+    return fields["Rss"], fields["Anonymous"]
+
+
+class MemoryCages:
+    """A memory cgroup of its own, limited to LIMIT bytes, for this driver and for every Ray worker process
+    (cgroup v1's memory controller, or v2's where it is enabled): a process that needs more than LIMIT is
+    killed by the kernel, so a stage that held its data whole could not finish. A cage is charged for the
+    pages its process touches from then on (kernels since 6.x no longer move earlier charges: what a worker
+    allocated while it started, its imports, stays charged outside, which only loosens the limit by that
+    start-up memory). Needs root; `available()` says whether this machine allows it."""
+
+    V1, V2 = Path("/sys/fs/cgroup/memory"), Path("/sys/fs/cgroup")
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        if (self.V1 / "memory.limit_in_bytes").exists():
+            self.v1, root = True, self.V1
+        else:
+            self.v1, root = False, self.V2
+            (root / "cgroup.subtree_control").write_text("+memory")
+        self.base = root / f"deepgen-scale-{os.getpid()}"
+        self.base.mkdir()
+        if not self.v1:
+            (self.base / "cgroup.subtree_control").write_text("+memory")
+        self.caged: dict[int, Path] = {}
+
+    @classmethod
+    def available(cls) -> bool:
+        v2 = cls.V2 / "cgroup.controllers"
+        usable = (cls.V1 / "memory.limit_in_bytes").exists() or (v2.exists() and "memory" in v2.read_text())
+        return usable and os.access(cls.V1 if cls.V1.exists() else cls.V2, os.W_OK)
+
+    def cage(self, pid: int) -> None:
+        if pid in self.caged:
+            return
+        d = self.base / str(pid)
+        d.mkdir(exist_ok=True)
+        if self.v1:
+            (d / "memory.limit_in_bytes").write_text(str(self.limit))
+        else:
+            (d / "memory.max").write_text(str(self.limit))
+            if (d / "memory.swap.max").exists():
+                (d / "memory.swap.max").write_text("0")
+        try:
+            (d / "cgroup.procs").write_text(str(pid))
+        except OSError:  # the process ended first
+            d.rmdir()
+            return
+        self.caged[pid] = d
+
+    def oom_kills(self) -> int:
+        """Processes the kernel killed for going over the limit, in every cage so far."""
+        kills = 0
+        for d in self.caged.values():
+            text = (d / ("memory.oom_control" if self.v1 else "memory.events")).read_text()
+            kills += sum(int(line.split()[1]) for line in text.splitlines() if line.startswith("oom_kill "))
+        return kills
+
+    def close(self) -> None:
+        """This driver back to the parent group; the cages of ended processes removed."""
+        parent = self.base.parent
+        (parent / "cgroup.procs").write_text(str(os.getpid()))
+        for d in self.caged.values():
+            for pid in (d / "cgroup.procs").read_text().split():
+                try:
+                    (parent / "cgroup.procs").write_text(pid)
+                except OSError:
+                    pass
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        try:
+            self.base.rmdir()
+        except OSError:
+            pass
+
+
+class PeakMemory:
+    """Peak memory while the block runs, sampled every PERIOD s: this process (the driver), and the largest
+    of the Ray worker processes, resident and anonymous (see `memory_of`). With CAGES, each new worker
+    process is put in its cage as soon as it is seen."""
+
+    def __init__(self, cages: MemoryCages | None = None, period_s: float = 0.2):
+        self.cages, self.period, self.me = cages, period_s, os.getpid()
+        self.driver = self.worker = self.worker_anon = 0
         self._stop = threading.Event()
-
-    def _workers(self):
-        for p in self.psutil.process_iter(["cmdline", "pid"]):
-            cmd = p.info["cmdline"] or []
-            if p.pid != self.me.pid and cmd and (cmd[0].startswith("ray::") or "default_worker.py" in " ".join(cmd)):
-                yield p
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.driver = max(self.driver, self.me.memory_info().rss)
-            for p in self._workers():
+            self.driver = max(self.driver, memory_of(self.me)[0])
+            for pid in ray_workers(self.me):
                 try:
-                    m = p.memory_info()
-                    self.worker = max(self.worker, m.rss)
-                    # without the shared pages (the object store's memory-mapped blocks, libraries): what
-                    # the process holds of its own
-                    self.worker_private = max(self.worker_private, m.rss - m.shared)
-                except self.psutil.Error:
-                    pass
+                    if self.cages:
+                        self.cages.cage(pid)
+                    rss, anon = memory_of(pid)
+                except (OSError, KeyError):  # the process ended between the listing and the read
+                    continue
+                self.worker, self.worker_anon = max(self.worker, rss), max(self.worker_anon, anon)
             self._stop.wait(self.period)
 
     def __enter__(self):
@@ -105,7 +203,7 @@ def make_spec(root: Path, features: int, epochs: int) -> PipelineSpec:
     })
 
 
-def run_factor(root: Path, rows: int, features: int, epochs: int) -> dict:
+def run_factor(root: Path, rows: int, features: int, epochs: int, cages: MemoryCages | None) -> dict:
     import json
 
     from deepgen import orchestrate
@@ -118,25 +216,32 @@ def run_factor(root: Path, rows: int, features: int, epochs: int) -> dict:
 
     write_source(root / "src", rows, features, seed=0)
     spec = make_spec(root, features, epochs)
-    out = {"rows": rows}
-    t = time.time()
-    with PeakRss() as m:
-        manifest, _ = prepare_dataset(spec.data, spec.data_dir, log=lambda s: None)
-    out["prepare"] = (time.time() - t, rows, m.driver, m.worker, m.worker_private)
-    t = time.time()
-    with PeakRss() as m:
+    out = {"rows": rows, "source_bytes": sum(f.stat().st_size for f in (root / "src").iterdir())}
+
+    def stage(name, fn):
+        kills = cages.oom_kills() if cages else 0
+        t = time.time()
+        with PeakMemory(cages) as m:
+            value, done = fn()
+        killed = (cages.oom_kills() - kills) if cages else 0
+        out[name] = (time.time() - t, done, m.driver, m.worker, m.worker_anon, killed)
+        return value
+
+    manifest = stage("prepare", lambda: (prepare_dataset(spec.data, spec.data_dir, log=lambda s: None)[0], rows))
+
+    def train():
         result = orchestrate.fit_trainer(spec, manifest, None, None)
         with result.checkpoint.as_directory() as ckpt:
             task = build_task(spec, manifest)
             models = load_model_weights(Path(ckpt), task)
             history = json.loads((Path(ckpt) / "history.json").read_text())
-    trained = orchestrate.normal_row_count(spec.data_dir, spec.anomaly) * len(history)  # rows trained
-    out["train"] = (time.time() - t, trained, m.driver, m.worker, m.worker_private)
+        trained = orchestrate.normal_row_count(spec.data_dir, spec.anomaly) * len(history)  # rows trained
+        return (task, models), trained
+
+    task, models = stage("train", train)
     model_dir = task.export(root / "model", models, Evaluation({}, registry_tags=threshold_tags(0.5, FprThreshold())))
-    t = time.time()
-    with PeakRss() as m:
-        done = score_with_ray_data(model_dir, root / "src", root / "scores.parquet", actors=1)
-    out["score"] = (time.time() - t, done["rows"], m.driver, m.worker, m.worker_private)
+    stage("score", lambda: (None, score_with_ray_data(model_dir, root / "src", root / "scores.parquet",
+                                                      actors=1)["rows"]))
     return out
 
 
@@ -148,29 +253,43 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--block-mib", type=int, default=0,
                    help="Ray Data's target_max_block_size in MiB (0: Ray's default, 128 MiB)")
+    p.add_argument("--limit-mib", type=int, default=0,
+                   help="a memory cgroup of this size for the driver and for each Ray worker process (0: none)")
+    p.add_argument("--object-store-mib", type=int, default=1024)
     args = p.parse_args()
     import ray
     import torch
 
+    if args.limit_mib and not MemoryCages.available():
+        sys.exit("scale.py: --limit-mib needs a writable memory cgroup (root, cgroup v1 or v2 with memory)")
     torch.set_num_threads(1)
-    ray.init(num_cpus=max(3, os.cpu_count() or 1), object_store_memory=10**9, include_dashboard=False)
+    ray.init(num_cpus=max(3, os.cpu_count() or 1), object_store_memory=args.object_store_mib << 20,
+             include_dashboard=False)
+    cages = MemoryCages(args.limit_mib << 20) if args.limit_mib else None
+    if cages:
+        cages.cage(os.getpid())  # after ray.init: Ray's own raylet and GCS stay outside
     if args.block_mib:
         from ray.data import DataContext
 
         DataContext.get_current().target_max_block_size = args.block_mib << 20
     mb = 1 / 2**20
     print(f"base {args.base_rows} rows x {args.features} features (float64 Parquet source), "
-          f"{args.epochs} epoch(s), 1 training worker, 1 scoring actor")
-    print(f"{'size':>5} {'rows':>9} {'stage':8} {'time s':>8} {'rows/s':>9} {'driver MiB':>10} {'worker MiB':>10} "
-          f"{'private MiB':>11}", flush=True)
-    for f in (int(x) for x in args.factors.split(",")):
-        with tempfile.TemporaryDirectory(prefix="deepgen-scale-") as tmp:
-            r = run_factor(Path(tmp), f * args.base_rows, args.features, args.epochs)
-        for s in ("prepare", "train", "score"):
-            secs, rows, drv, wrk, private = r[s]
-            print(f"TABLE {f:>4}x {r['rows']:9d} {s:8} {secs:8.1f} {rows / secs:9.0f} {drv * mb:10.0f} "
-                  f"{wrk * mb:10.0f} {private * mb:11.0f}", flush=True)
-    ray.shutdown()
+          f"{args.epochs} epoch(s), 1 training worker, 1 scoring actor, object store {args.object_store_mib} MiB, "
+          + (f"each process limited to {args.limit_mib} MiB" if cages else "no memory limit"))
+    print(f"{'':5} {'size':>5} {'rows':>9} {'source MiB':>10} {'stage':8} {'time s':>8} {'rows/s':>9} "
+          f"{'driver MiB':>10} {'worker MiB':>10} {'anon MiB':>8} {'OOM kills':>9}", flush=True)
+    try:
+        for f in (int(x) for x in args.factors.split(",")):
+            with tempfile.TemporaryDirectory(prefix="deepgen-scale-") as tmp:
+                r = run_factor(Path(tmp), f * args.base_rows, args.features, args.epochs, cages)
+            for s in ("prepare", "train", "score"):
+                secs, rows, drv, wrk, anon, killed = r[s]
+                print(f"TABLE {f:>4}x {r['rows']:9d} {r['source_bytes'] * mb:10.0f} {s:8} {secs:8.1f} "
+                      f"{rows / secs:9.0f} {drv * mb:10.0f} {wrk * mb:10.0f} {anon * mb:8.0f} {killed:9d}", flush=True)
+    finally:
+        ray.shutdown()
+        if cages:
+            cages.close()
 
 
 if __name__ == "__main__":

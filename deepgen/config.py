@@ -421,8 +421,8 @@ class BertClassifierSpec(BertSpec):
     domain_adaptive: DomainAdaptiveSpec | None = Field(
         default=None, description="continue masked-LM pretraining on the training texts first; null: do not")
     layer_lr_decay: float = Field(default=1.0, gt=0, le=1, description=(
-        "layer-wise learning-rate decay: the top encoder layer, pooler and classifier learn at train.lr, each "
-        "layer below at this factor times the one above, the embeddings lowest; 1: one rate for all"))
+        "layer-wise learning-rate decay d: the pooler and classifier learn at train.lr, the top encoder layer "
+        "at d times it, each layer below at d times the one above, the embeddings lowest; 1: one rate for all"))
     class_weight: Literal["auto", "balanced", "none"] = Field(
         default="auto", description="balanced: weight each class's loss by rows / (classes * its rows); "
         "auto: balanced when the largest training class has over 1.5 times the rows of the smallest")

@@ -311,10 +311,10 @@ def configure_optimizers(model: nn.Module, weight_decay: float, lr: float,
     """AdamW with decay on matrices only (linear weights and embedding tables); biases and LayerNorm
     parameters (all 1-D) are not decayed, as in BERT. fused None = fused when the parameters are on CUDA.
 
-    layer_lr_decay d < 1 (layer-wise learning-rate decay, as ELECTRA and most BERT fine-tuning recipes): the
-    top encoder layer and what sits above it (pooler, heads) learn at lr, each layer below at d times the
-    one above it, the embeddings at d ** (layers + 1) times lr, so fine-tuning moves what pretraining learnt in
-    the lower layers less. Each group's factor is its `lr_scale`, which the loop's schedule honours."""
+    layer_lr_decay d < 1 (layer-wise learning-rate decay, as in ELECTRA's fine-tuning): what sits above the
+    encoder (pooler, heads) learns at lr, the top encoder layer at d * lr, each layer below at d times the one
+    above it, the embeddings at d ** (layers + 1) * lr, so fine-tuning moves what pretraining learnt in the
+    lower layers less. Each group's factor is its `lr_scale`, which the loop's schedule honours."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # tied parameters appear once
     layers = len(bert_of(model).encoder.layers) if layer_lr_decay != 1.0 else 0
     groups: dict[tuple[bool, int], dict] = {}
