@@ -113,13 +113,20 @@ class MemoryCages:
             return
         self.caged[pid] = d
 
-    def oom_kills(self) -> int:
-        """Processes the kernel killed for going over the limit, in every cage so far."""
-        kills = 0
-        for d in self.caged.values():
+    def oom_kills(self) -> dict[int, int]:
+        """PID -> processes the kernel killed in that process's cage for going over the limit."""
+        kills = {}
+        for pid, d in self.caged.items():
             text = (d / ("memory.oom_control" if self.v1 else "memory.events")).read_text()
-            kills += sum(int(line.split()[1]) for line in text.splitlines() if line.startswith("oom_kill "))
+            kills[pid] = sum(int(line.split()[1]) for line in text.splitlines() if line.startswith("oom_kill "))
         return kills
+
+    def charged(self, pid: int) -> tuple[int, int]:
+        """(anonymous, shared-memory) bytes charged to PID's cage now. Shared memory is the object store's
+        pages this process touched first (the kernel charges a shared page to the first toucher's group,
+        for as long as the page lives, whoever uses it later)."""
+        stat = dict(line.split() for line in (self.caged[pid] / "memory.stat").read_text().splitlines())
+        return int(stat["rss" if self.v1 else "anon"]), int(stat["shmem"])
 
     def close(self) -> None:
         """This driver back to the parent group; the cages of ended processes removed."""
@@ -219,12 +226,16 @@ def run_factor(root: Path, rows: int, features: int, epochs: int, cages: MemoryC
     out = {"rows": rows, "source_bytes": sum(f.stat().st_size for f in (root / "src").iterdir())}
 
     def stage(name, fn):
-        kills = cages.oom_kills() if cages else 0
+        before = cages.oom_kills() if cages else {}
         t = time.time()
         with PeakMemory(cages) as m:
             value, done = fn()
-        killed = (cages.oom_kills() - kills) if cages else 0
-        out[name] = (time.time() - t, done, m.driver, m.worker, m.worker_anon, killed)
+        killed = {p: k - before.get(p, 0) for p, k in (cages.oom_kills() if cages else {}).items()}
+        for pid in (p for p, k in killed.items() if k):
+            anon, shm = cages.charged(pid)
+            print(f"{name}: the kernel killed worker {pid} at its cage's limit; the cage still holds "
+                  f"{anon / 2**20:.0f} MiB anonymous and {shm / 2**20:.0f} MiB of object-store pages", flush=True)
+        out[name] = (time.time() - t, done, m.driver, m.worker, m.worker_anon, sum(killed.values()))
         return value
 
     manifest = stage("prepare", lambda: (prepare_dataset(spec.data, spec.data_dir, log=lambda s: None)[0], rows))
