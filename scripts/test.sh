@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up .venv, run the test suite, then lint. "No tests ran" (pytest exit 5) is a failure, not a pass.
-#   bash scripts/test.sh          the fast suite: every test but those marked slow (about 10 minutes on 2 cores)
+#   bash scripts/test.sh          the fast suite: every test but those marked slow (14 minutes on 2 cores)
 #   bash scripts/test.sh --all    every test, the slow ones too (killed drivers and workers, a server outage,
 #                                 Tune sweeps, a second Ray node: minutes each); CI runs this
 # Any other arguments go to pytest.
