@@ -50,6 +50,7 @@ def test_ema_update_follows_the_formula_with_its_warm_up():
 
 @pytest.mark.parametrize("kind", ["cgan", "lapgan"])
 def test_standing_statistics_make_eval_mode_samples_match_the_generators_batch_statistics(kind):
+    torch.manual_seed(0)  # G's weights: the test's outcome must not depend on which tests ran before it
     G = make_task(TINY[kind]()).build_models()["generator"]
     norms = [m for m in G.modules() if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d))]
     for m in norms:  # statistics measured on other weights, as the EMA copy's are
@@ -69,7 +70,10 @@ def test_standing_statistics_make_eval_mode_samples_match_the_generators_batch_s
     G.eval()
     assert gans.standing_statistics(G, batches=16, batch_size=64) is G and not G.training
     assert [m.momentum for m in norms] == momenta
-    assert gap() < 0.1 * before
+    # What is left is each batch's own statistics against the population's, which no estimate removes: over
+    # 12 weight seeds the gap fell to 1.5-6% of before for cgan and 6-11% for lapgan, the same with 16 or 64
+    # batches of 64 or 16 of 256 (so it is not estimation noise). Running statistics left as they were: 100%.
+    assert gap() < 0.15 * before
 
 
 def test_the_ema_generator_trails_g_and_is_what_is_evaluated_and_exported(tmp_path):
@@ -128,6 +132,30 @@ def test_the_judge_is_trained_once_per_prepared_data_and_reused(tmp_path, monkey
     assert judges.load_or_train(tmp_path, "fingerprint-b", (1, 16, 16)).path != first.path
     monkeypatch.setattr(judges, "JUDGE_EPOCHS", 6)
     assert judges.judge_path(tmp_path, "fingerprint-a") != first.path
+
+
+def test_the_judge_of_a_large_split_reads_only_the_rows_it_trains_on_and_is_the_same_network(tmp_path,
+                                                                                                monkeypatch):
+    """A train split above JUDGE_MAX_ROWS: the judge reads only its seeded subset (never the whole split) and
+    the test split chunk by chunk, and is the network the whole split in memory would have given."""
+    from deepgen.data.dataset import load_split
+    from deepgen.metrics import images as metrics
+
+    monkeypatch.setattr(judges, "JUDGE_EPOCHS", 2)
+    monkeypatch.setattr(judges, "JUDGE_MAX_ROWS", 40)  # of the 96 train rows
+    write_splits(tmp_path)
+    x, y = load_split(tmp_path, "train")
+    x_test, y_test = load_split(tmp_path, "test")
+    whole = judges.train_judge_classifier(judges.unit_images(x, (1, 16, 16)), torch.tensor(y), None)
+
+    def no_whole_split(*args):
+        raise AssertionError(f"load_split{args}: the judge read a whole split")
+
+    monkeypatch.setattr(judges, "load_split", no_whole_split)
+    judge = judges.load_or_train(tmp_path, "fingerprint-a", (1, 16, 16))
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), judge.classifier.state_dict().values()))
+    assert judge.test_accuracy == metrics.classifier_accuracy(whole, judges.unit_images(x_test, (1, 16, 16)),
+                                                              torch.tensor(y_test))
 
 
 def test_every_gan_on_one_prepared_data_set_is_judged_by_the_same_network(tmp_path, monkeypatch):
