@@ -146,7 +146,8 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor | None = None, n
                      epochs: int = 3, batch_size: int = 128, lr: float = 2e-3, width: int = 32, seed: int = 0,
                      max_rows: int = 20_000, min_steps: int = 200, cosine: bool = False,
                      max_steps: int | None = None, noise: float = 0.0, shift: int = 0,
-                     depth: int = 1, device: str | torch.device = "cpu") -> FeatureClassifier:
+                     depth: int = 1, device: str | torch.device = "cpu",
+                     subset_of: int | None = None) -> FeatureClassifier:
     """A FeatureClassifier trained on images (N, C, H, W) in [0, 1]: on the labels when given, otherwise on
     predicting rotations (square images). Deterministic for a seed; the global RNG is left untouched.
     At most `max_rows` rows (a seeded subset) keep evaluation at seconds to a minute on a CPU; at least
@@ -156,10 +157,12 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor | None = None, n
     noise, shift: each training image augmented (`augment`): pixel noise of a standard deviation drawn from
     U(0, noise), and a translation of up to `shift` pixels. depth: convs per stage (FeatureClassifier).
     device: where the updates run (batches are drawn and augmented on the CPU, so a seed draws the same
-    batches anywhere); the classifier is returned on the CPU."""
+    batches anywhere); the classifier is returned on the CPU.
+    subset_of N: `images` are already the rows `training_subset(N, max_rows, seed)` of N, in that order (a
+    caller that reads only those rows, never the split); the classifier is the one all N rows would give."""
     gen = torch.Generator().manual_seed(seed)
-    if len(images) > max_rows:
-        keep = torch.randperm(len(images), generator=gen)[:max_rows]
+    keep = subset_draw(subset_of or len(images), max_rows, gen)
+    if keep is not None and subset_of is None:
         images, labels = images[keep], (labels[keep] if labels is not None else None)
     classes = 4 if labels is None else (num_classes or int(labels.max()) + 1)
     with torch.random.fork_rng(devices=[]):
@@ -190,6 +193,16 @@ def train_classifier(images: torch.Tensor, labels: torch.Tensor | None = None, n
     return model.cpu().eval()
 
 
+def subset_draw(rows: int, max_rows: int, generator: torch.Generator) -> torch.Tensor | None:
+    """The positions of the seeded `max_rows` of `rows` that train_classifier trains on (None: all rows)."""
+    return torch.randperm(rows, generator=generator)[:max_rows] if rows > max_rows else None
+
+
+def training_subset(rows: int, max_rows: int, seed: int) -> torch.Tensor | None:
+    """What train_classifier(seed=seed, max_rows=max_rows) keeps of `rows` rows, drawn the same way."""
+    return subset_draw(rows, max_rows, torch.Generator().manual_seed(seed))
+
+
 def augment(x: torch.Tensor, noise: float, shift: int, generator: torch.Generator) -> torch.Tensor:
     """x (B, C, H, W) in [0, 1] -> the same images, each translated by (dy, dx) ~ U{-shift..shift}^2 (zeros
     shifted in) and given Gaussian pixel noise of standard deviation sigma ~ U(0, noise), clamped to [0, 1].
@@ -216,10 +229,15 @@ def classifier_features(model: FeatureClassifier, images: torch.Tensor, batch_si
 
 
 @torch.no_grad()
+def classifier_hits(model: FeatureClassifier, images: torch.Tensor, labels: torch.Tensor,
+                    batch_size: int = 512) -> int:
+    """How many images the model reads as their label."""
+    model.eval()
+    return sum(int((model(images[i:i + batch_size].float()).argmax(1) == labels[i:i + batch_size]).sum())
+               for i in range(0, len(images), batch_size))
+
+
 def classifier_accuracy(model: FeatureClassifier, images: torch.Tensor, labels: torch.Tensor,
                         batch_size: int = 512) -> float:
-    model.eval()
-    hits = sum(int((model(images[i:i + batch_size].float()).argmax(1) == labels[i:i + batch_size]).sum())
-               for i in range(0, len(images), batch_size))
-    return hits / max(len(images), 1)
+    return classifier_hits(model, images, labels, batch_size) / max(len(images), 1)
 

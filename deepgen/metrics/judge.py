@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepgen.data.dataset import load_split
+from deepgen.data.dataset import iter_split, load_split, split_rows, take_rows
 from deepgen.metrics import images as metrics
 
 JUDGE_DIR = "judge"  # under the prepared data folder
@@ -39,6 +39,7 @@ JUDGE_MIN_STEPS = 0  # at least this many updates (more epochs on a small train 
 JUDGE_WIDTH = 32
 JUDGE_DEPTH = 2  # convs per stage of the FeatureClassifier: six convs (0.99 on digits and MNIST-5k val; three: 0.96)
 JUDGE_SEED = 0
+JUDGE_MAX_ROWS = 20_000  # train rows at most: a seeded subset, the only rows read of a larger split
 LR, BATCH_SIZE = 2e-3, 128
 JUDGE_NOISE = 0.1  # augmentation: pixel noise of std ~ U(0, 0.1) per image
 JUDGE_SHIFT = 1 / 16  # and shifts of up to this share of the image side (2 pixels at 32, none at 8 x 8)
@@ -46,17 +47,29 @@ JUDGE_SHIFT = 1 / 16  # and shifts of up to this share of the image side (2 pixe
 
 def train_judge_classifier(images: torch.Tensor, labels: torch.Tensor | None, num_classes: int | None,
                            seed: int = JUDGE_SEED, augment: bool = True, device: str = "cpu",
-                           **protocol_changes) -> metrics.FeatureClassifier:
+                           subset_of: int | None = None, **protocol_changes) -> metrics.FeatureClassifier:
     """A FeatureClassifier trained by the judge's protocol on images (N, C, H, W) in [0, 1]; `augment=False`
     leaves out the pixel noise and shifts (a clean classifier to compare other classifiers with).
     `protocol_changes` (min_steps, max_steps, width, depth, epochs) are for benchmarks/judge.py's search.
-    device: where the updates run (the same batches on any device; the weights agree up to float rounding)."""
+    device: where the updates run (the same batches on any device; the weights agree up to float rounding).
+    subset_of N: `images` are the JUDGE_MAX_ROWS rows of a split of N that the protocol trains on
+    (`metrics.training_subset`), read alone (see train_classifier)."""
     side = min(images.shape[2:])
     settings = {"epochs": JUDGE_EPOCHS, "min_steps": JUDGE_MIN_STEPS, "max_steps": JUDGE_STEPS,
                 "width": JUDGE_WIDTH, "depth": JUDGE_DEPTH} | protocol_changes
     return metrics.train_classifier(images, labels, num_classes=num_classes, seed=seed, lr=LR,
                                     batch_size=BATCH_SIZE, cosine=True, noise=JUDGE_NOISE if augment else 0.0,
-                                    shift=int(JUDGE_SHIFT * side) if augment else 0, device=device, **settings)
+                                    shift=int(JUDGE_SHIFT * side) if augment else 0, device=device,
+                                    max_rows=JUDGE_MAX_ROWS, subset_of=subset_of, **settings)
+
+
+def test_accuracy(clf: metrics.FeatureClassifier, data_dir: str | Path, shape) -> float:
+    """The classifier's accuracy on the whole test split, read chunk by chunk."""
+    hits = rows = 0
+    for x, y in iter_split(data_dir, "test"):
+        hits += metrics.classifier_hits(clf, unit_images(x, shape), torch.tensor(y))
+        rows += len(x)
+    return hits / rows
 
 
 def protocol() -> dict:
@@ -113,15 +126,18 @@ def load_or_train(data_dir: str | Path, fingerprint: str, shape, num_classes: in
         clf = metrics.FeatureClassifier(shape[0], saved["num_classes"], JUDGE_WIDTH, saved.get("depth", 1))
         clf.load_state_dict(saved["state"])
         return Judge(clf.eval(), saved["labelled"], saved["num_classes"], saved["test_accuracy"], path)
-    x_train, y_train = load_split(data_dir, "train")
-    x_test, y_test = load_split(data_dir, "test")
-    labelled = is_labelled(y_train) and is_labelled(y_test)
+    # Memory: at most JUDGE_MAX_ROWS train rows (a larger split is read for those rows only) and one chunk
+    # of the test split at a time, whatever the data's size.
+    rows = split_rows(data_dir, "train")
+    keep = metrics.training_subset(rows, JUDGE_MAX_ROWS, JUDGE_SEED)
+    x_train, y_train = load_split(data_dir, "train") if keep is None else take_rows(data_dir, "train", keep.numpy())
+    test_labels = [y for _, y in iter_split(data_dir, "test")]
+    labelled = is_labelled(y_train) and all(is_labelled(y) for y in test_labels)
     if labelled:
-        num_classes = num_classes or int(max(y_train.max(), y_test.max())) + 1
+        num_classes = num_classes or int(max([y_train.max(), *(y.max() for y in test_labels if len(y))])) + 1
     clf = train_judge_classifier(unit_images(x_train, shape), torch.tensor(y_train) if labelled else None,
-                                 num_classes, device=device)
-    accuracy = (metrics.classifier_accuracy(clf, unit_images(x_test, shape), torch.tensor(y_test))
-                if labelled and len(x_test) else None)
+                                 num_classes, device=device, subset_of=None if keep is None else rows)
+    accuracy = test_accuracy(clf, data_dir, shape) if labelled and sum(map(len, test_labels)) else None
     classes = clf.head.out_features
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
