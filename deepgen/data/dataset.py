@@ -64,6 +64,13 @@ def load_split(data_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndarray
     return features_to_numpy(table.column("features")), labels
 
 
+def split_labels(data_dir: str | Path, split: str) -> np.ndarray | None:
+    """The label column of a split alone (None if it has none): one value per row, no features read."""
+    if "label" not in split_schema(data_dir, split).names:
+        return None
+    return pq.read_table(split_path(data_dir, split), columns=["label"]).column("label").to_numpy()
+
+
 def iter_split(data_dir: str | Path, split: str, chunk_rows: int = 65_536):
     """(features (n, D) float32, labels (n,) or None) chunks of a prepared split, file by file: what a caller
     keeps per row (a score) grows with the split, the rows themselves do not."""

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deepgen.data.dataset import iter_split, load_split, split_rows, take_rows
+from deepgen.data.dataset import iter_split, load_split, split_labels, split_rows, take_rows
 from deepgen.metrics import images as metrics
 
 JUDGE_DIR = "judge"  # under the prepared data folder
@@ -131,13 +131,13 @@ def load_or_train(data_dir: str | Path, fingerprint: str, shape, num_classes: in
     rows = split_rows(data_dir, "train")
     keep = metrics.training_subset(rows, JUDGE_MAX_ROWS, JUDGE_SEED)
     x_train, y_train = load_split(data_dir, "train") if keep is None else take_rows(data_dir, "train", keep.numpy())
-    test_labels = [y for _, y in iter_split(data_dir, "test")]
-    labelled = is_labelled(y_train) and all(is_labelled(y) for y in test_labels)
+    y_test = split_labels(data_dir, "test")
+    labelled = is_labelled(y_train) and is_labelled(y_test)
     if labelled:
-        num_classes = num_classes or int(max([y_train.max(), *(y.max() for y in test_labels if len(y))])) + 1
+        num_classes = num_classes or int(max(y_train.max(), y_test.max(initial=0))) + 1
     clf = train_judge_classifier(unit_images(x_train, shape), torch.tensor(y_train) if labelled else None,
                                  num_classes, device=device, subset_of=None if keep is None else rows)
-    accuracy = test_accuracy(clf, data_dir, shape) if labelled and sum(map(len, test_labels)) else None
+    accuracy = test_accuracy(clf, data_dir, shape) if labelled and len(y_test) else None
     classes = clf.head.out_features
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"

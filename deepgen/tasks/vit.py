@@ -48,14 +48,13 @@ def vit_config(config_cls, spec_model, shape: list[int], **extra):
 def num_classes_of(spec: PipelineSpec, manifest: Manifest) -> int:
     """K: the largest training label + 1, read from the prepared train split's label column (the task is
     built where the prepared data is: the driver, or workers on the same machine or shared storage)."""
-    import pyarrow.parquet as pq
 
-    from deepgen.data.dataset import split_path
+    from deepgen.data.dataset import split_labels
 
     if manifest.label_type != "int":
         raise DataError(f"{spec.name}: model.kind vit_classifier needs integer labels 0..K-1; the data's labels are "
                         f"{manifest.label_type or 'missing'}")
-    labels = pq.read_table(split_path(spec.data_dir, "train"), columns=["label"]).column("label").to_numpy()
+    labels = split_labels(spec.data_dir, "train")
     if labels.min() < 0:
         raise DataError(f"{spec.name}: vit_classifier labels must be 0..K-1; the train split holds {labels.min()}")
     return int(labels.max()) + 1
