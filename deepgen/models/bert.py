@@ -316,17 +316,13 @@ def configure_optimizers(model: nn.Module, weight_decay: float, lr: float,
     above it, the embeddings at d ** (layers + 1) * lr, so fine-tuning moves what pretraining learnt in the
     lower layers less. Each group's factor is its `lr_scale`, which the loop's schedule honours."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # tied parameters appear once
-    layers = len(bert_of(model).encoder.layers) if layer_lr_decay != 1.0 else 0
-    groups: dict[tuple[bool, int], dict] = {}
+    layers = len(bert_of(model).encoder.layers)
+    groups: dict[tuple[float, bool], dict] = {}  # (lr_scale, not a matrix): with no decay, the two groups of old
     for name, p in named:
-        depth = layer_depth(strip_wrappers(name), layers) if layers else 0
-        group = groups.setdefault((p.dim() >= 2, depth), {
-            "params": [], "weight_decay": weight_decay if p.dim() >= 2 else 0.0,
-            "lr_scale": layer_lr_decay ** (layers + 1 - depth) if layers else 1.0})
-        group["params"].append(p)
-    ordered = [groups[k] for k in sorted(groups, key=lambda k: (k[1], not k[0]))]  # matrices first, as before
-    for group in ordered:
-        group["lr"] = lr * group["lr_scale"]
+        scale = layer_lr_decay ** (layers + 1 - layer_depth(strip_wrappers(name), layers))
+        groups.setdefault((scale, p.dim() < 2), {"params": [], "weight_decay": weight_decay if p.dim() >= 2 else 0.0,
+                                                 "lr_scale": scale, "lr": lr * scale})["params"].append(p)
+    ordered = [groups[k] for k in sorted(groups)]  # lowest rate first; matrices before the rest
     if fused is None:
         fused = named[0][1].is_cuda
     return torch.optim.AdamW(ordered, lr=lr, betas=betas, eps=eps, fused=fused)
