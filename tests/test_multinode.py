@@ -69,6 +69,13 @@ from deepgen.config import PipelineSpec
 spec = PipelineSpec.from_yaml(sys.argv[1])
 manifest = orchestrate.prepare(spec)
 checkpoint = orchestrate.train(spec, manifest, None, None)
+# Ray frees the training workers' CPUs asynchronously after fit() returns; on a loaded machine a node may
+# still be held when the evaluation sizes and places its pool (an actor then waits with no node). The
+# evaluation is asked of a quiet cluster, so its placement is the scheduler's choice, not this race.
+import time
+deadline = time.monotonic() + 120
+while ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0) and time.monotonic() < deadline:
+    time.sleep(0.5)
 # evaluation: the score's statistics fitted on train, val and test scored, by Ray Data actors (map_split)
 ev, models, task = orchestrate.evaluate(spec, manifest, checkpoint)
 model_dir = task.export(Path(sys.argv[3]) / "model", models, ev)
