@@ -23,6 +23,7 @@ from deepgen.tasks.gan import (
     GeneratorSampler,
     LapGANSpec,
     SRGANSpec,
+    frechet_figures,
 )
 from deepgen.tasks.registry import task_class
 from deepgen.tasks.srgan import Upscaler
@@ -394,6 +395,31 @@ def test_cgan_evaluation_export_and_sampling(tmp_path):
     sampler = GeneratorSampler.load(task.export(tmp_path / "model", models, ev))
     grid = sampler.sample_grid(16, label=1)
     assert grid.shape == (2 * 16, 8 * 16) and grid.dtype == np.uint8
+
+
+def test_frechet_figures_average_draws_and_give_every_model_on_a_split_the_same_floor(tmp_path):
+    write_splits(tmp_path)
+    clf = metrics.FeatureClassifier(1, 2, 8).eval()
+    x_test, y_test = blob_images(48, seed=2)  # the test split's rows, as written
+    asked = []
+
+    def copies(draw, n, labels):  # a "generator" returning the split's own rows: distance 0 in every draw
+        asked.append((draw, n, sorted(labels.tolist())))
+        return torch.tensor(x_test).view(48, 1, 16, 16)
+
+    def blank(draw, n, labels):
+        return torch.rand(n, 1, 16, 16, generator=torch.Generator().manual_seed(draw)) * 0.1
+
+    same, _ = frechet_figures(clf, tmp_path, "test", (1, 16, 16), copies, draws=4)
+    far, (_, labels) = frechet_figures(clf, tmp_path, "test", (1, 16, 16), blank, draws=4)
+    # each draw is asked for N images with the labels of the N rows (a cGAN's class mix), draws 0..3
+    assert asked == [(k, 48, sorted(y_test.tolist())) for k in range(4)] and sorted(labels) == sorted(y_test)
+    assert same["frechet_distance"] == pytest.approx(0, abs=1e-6) and same["fid_draws"] == 4
+    assert far["frechet_distance"] > far["frechet_distance_train_vs_test"] > 0
+    # the floor is the split's, not the model's: every model judged on it is divided by the same number
+    assert same["frechet_distance_train_vs_test"] == far["frechet_distance_train_vs_test"]
+    one, _ = frechet_figures(clf, tmp_path, "test", (1, 16, 16), blank, draws=1)
+    assert one["frechet_distance_train_vs_test"] != far["frechet_distance_train_vs_test"]  # draws are averaged
 
 
 def test_srgan_evaluation_compares_with_bicubic_and_exports_an_upscaler(tmp_path):
