@@ -460,6 +460,12 @@ class ImageGanSpec(AdversarialSpec):
         "an exponential moving average of G's weights, theta_ema <- beta theta_ema + (1 - beta) theta after "
         "every G update (beta = min(ema_decay, (1 + t) / (10 + t))), is what evaluation, `deepgen sample` and "
         "export use (Karras et al. 2018, BigGAN); 0: G's own weights"))
+    diff_augment: list[Literal["color", "translation", "cutout"]] = Field(default=[], description=(
+        "DiffAugment (Zhao et al. 2020): these random, differentiable transforms, in this order, of every batch D "
+        "sees while training, real and generated alike, so that D cannot memorise a small training set; G is "
+        "judged and sampled untransformed. color: brightness, saturation, contrast; translation: shifts of up "
+        "to 1/8 of each side; cutout: a square of half each side blanked. Not for lapgan (its D sees Laplacian "
+        "bands). []: off"))
     watch_every: int = Field(default=5, ge=0, description=(
         "every this many epochs (and the last), the Frechet distance of the sampling G on the validation split "
         "(up to 500 images, in the judge's features) is logged as val_frechet_distance; the fixed-noise sample "
@@ -526,6 +532,13 @@ class LapGANSpec(ImageGanSpec):
                                                       description="coarsest level's MLP widths")
     ngf: int = Field(default=64, gt=0, le=MAX_WIDTH, description="finer levels' generator channels")
     ndf: int = Field(default=64, gt=0, le=MAX_WIDTH, description="finer levels' discriminator channels")
+
+    @model_validator(mode="after")
+    def _no_diff_augment(self):
+        if self.diff_augment:
+            raise ValueError("diff_augment is not for lapgan: its discriminators see Laplacian bands and their "
+                             "low-pass conditions, not images; leave it []")
+        return self
 
 
 class SRGANSpec(AdversarialSpec):

@@ -6,7 +6,7 @@ from test_gans import TINY, batch_of, make_task, write_splits
 
 from deepgen.metrics import judge as judges
 from deepgen.models import gans
-from deepgen.tasks.gan import CGANSpec, DCGANSpec, GeneratorSampler
+from deepgen.tasks.gan import CGANSpec, DCGANSpec, GeneratorSampler, LapGANSpec
 
 torch.set_num_threads(1)
 
@@ -115,6 +115,49 @@ def test_a_hinge_projection_cgan_step_trains_and_its_logs_are_finite():
     out = task.train_step(models, task.build_optimizers(models), batch_of())
     task.guard.flush()
     assert all(torch.isfinite(v) for v in out.values())
+
+
+def test_diff_augment_translates_and_cuts_out_each_image_on_its_own_and_passes_gradients():
+    torch.manual_seed(0)
+    x = torch.full((64, 1, 32, 32), -1.0)
+    x[:, :, 15, 15] = 1.0  # one bright pixel in each image
+    moved = gans.diff_augment(x, ["translation"])
+    assert moved.shape == x.shape
+    where = [(img[0] == 1).nonzero() for img in moved]
+    shifts = {(int(w[0, 0]) - 15, int(w[0, 1]) - 15) for w in where if len(w)}
+    assert all(abs(dy) <= 4 and abs(dx) <= 4 for dy, dx in shifts)  # at most 1/8 of 32
+    assert len(shifts) > 10  # each image draws its own shift
+    assert ((moved == 0).flatten(1).sum(1) > 0).float().mean() > 0.5  # zeros shifted in at the borders
+
+    ones = torch.ones(64, 1, 32, 32)
+    cut = gans.diff_augment(ones, ["cutout"])
+    blanked = (cut == 0).flatten(1).sum(1)
+    assert blanked.max() == 16 * 16 and blanked.min() > 0  # a half-side square, clipped at the edges
+    assert len({tuple((img[0] == 0).nonzero()[0].tolist()) for img in cut}) > 10
+
+    coloured = gans.diff_augment(ones, ["color"])
+    assert not torch.allclose(coloured[0], coloured[1])  # brightness and contrast drawn per image
+    leaf = torch.rand(4, 1, 32, 32, requires_grad=True)
+    gans.diff_augment(leaf, ["color", "translation", "cutout"]).sum().backward()
+    assert leaf.grad is not None and leaf.grad.abs().sum() > 0  # G learns through the transforms
+    assert gans.diff_augment(x, []) is x or torch.equal(gans.diff_augment(x, []), x)
+
+
+def test_with_diff_augment_d_sees_transformed_batches_in_training_only():
+    task = make_task(DCGANSpec(nz=8, ngf=4, ndf=4, diff_augment=["translation", "cutout"]))
+    models = task.build_models()
+    seen = []
+    models["discriminator"].register_forward_hook(lambda mod, args, out: seen.append(args[0].detach().clone()))
+    batch = batch_of()
+    real = batch["features"].view(-1, 1, 16, 16) * 2 - 1
+    task.train_step(models, task.build_optimizers(models), batch)
+    assert len(seen) == 3  # D on real and on G(z), then G's update through D
+    assert not torch.allclose(seen[0], real) and (seen[0] == 0).any()  # the real batch, transformed
+    seen.clear()
+    task.eval_step(models, batch)
+    assert torch.allclose(seen[0], real, atol=1e-6)  # evaluation shows D the images themselves
+    with pytest.raises(ValueError, match="diff_augment is not for lapgan"):
+        LapGANSpec(levels=3, nz=8, hidden=[32], ngf=4, ndf=4, diff_augment=["cutout"])
 
 
 def test_the_judge_is_trained_once_per_prepared_data_and_reused(tmp_path, monkeypatch):

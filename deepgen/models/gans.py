@@ -98,6 +98,59 @@ def generated_class_loss(class_logits: torch.Tensor, labels: torch.Tensor, mode:
 # --- stabilisers: spectral normalisation of D, an exponential moving average of G -------------------
 
 
+def diff_augment(x: torch.Tensor, policy: list[str] | tuple[str, ...]) -> torch.Tensor:
+    """DiffAugment (Zhao et al. 2020, "Differentiable Augmentation for Data-Efficient GAN Training"): random,
+    differentiable transforms of every batch D sees, real and generated alike (each image its own draw, from
+    torch's generator), so D cannot memorise a small training set while G still learns the untransformed
+    images (the transforms reach G's gradient, and what G is pushed towards is undone by nothing).
+    x: (B, C, H, W) in [-1, 1]. policy, in order: "color" (brightness +U(-0.5, 0.5), saturation x U(0, 2)
+    around the pixel's channel mean, contrast x U(0.5, 1.5) around the image's mean), "translation" (shifts of
+    up to 1/8 of each side, zeros shifted in), "cutout" (a square of half each side set to 0, anywhere).
+    The reference implementation's transforms and ranges."""
+    for name in policy:
+        x = _AUGMENTS[name](x)
+    return x.contiguous()
+
+
+def _color(x: torch.Tensor) -> torch.Tensor:
+    n = len(x)
+    x = x + (torch.rand(n, 1, 1, 1, dtype=x.dtype, device=x.device) - 0.5)
+    mean = x.mean(dim=1, keepdim=True)
+    x = (x - mean) * (torch.rand(n, 1, 1, 1, dtype=x.dtype, device=x.device) * 2) + mean
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (x - mean) * (torch.rand(n, 1, 1, 1, dtype=x.dtype, device=x.device) + 0.5) + mean
+
+
+def _grid(n: int, h: int, w: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return torch.meshgrid(torch.arange(n, device=device), torch.arange(h, device=device),
+                          torch.arange(w, device=device), indexing="ij")
+
+
+def _translation(x: torch.Tensor, ratio: float = 0.125) -> torch.Tensor:
+    n, _, h, w = x.shape
+    sh, sw = int(h * ratio + 0.5), int(w * ratio + 0.5)
+    dy = torch.randint(-sh, sh + 1, (n, 1, 1), device=x.device)
+    dx = torch.randint(-sw, sw + 1, (n, 1, 1), device=x.device)
+    b, i, j = _grid(n, h, w, x.device)
+    rows, cols = (i + dy + 1).clamp(0, h + 1), (j + dx + 1).clamp(0, w + 1)  # off the image: the zero border
+    return F.pad(x, (1, 1, 1, 1)).permute(0, 2, 3, 1)[b, rows, cols].permute(0, 3, 1, 2)
+
+
+def _cutout(x: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
+    n, _, h, w = x.shape
+    ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
+    cy = torch.randint(0, h + (1 - ch % 2), (n, 1, 1), device=x.device)
+    cx = torch.randint(0, w + (1 - cw % 2), (n, 1, 1), device=x.device)
+    b, i, j = _grid(n, ch, cw, x.device)
+    mask = torch.ones(n, h, w, dtype=x.dtype, device=x.device)
+    mask[b, (i + cy - ch // 2).clamp(0, h - 1), (j + cx - cw // 2).clamp(0, w - 1)] = 0
+    return x * mask.unsqueeze(1)
+
+
+_AUGMENTS = {"color": _color, "translation": _translation, "cutout": _cutout}
+DIFF_AUGMENTS = tuple(_AUGMENTS)
+
+
 def spectral_normalise(module: nn.Module) -> nn.Module:
     """Spectral normalisation (Miyato et al. 2018): every conv and linear weight W of D is used as
     W / sigma(W), sigma the largest singular value (one power iteration per training forward), so each

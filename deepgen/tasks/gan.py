@@ -197,7 +197,7 @@ class GanTask(Task):
         return opts
 
     def train_step(self, models, optimizers, batch):
-        G, D = models["generator"], models["discriminator"]
+        G, D = models["generator"], self._seen_through_augment(models["discriminator"])
         m = self.spec.model
         real, cond = self._real_and_condition(batch)
 
@@ -239,6 +239,16 @@ class GanTask(Task):
         if p.aux_loss is not None:  # the class terms: D's on real images, G's on its own
             out |= {"d_aux_loss": p.aux_loss.detach(), "g_aux_loss": g_aux.detach()}
         return out
+
+    def _seen_through_augment(self, D):
+        """D, or D of DiffAugment's transforms of what it is shown (model.diff_augment; training only)."""
+        policy = getattr(self.spec.model, "diff_augment", [])
+        if not policy:
+            return D
+
+        def augmented(x, cond, **kw):
+            return D(gans.diff_augment(x, policy), cond, **kw)
+        return augmented
 
     def _auxiliary(self) -> bool:
         return getattr(self.config, "auxiliary", False)
