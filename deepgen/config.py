@@ -465,7 +465,8 @@ class ImageGanSpec(AdversarialSpec):
         "sees while training, real and generated alike, so that D cannot memorise a small training set; G is "
         "judged and sampled untransformed. color: brightness, saturation, contrast; translation: shifts of up "
         "to 1/8 of each side; cutout: a square of half each side blanked. Not for lapgan (its D sees Laplacian "
-        "bands). []: off"))
+        "bands). []: off, the default: at the shipped pipelines' 800-2,650 updates it did not help on digits or "
+        "MNIST-5k (benchmarks/README.md, GANs, tenth session); it is meant for long runs on small data"))
     watch_every: int = Field(default=5, ge=0, description=(
         "every this many epochs (and the last), the Frechet distance of the sampling G on the validation split "
         "(up to 500 images, in the judge's features) is logged as val_frechet_distance; the fixed-noise sample "
