@@ -15,7 +15,8 @@ real images of the split against N generated ones, the Frechet distance in the p
 set's cached judge (`deepgen.metrics.judge`, trained once per prepared data set), its ratio to the floor
 (N train images against the same N real ones), each the mean over 10 draws of the generated and of the train
 images (`deepgen.tasks.gan.frechet_figures`; since the tenth session: one draw's floor moved threefold within
-a split), and for the conditional GAN the judge's accuracy on samples of each label. SRGAN: PSNR / SSIM against bicubic upsampling on the split.
+a split), and for the conditional GAN the judge's accuracy on samples of each label. SRGAN: PSNR / SSIM
+against bicubic upsampling on the split.
 
 The VAE reference: a conv VAE (`model.kind vae`, channels [32, 64], latent 16, 30 epochs, the shipped GAN
 pipeline's data) whose prior draws are scored exactly as the generators' samples are.
