@@ -30,7 +30,7 @@ from test_cluster import BIN, MARKER_VAR, free_ports, free_range, kill_ours, ray
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 DRIVER = r'''
-import json, os, sys
+import json, os, sys, time
 from pathlib import Path
 
 data_dir = sys.argv[2]
@@ -72,7 +72,6 @@ checkpoint = orchestrate.train(spec, manifest, None, None)
 # Ray frees the training workers' CPUs asynchronously after fit() returns; on a loaded machine a node may
 # still be held when the evaluation sizes and places its pool (an actor then waits with no node). The
 # evaluation is asked of a quiet cluster, so its placement is the scheduler's choice, not this race.
-import time
 deadline = time.monotonic() + 120
 while ray.available_resources().get("CPU", 0) < ray.cluster_resources().get("CPU", 0) and time.monotonic() < deadline:
     time.sleep(0.5)

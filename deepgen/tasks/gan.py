@@ -25,7 +25,7 @@ import torch
 
 from deepgen import plots
 from deepgen.config import GAN_KINDS, AdversarialSpec, CGANSpec, DCGANSpec, GanSpec, LapGANSpec, SRGANSpec  # noqa: F401  (re-exported)
-from deepgen.data.dataset import sample_rows
+from deepgen.data.dataset import sample_rows, split_rows, take_rows
 from deepgen.data.manifest import Manifest
 from deepgen.errors import DataError, TrainingError
 from deepgen.export import load_weights, read_meta, save_model_dir
@@ -423,8 +423,9 @@ def frechet_figures(clf, data_dir: str | Path, split: str, shape,
     """The Frechet distance of generated images to N = min(rows, FID_SAMPLES) random rows of `split`, in the
     features of `clf` (the judge), and its floor, N train rows against the same rows: what a perfect
     generator would score. Each is the mean over `draws` draws: `fake(draw, N, labels of the rows)` gives
-    draw `draw`'s N images in [0, 1]; the train rows are drawn anew each time. Rows are read chunk by chunk,
-    never a whole split, in an order fixed by SEED, so every model judged on a split has the same floor.
+    draw `draw`'s N images in [0, 1]; each draw of train rows is a fresh permutation's first N. Rows are read
+    chunk by chunk, never a whole split (the train split once, for every draw's rows together), in an order
+    fixed by SEED, so every model judged on a split has the same floor.
     Returns the metrics and (rows, labels) of `split`."""
     rng = np.random.default_rng(SEED)
     x_eval, y_eval = sample_rows(data_dir, split, FID_SAMPLES, rng)
@@ -432,8 +433,10 @@ def frechet_figures(clf, data_dir: str | Path, split: str, shape,
     real = metrics.classifier_features(clf, judges.unit_images(x_eval, shape))
     distance = [metrics.frechet_distance(real, metrics.classifier_features(clf, fake(k, n, y_eval)))
                 for k in range(draws)]
-    floor = [metrics.frechet_distance(real, metrics.classifier_features(
-        clf, judges.unit_images(sample_rows(data_dir, "train", n, rng)[0], shape))) for _ in range(draws)]
+    train_rows = split_rows(data_dir, "train")
+    x_train, _ = take_rows(data_dir, "train", np.concatenate([rng.permutation(train_rows)[:n] for _ in range(draws)]))
+    floor = [metrics.frechet_distance(real, metrics.classifier_features(clf, judges.unit_images(rows, shape)))
+             for rows in np.split(x_train, draws)]
     out = {"frechet_distance": float(np.mean(distance)), "frechet_distance_train_vs_test": float(np.mean(floor)),
            "fid_samples": float(n), "fid_draws": float(draws)}
     out["frechet_ratio"] = out["frechet_distance"] / max(out["frechet_distance_train_vs_test"], 1e-12)
