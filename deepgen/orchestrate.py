@@ -54,15 +54,66 @@ def ensure_ray(spec: PipelineSpec | None = None) -> None:
     need = per_run * (spec.tune.max_concurrent_trials if spec and spec.tune else 1)
     # The dashboard (on this machine only) serves the State API, which Ray Train's placement-group cleaner
     # needs: without it, a trainer that Tune stops (ASHA) keeps its workers' CPUs and a sweep stalls.
-    try:
-        ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), include_dashboard=True,
-                 dashboard_host="127.0.0.1")
-    except Exception as e:  # noqa: BLE001 - a node that timed out starting, a port taken, ...: one line
-        from deepgen.ray_access import ClusterAccessError
+    for attempt in range(1, RAY_START_TRIES + 1):
+        before = _child_pids()
+        try:
+            ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), include_dashboard=True,
+                     dashboard_host="127.0.0.1")
+            return
+        except Exception as e:  # noqa: BLE001 - a node that timed out starting, a port taken, ...: one line
+            from deepgen.ray_access import ClusterAccessError
 
-        busy = " (Ray gives a new node 30 s to start: on a busy machine, try again when it is quieter)" \
-            if "timed out during startup" in str(e) else ""
-        raise ClusterAccessError(f"could not start a local Ray: {' '.join(str(e).split())[:300]}{busy}") from None
+            slow = "timed out during startup" in str(e)
+            _reap_children(_child_pids() - before)
+            if slow and attempt < RAY_START_TRIES:
+                say(f"Ray's node did not start within Ray's fixed 30 s (a busy machine?); "
+                    f"trying again ({attempt + 1} of {RAY_START_TRIES})")
+                continue
+            busy = (f" (Ray gives a new node 30 s to start and it failed {RAY_START_TRIES} times: "
+                    "on a busy machine, try again when it is quieter)") if slow else ""
+            raise ClusterAccessError(
+                f"could not start a local Ray: {' '.join(str(e).split())[:300]}{busy}") from None
+
+
+# Ray waits a fixed 30 s for a new node's raylet to register; on a loaded machine that can run out once.
+RAY_START_TRIES = 3
+
+
+def _child_pids() -> set[int]:
+    import ray  # noqa: F401 - puts the psutil that Ray ships on the path
+
+    # isort: split
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def _reap_children(pids: set[int]) -> None:
+    """Stop the processes a failed `ray.init` left behind (its GCS, raylet, dashboard), so a retry starts
+    clean and nothing lingers. `ray.init` raises before it keeps a handle on them, so `ray.shutdown` cannot."""
+    import ray
+
+    # isort: split
+    import psutil
+
+    procs = []
+    for pid in pids:
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    ray.shutdown()  # clears what the failed init set up in this process (its session, its worker state)
 
 
 def _quiet_ray_data() -> None:
