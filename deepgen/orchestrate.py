@@ -54,15 +54,24 @@ def ensure_ray(spec: PipelineSpec | None = None) -> None:
     need = per_run * (spec.tune.max_concurrent_trials if spec and spec.tune else 1)
     # The dashboard (on this machine only) serves the State API, which Ray Train's placement-group cleaner
     # needs: without it, a trainer that Tune stops (ASHA) keeps its workers' CPUs and a sweep stalls.
+    start_local_ray(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), include_dashboard=True,
+                    dashboard_host="127.0.0.1")
+
+
+def start_local_ray(**init_kwargs) -> None:
+    """`ray.init(**init_kwargs)` for a new local instance, tried again where its node missed Ray's start-up wait.
+
+    Raises ClusterAccessError (one line) when it cannot start."""
+    import ray
+
+    from deepgen.ray_access import ClusterAccessError
+
     for attempt in range(1, RAY_START_TRIES + 1):
         before = _child_pids()
         try:
-            ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(need)), include_dashboard=True,
-                     dashboard_host="127.0.0.1")
+            ray.init(**init_kwargs)
             return
         except Exception as e:  # noqa: BLE001 - a node that timed out starting, a port taken, ...: one line
-            from deepgen.ray_access import ClusterAccessError
-
             slow = "timed out during startup" in str(e)
             _reap_children(_child_pids() - before)
             if slow and attempt < RAY_START_TRIES:

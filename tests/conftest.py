@@ -36,8 +36,10 @@ def ray_local():
     """
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=6, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+    from deepgen.orchestrate import start_local_ray
+
+    if not ray.is_initialized():  # tried again where a loaded machine makes its node miss Ray's 30 s wait
+        start_local_ray(num_cpus=6, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
     yield ray
     ray.shutdown()
 
