@@ -467,6 +467,10 @@ class ImageGanSpec(AdversarialSpec):
         "to 1/8 of each side; cutout: a square of half each side blanked. Not for lapgan (its D sees Laplacian "
         "bands). []: off, the default: at the shipped pipelines' 800-2,650 updates it did not help on digits or "
         "MNIST-5k (benchmarks/README.md, GANs, tenth session); it is meant for long runs on small data"))
+    r1_gamma: float = Field(default=0.0, ge=0, description=(
+        "R1 penalty (Mescheder et al. 2018; StyleGAN): D's loss adds r1_gamma / 2 * E||grad_x D(x)||^2 on real x, "
+        "so D stays flat around the data and cannot sharpen its edge by memorising a small training set. "
+        "Costs a second backward pass through D. Not for lapgan. 0: off"))
     watch_every: int = Field(default=5, ge=0, description=(
         "every this many epochs (and the last), the Frechet distance of the sampling G on the validation split "
         "(up to 500 images, in the judge's features) is logged as val_frechet_distance; the fixed-noise sample "
@@ -536,9 +540,10 @@ class LapGANSpec(ImageGanSpec):
 
     @model_validator(mode="after")
     def _no_diff_augment(self):
-        if self.diff_augment:
-            raise ValueError("diff_augment is not for lapgan: its discriminators see Laplacian bands and their "
-                             "low-pass conditions, not images; leave it []")
+        for field, value, off in (("diff_augment", self.diff_augment, "[]"), ("r1_gamma", self.r1_gamma, "0")):
+            if value:
+                raise ValueError(f"{field} is not for lapgan: its discriminators see Laplacian bands and their "
+                                 f"low-pass conditions, not images; leave it {off}")
         return self
 
 

@@ -54,6 +54,13 @@ def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor,
             + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
 
 
+def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """E ||grad_x D(x)||^2 over the real batch x (Mescheder et al. 2018), differentiable in D's weights.
+    `real` must require grad and be what D's logits were computed from."""
+    (grad,) = torch.autograd.grad(real_logits.float().sum(), real, create_graph=True)
+    return grad.float().pow(2).flatten(1).sum(1).mean()
+
+
 def generator_loss(fake_logits: torch.Tensor, loss: str = "non_saturating") -> torch.Tensor:
     """What G minimises.
         minimax:         log(1 - D(G(z)))  = -BCE(D(G(z)), 0); its gradient vanishes when D rejects G(z)

@@ -205,13 +205,19 @@ class GanTask(Task):
         #     d_steps times with fresh z; G(z) is detached, so only D learns here
         #     AC-GAN (conditioning acgan) adds aux_weight * CE(C(x), y) on the real batch: D learns the labels
         #     (and, by model.aux_generated, CE(C(G(z, y)), y) or CE(C(G(z, y)), K) on the generated one)
+        #     R1 (model.r1_gamma) adds gamma / 2 * E||grad_x D(x)||^2 on the real batch
+        r1_gamma = getattr(m, "r1_gamma", 0.0)
         for i in range(m.d_steps):
             with torch.set_grad_enabled(i == m.d_steps - 1):  # only the last G(z) is reused, for step (2)
                 fake = G(self._noise(batch), cond)
-            p = self._d_pass(D, real, fake, cond)
+            seen = real.detach().requires_grad_(True) if r1_gamma else real
+            p = self._d_pass(D, seen, fake, cond)
             d_loss = gans.discriminator_loss(p.real_logits, p.fake_logits, m.loss)
             if p.aux_loss is not None:
                 d_loss = d_loss + m.aux_weight * p.aux_loss
+            if r1_gamma:
+                r1 = gans.r1_penalty(p.real_logits, seen)
+                d_loss = d_loss + r1_gamma / 2 * r1
             optimizers["discriminator"].zero_grad(set_to_none=True)
             d_loss.backward()
             optimizers["discriminator"].step()
@@ -238,6 +244,8 @@ class GanTask(Task):
         out.pop("d_loss_levels", None)
         if p.aux_loss is not None:  # the class terms: D's on real images, G's on its own
             out |= {"d_aux_loss": p.aux_loss.detach(), "g_aux_loss": g_aux.detach()}
+        if r1_gamma:
+            out["r1_penalty"] = r1.detach()
         return out
 
     def _seen_through_augment(self, D):
