@@ -471,6 +471,10 @@ class ImageGanSpec(AdversarialSpec):
         "R1 penalty (Mescheder et al. 2018; StyleGAN): D's loss adds r1_gamma / 2 * E||grad_x D(x)||^2 on real x, "
         "so D stays flat around the data and cannot sharpen its edge by memorising a small training set. "
         "Costs a second backward pass through D. Not for lapgan. 0: off"))
+    mode_seeking: float = Field(default=0.0, ge=0, description=(
+        "mode seeking (MSGAN, Mao et al. 2019): G's loss adds this weight / (mean |G(z1) - G(z2)| / mean |z1 - "
+        "z2|) over pairs of its batch (for cgan, pairs of one label), so G cannot draw one image per label "
+        "whatever z is. Not for lapgan. 0: off"))
     watch_every: int = Field(default=5, ge=0, description=(
         "every this many epochs (and the last), the Frechet distance of the sampling G on the validation split "
         "(up to 500 images, in the judge's features) is logged as val_frechet_distance; the fixed-noise sample "
@@ -540,7 +544,8 @@ class LapGANSpec(ImageGanSpec):
 
     @model_validator(mode="after")
     def _no_diff_augment(self):
-        for field, value, off in (("diff_augment", self.diff_augment, "[]"), ("r1_gamma", self.r1_gamma, "0")):
+        for field, value, off in (("diff_augment", self.diff_augment, "[]"), ("r1_gamma", self.r1_gamma, "0"),
+                                  ("mode_seeking", self.mode_seeking, "0")):
             if value:
                 raise ValueError(f"{field} is not for lapgan: its discriminators see Laplacian bands and their "
                                  f"low-pass conditions, not images; leave it {off}")

@@ -287,3 +287,33 @@ def test_r1_runs_with_an_ac_gan_head_and_is_refused_for_lapgan():
     assert torch.isfinite(out["r1_penalty"]) and out["r1_penalty"] > 0
     with pytest.raises(ValueError, match="r1_gamma is not for lapgan"):
         LapGANSpec(levels=3, nz=8, hidden=[32], ngf=4, ndf=4, r1_gamma=1.0)
+
+
+def test_mode_seeking_pairs_two_noises_under_one_label_and_measures_their_spread():
+    labels = torch.tensor([3, 1, 4, 1, 5, 9, 2])
+    assert gans.paired_labels(labels).tolist() == [3, 1, 4, 3, 1, 4, 2]  # i and i + 3 share a label
+    z = torch.zeros(4, 2)
+    z[2:] = 1.0  # each pair's noises differ by 1 in each entry
+    fake = torch.zeros(4, 1, 2, 2)
+    fake[2:] = 0.5
+    assert torch.isclose(gans.mode_seeking_ratio(fake, z), torch.tensor(0.5))
+    assert gans.mode_seeking_ratio(fake[:1], z[:1]) == 1  # a batch of one has no pair: a constant, no gradient
+
+
+def test_a_mode_seeking_cgan_step_draws_its_pairs_under_one_label_and_g_learns_from_the_spread():
+    task = make_task(CGANSpec(num_classes=3, nz=8, ngf=4, ndf=4, conditioning="acgan", mode_seeking=1.0))
+    models = task.build_models()
+    asked = []
+    models["generator"].register_forward_hook(lambda mod, args, out: asked.append(args[1].clone()))
+    batch = batch_of(8)
+    out = task.train_step(models, task.build_optimizers(models), batch)
+    assert asked[0][:4].tolist() == asked[0][4:].tolist()  # G's batch: pairs (i, i + 4) of one label
+    assert torch.isfinite(out["mode_spread"]) and out["mode_spread"] > 0
+    # the term's gradient reaches G: with only the spread term, G's weights move
+    G = models["generator"]
+    G.zero_grad()
+    z = torch.randn(8, 8)
+    (1 / gans.mode_seeking_ratio(G(z, gans.paired_labels(batch["label"].long())), z)).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in G.parameters())
+    with pytest.raises(ValueError, match="mode_seeking is not for lapgan"):
+        LapGANSpec(levels=3, nz=8, hidden=[32], ngf=4, ndf=4, mode_seeking=1.0)

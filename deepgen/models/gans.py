@@ -61,6 +61,26 @@ def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return grad.float().pow(2).flatten(1).sum(1).mean()
 
 
+def paired_labels(labels: torch.Tensor) -> torch.Tensor:
+    """The labels with the second half set to the first: G's samples i and i + B/2 share a label, so mode
+    seeking compares two noises under one condition (the batch keeps the data's label mix in expectation)."""
+    h = len(labels) // 2
+    paired = labels.clone()
+    paired[h:2 * h] = labels[:h]
+    return paired
+
+
+def mode_seeking_ratio(fake: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """mean |G(z_i) - G(z_i+h)| / mean |z_i - z_i+h| over the pairs (i, i + B/2) of a batch (MSGAN, Mao et
+    al. 2019): how far apart two noises land. G adds weight / (ratio + 1e-5) to its loss, so a G that draws
+    the same image for every z (a column of identical digits) pays for it."""
+    h = len(fake) // 2
+    if h == 0:
+        return fake.new_ones(())
+    gap = (fake[:h].float() - fake[h:2 * h].float()).abs().mean()
+    return gap / (z[:h].float() - z[h:2 * h].float()).abs().mean()
+
+
 def generator_loss(fake_logits: torch.Tensor, loss: str = "non_saturating") -> torch.Tensor:
     """What G minimises.
         minimax:         log(1 - D(G(z)))  = -BCE(D(G(z)), 0); its gradient vanishes when D rejects G(z)

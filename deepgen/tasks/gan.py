@@ -206,12 +206,15 @@ class GanTask(Task):
         #     AC-GAN (conditioning acgan) adds aux_weight * CE(C(x), y) on the real batch: D learns the labels
         #     (and, by model.aux_generated, CE(C(G(z, y)), y) or CE(C(G(z, y)), K) on the generated one)
         #     R1 (model.r1_gamma) adds gamma / 2 * E||grad_x D(x)||^2 on the real batch
-        r1_gamma = getattr(m, "r1_gamma", 0.0)
+        #     Mode seeking (model.mode_seeking) asks G's batch for pairs (i, i + B/2) of one label and two z
+        r1_gamma, seeking = getattr(m, "r1_gamma", 0.0), getattr(m, "mode_seeking", 0.0)
+        fake_cond = gans.paired_labels(cond) if seeking and cond is not None else cond
         for i in range(m.d_steps):
             with torch.set_grad_enabled(i == m.d_steps - 1):  # only the last G(z) is reused, for step (2)
-                fake = G(self._noise(batch), cond)
+                z = self._noise(batch)
+                fake = G(z, fake_cond)
             seen = real.detach().requires_grad_(True) if r1_gamma else real
-            p = self._d_pass(D, seen, fake, cond)
+            p = self._d_pass(D, seen, fake, cond, fake_cond)
             d_loss = gans.discriminator_loss(p.real_logits, p.fake_logits, m.loss)
             if p.aux_loss is not None:
                 d_loss = d_loss + m.aux_weight * p.aux_loss
@@ -225,12 +228,16 @@ class GanTask(Task):
         # (2) Update G: non_saturating maximizes log D(G(z)) (minimise BCE(D(G(z)), 1)); minimax minimizes
         #     log(1 - D(G(z))); hinge minimises -D(G(z)). Through the D just updated, on the G(z) of its last
         #     update. AC-GAN adds aux_weight * CE(C(G(z, y)), y): G draws what D's class head reads as y.
+        #     Mode seeking adds mode_seeking / (|G(z1, y) - G(z2, y)| / |z1 - z2|): different z, different images.
         if p.aux_loss is not None:
             fake_logits, fake_classes = D(p.fake, None, classes=True)
-            g_aux = gans.auxiliary_loss(fake_classes, cond)
+            g_aux = gans.auxiliary_loss(fake_classes, fake_cond)
             g_loss = gans.generator_loss(fake_logits, m.loss) + m.aux_weight * g_aux
         else:
-            g_loss = gans.generator_loss(D(p.fake, cond), m.loss)
+            g_loss = gans.generator_loss(D(p.fake, fake_cond), m.loss)
+        if seeking:
+            spread = gans.mode_seeking_ratio(p.fake, z)
+            g_loss = g_loss + seeking / (spread + 1e-5)
         optimizers["generator"].zero_grad(set_to_none=True)
         g_loss.backward()
         optimizers["generator"].step()
@@ -246,6 +253,8 @@ class GanTask(Task):
             out |= {"d_aux_loss": p.aux_loss.detach(), "g_aux_loss": g_aux.detach()}
         if r1_gamma:
             out["r1_penalty"] = r1.detach()
+        if seeking:
+            out["mode_spread"] = spread.detach()
         return out
 
     def _seen_through_augment(self, D):
@@ -261,16 +270,17 @@ class GanTask(Task):
     def _auxiliary(self) -> bool:
         return getattr(self.config, "auxiliary", False)
 
-    def _d_pass(self, D, real, fake, cond) -> _Pass:
-        """D on the real batch and the detached generated one; an AC-GAN D also classifies the real batch,
-        and the generated one as model.aux_generated says (its adversarial logit takes no label: D sees y
-        only through the class term)."""
+    def _d_pass(self, D, real, fake, cond, fake_cond=None) -> _Pass:
+        """D on the real batch (condition `cond`) and the detached generated one (`fake_cond`, by default the
+        same); an AC-GAN D also classifies the real batch, and the generated one as model.aux_generated says
+        (its adversarial logit takes no label: D sees y only through the class term)."""
+        fake_cond = cond if fake_cond is None else fake_cond
         if not self._auxiliary():
-            return _Pass(fake, D(real, cond), D(_detach(fake), cond))
+            return _Pass(fake, D(real, cond), D(_detach(fake), fake_cond))
         real_logits, real_classes = D(real, None, classes=True)
         fake_logits, fake_classes = D(_detach(fake), None, classes=True)
         aux = gans.auxiliary_loss(real_classes, cond)
-        generated = gans.generated_class_loss(fake_classes, cond, self.spec.model.aux_generated)
+        generated = gans.generated_class_loss(fake_classes, fake_cond, self.spec.model.aux_generated)
         return _Pass(fake, real_logits, fake_logits, aux if generated is None else aux + generated)
 
     def eval_step(self, models, batch):
