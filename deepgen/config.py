@@ -471,6 +471,9 @@ class ImageGanSpec(AdversarialSpec):
         "R1 penalty (Mescheder et al. 2018; StyleGAN): D's loss adds r1_gamma / 2 * E||grad_x D(x)||^2 on real x, "
         "so D stays flat around the data and cannot sharpen its edge by memorising a small training set. "
         "Costs a second backward pass through D. Not for lapgan. 0: off"))
+    r1_every: int = Field(default=1, ge=1, description=(
+        "R1 on every this many D updates only, weighted this many times (StyleGAN2's lazy regularisation): "
+        "the same pull on D for a fraction of the cost"))
     mode_seeking: float = Field(default=0.0, ge=0, description=(
         "mode seeking (MSGAN, Mao et al. 2019): G's loss adds this weight / (mean |G(z1) - G(z2)| / mean |z1 - "
         "z2|) over pairs of its batch (for cgan, pairs of one label), so G cannot draw one image per label "

@@ -317,3 +317,11 @@ def test_a_mode_seeking_cgan_step_draws_its_pairs_under_one_label_and_g_learns_f
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in G.parameters())
     with pytest.raises(ValueError, match="mode_seeking is not for lapgan"):
         LapGANSpec(levels=3, nz=8, hidden=[32], ngf=4, ndf=4, mode_seeking=1.0)
+
+
+def test_lazy_r1_applies_on_every_kth_d_update_only():
+    task = make_task(DCGANSpec(nz=8, ngf=4, ndf=4, r1_gamma=1.0, r1_every=3))
+    models = task.build_models()
+    optimizers = task.build_optimizers(models)
+    logged = ["r1_penalty" in task.train_step(models, optimizers, batch_of()) for _ in range(7)]
+    assert logged == [True, False, False, True, False, False, True]

@@ -205,22 +205,25 @@ class GanTask(Task):
         #     d_steps times with fresh z; G(z) is detached, so only D learns here
         #     AC-GAN (conditioning acgan) adds aux_weight * CE(C(x), y) on the real batch: D learns the labels
         #     (and, by model.aux_generated, CE(C(G(z, y)), y) or CE(C(G(z, y)), K) on the generated one)
-        #     R1 (model.r1_gamma) adds gamma / 2 * E||grad_x D(x)||^2 on the real batch
+        #     R1 (model.r1_gamma) adds gamma / 2 * E||grad_x D(x)||^2 on the real batch; lazily (model.r1_every
+        #     = k), on every k-th D update only, weighted k times (StyleGAN2's lazy regularisation)
         #     Mode seeking (model.mode_seeking) asks G's batch for pairs (i, i + B/2) of one label and two z
         r1_gamma, seeking = getattr(m, "r1_gamma", 0.0), getattr(m, "mode_seeking", 0.0)
+        r1_every = getattr(m, "r1_every", 1)
         fake_cond = gans.paired_labels(cond) if seeking and cond is not None else cond
         for i in range(m.d_steps):
             with torch.set_grad_enabled(i == m.d_steps - 1):  # only the last G(z) is reused, for step (2)
                 z = self._noise(batch)
                 fake = G(z, fake_cond)
-            seen = real.detach().requires_grad_(True) if r1_gamma else real
+            lazy_r1 = bool(r1_gamma) and _updates(optimizers["discriminator"]) % r1_every == 0
+            seen = real.detach().requires_grad_(True) if lazy_r1 else real
             p = self._d_pass(D, seen, fake, cond, fake_cond)
             d_loss = gans.discriminator_loss(p.real_logits, p.fake_logits, m.loss)
             if p.aux_loss is not None:
                 d_loss = d_loss + m.aux_weight * p.aux_loss
-            if r1_gamma:
+            if lazy_r1:
                 r1 = gans.r1_penalty(p.real_logits, seen)
-                d_loss = d_loss + r1_gamma / 2 * r1
+                d_loss = d_loss + r1_gamma * r1_every / 2 * r1
             optimizers["discriminator"].zero_grad(set_to_none=True)
             d_loss.backward()
             optimizers["discriminator"].step()
@@ -251,7 +254,7 @@ class GanTask(Task):
         out.pop("d_loss_levels", None)
         if p.aux_loss is not None:  # the class terms: D's on real images, G's on its own
             out |= {"d_aux_loss": p.aux_loss.detach(), "g_aux_loss": g_aux.detach()}
-        if r1_gamma:
+        if lazy_r1:
             out["r1_penalty"] = r1.detach()
         if seeking:
             out["mode_spread"] = spread.detach()
