@@ -319,9 +319,24 @@ def test_a_mode_seeking_cgan_step_draws_its_pairs_under_one_label_and_g_learns_f
         LapGANSpec(levels=3, nz=8, hidden=[32], ngf=4, ndf=4, mode_seeking=1.0)
 
 
-def test_lazy_r1_applies_on_every_kth_d_update_only():
+def test_lazy_r1_applies_on_every_kth_d_update_only_and_every_step_logs_the_last_penalty(monkeypatch):
+    computed = []
+    penalty = gans.r1_penalty
+    monkeypatch.setattr(gans, "r1_penalty", lambda *a: computed.append(penalty(*a)) or computed[-1])
     task = make_task(DCGANSpec(nz=8, ngf=4, ndf=4, r1_gamma=1.0, r1_every=3))
     models = task.build_models()
     optimizers = task.build_optimizers(models)
-    logged = ["r1_penalty" in task.train_step(models, optimizers, batch_of()) for _ in range(7)]
-    assert logged == [True, False, False, True, False, False, True]
+    applied, logged = [], []
+    for _ in range(7):
+        before = len(computed)
+        logged.append(task.train_step(models, optimizers, batch_of())["r1_penalty"])
+        applied.append(len(computed) > before)
+    assert applied == [True, False, False, True, False, False, True]
+    # in between, a step logs the last penalty measured (so the epoch's mean is the penalty's, not a quarter)
+    assert torch.equal(logged[1], logged[0]) and torch.equal(logged[2], logged[0])
+    assert torch.equal(logged[4], logged[3]) and not torch.equal(logged[3], logged[0])
+
+    resumed = make_task(DCGANSpec(nz=8, ngf=4, ndf=4, r1_gamma=1.0, r1_every=3))  # D at update 7, not a multiple
+    before = len(computed)
+    resumed.train_step(models, optimizers, batch_of())
+    assert len(computed) == before + 1  # a new task's first step measures R1, so it has a figure to log

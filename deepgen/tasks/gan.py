@@ -144,6 +144,7 @@ class GanTask(Task):
         except ValueError as e:
             raise DataError(f"{spec.name}: {e}") from None
         self.guard = DivergenceGuard(spec.name, m.collapse_d_loss, m.collapse_patience)
+        self._last_r1: torch.Tensor | None = None  # the R1 penalty of the last D update that computed it
         # the loop's batches: images, and their labels where a label conditions the networks
         self.batch_columns = ("features", "label") if m.kind == "cgan" else ("features",)
 
@@ -215,7 +216,8 @@ class GanTask(Task):
             with torch.set_grad_enabled(i == m.d_steps - 1):  # only the last G(z) is reused, for step (2)
                 z = self._noise(batch)
                 fake = G(z, fake_cond)
-            lazy_r1 = bool(r1_gamma) and _updates(optimizers["discriminator"]) % r1_every == 0
+            lazy_r1 = bool(r1_gamma) and (_updates(optimizers["discriminator"]) % r1_every == 0
+                                          or self._last_r1 is None)  # and on a (resumed) run's first step
             seen = real.detach().requires_grad_(True) if lazy_r1 else real
             p = self._d_pass(D, seen, fake, cond, fake_cond)
             d_loss = gans.discriminator_loss(p.real_logits, p.fake_logits, m.loss)
@@ -224,6 +226,7 @@ class GanTask(Task):
             if lazy_r1:
                 r1 = gans.r1_penalty(p.real_logits, seen)
                 d_loss = d_loss + r1_gamma * r1_every / 2 * r1
+                self._last_r1 = r1.detach()
             optimizers["discriminator"].zero_grad(set_to_none=True)
             d_loss.backward()
             optimizers["discriminator"].step()
@@ -254,8 +257,8 @@ class GanTask(Task):
         out.pop("d_loss_levels", None)
         if p.aux_loss is not None:  # the class terms: D's on real images, G's on its own
             out |= {"d_aux_loss": p.aux_loss.detach(), "g_aux_loss": g_aux.detach()}
-        if lazy_r1:
-            out["r1_penalty"] = r1.detach()
+        if r1_gamma:  # the last one measured: every step logs it, so the epoch's mean is not diluted
+            out["r1_penalty"] = self._last_r1
         if seeking:
             out["mode_spread"] = spread.detach()
         return out
@@ -412,8 +415,8 @@ class GanTask(Task):
 
 
 def _updates(optimizer: torch.optim.Optimizer) -> int:
-    """G's updates so far, read from Adam's step count (checkpointed with the optimizer, so a resumed run
-    continues the EMA's warm-up where it stopped)."""
+    """The optimizer's updates so far (G's: the EMA's warm-up; D's: lazy R1), read from Adam's step count
+    (checkpointed with the optimizer, so a resumed run continues where it stopped)."""
     state = optimizer.state.get(optimizer.param_groups[0]["params"][0], {})
     return int(state.get("step", 0))
 
