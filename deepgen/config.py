@@ -453,9 +453,10 @@ class AdversarialSpec(Spec):
 R1_GAMMA = ("R1 penalty (Mescheder et al. 2018; StyleGAN): D's loss adds r1_gamma / 2 * E||grad_x D(x)||^2 on real "
             "x, so D stays flat around the data and cannot sharpen its edge by memorising a small training set. "
             "Costs a second backward pass through D. Not for lapgan. 1 took the validation Frechet distance of the "
-            "cGAN and DCGAN down on digits and MNIST-5k (benchmarks/README.md, GANs, eleventh session). Default:")
+            "cGAN and DCGAN down on digits and MNIST-5k (benchmarks/README.md, GANs, eleventh session). Default: "
+            "0 (off) for gan, 1 for dcgan and cgan")
 R1_EVERY = ("R1 on every this many D updates only, weighted this many times (StyleGAN2's lazy regularisation): "
-            "the same pull on D for a fraction of the cost. Default:")
+            "the same pull on D for a fraction of the cost. Default: 1 for gan, 4 for dcgan and cgan")
 
 
 class ImageGanSpec(AdversarialSpec):
@@ -475,8 +476,8 @@ class ImageGanSpec(AdversarialSpec):
         "to 1/8 of each side; cutout: a square of half each side blanked. Not for lapgan (its D sees Laplacian "
         "bands). []: off, the default: at the shipped pipelines' 800-2,650 updates it did not help on digits or "
         "MNIST-5k (benchmarks/README.md, GANs, tenth session); it is meant for long runs on small data"))
-    r1_gamma: float = Field(default=0.0, ge=0, description=R1_GAMMA + " 0 (off) for gan, 1 for dcgan and cgan")
-    r1_every: int = Field(default=1, ge=1, description=R1_EVERY + " 1 for gan, 4 for dcgan and cgan")
+    r1_gamma: float = Field(default=0.0, ge=0, description=R1_GAMMA)
+    r1_every: int = Field(default=1, ge=1, description=R1_EVERY)
     mode_seeking: float = Field(default=0.0, ge=0, description=(
         "mode seeking (MSGAN, Mao et al. 2019): G's loss adds this weight / (mean |G(z1) - G(z2)| / mean |z1 - "
         "z2|) over pairs of its batch (for cgan, pairs of one label), so G cannot draw one image per label "
@@ -496,23 +497,26 @@ class GanSpec(ImageGanSpec):
         default=[256, 512], min_length=1, description="generator widths from z up; the discriminator's reversed")
 
 
-class DCGANSpec(ImageGanSpec):
+class ConvGanSpec(ImageGanSpec):
+    """The measured defaults of the conv GANs (dcgan, cgan): R1 on every 4th D update."""
+
+    r1_gamma: float = Field(default=1.0, ge=0, description=R1_GAMMA)
+    r1_every: int = Field(default=4, ge=1, description=R1_EVERY)
+
+
+class DCGANSpec(ConvGanSpec):
     """Radford et al. 2016: strided conv generator and discriminator; square images of side 8, 16, 32, 64..."""
 
     kind: Literal["dcgan"] = "dcgan"
-    r1_gamma: float = Field(default=1.0, ge=0, description=R1_GAMMA + " 0 (off) for gan, 1 for dcgan and cgan")
-    r1_every: int = Field(default=4, ge=1, description=R1_EVERY + " 1 for gan, 4 for dcgan and cgan")
     nz: int = Field(default=100, gt=0, le=MAX_WIDTH, description="size of the noise z")
     ngf: int = Field(default=64, gt=0, le=MAX_WIDTH, description="generator channels at its last hidden stage")
     ndf: int = Field(default=64, gt=0, le=MAX_WIDTH, description="discriminator channels at its first stage")
 
 
-class CGANSpec(ImageGanSpec):
+class CGANSpec(ConvGanSpec):
     """Mirza & Osindero 2014: G and D both see a label embedding; needs integer labels 0..num_classes-1."""
 
     kind: Literal["cgan"] = "cgan"
-    r1_gamma: float = Field(default=1.0, ge=0, description=R1_GAMMA + " 0 (off) for gan, 1 for dcgan and cgan")
-    r1_every: int = Field(default=4, ge=1, description=R1_EVERY + " 1 for gan, 4 for dcgan and cgan")
     architecture: Literal["dcgan", "mlp"] = Field(default="dcgan", description="the conditioned networks")
     num_classes: int = Field(gt=1, description="labels are 0..num_classes-1")
     embed_dim: int = Field(default=16, gt=0, le=MAX_WIDTH, description="size of the label embedding")

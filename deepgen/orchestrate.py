@@ -7,6 +7,7 @@ name resumes at its last checkpoint, and a run that already registered a version
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -107,21 +108,14 @@ def _reap_children(pids: set[int]) -> None:
 
     procs = []
     for pid in pids:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):  # each may have exited by now
             procs.append(psutil.Process(pid))
-        except psutil.NoSuchProcess:
-            pass
     for proc in procs:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=10)
-    for proc in alive:
-        try:
+    for proc in psutil.wait_procs(procs, timeout=10)[1]:  # still alive after 10 s
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
-        except psutil.NoSuchProcess:
-            pass
     ray.shutdown()  # clears what the failed init set up in this process (its session, its worker state)
 
 
