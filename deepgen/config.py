@@ -452,9 +452,9 @@ class AdversarialSpec(Spec):
 
 R1_GAMMA = ("R1 penalty (Mescheder et al. 2018; StyleGAN): D's loss adds r1_gamma / 2 * E||grad_x D(x)||^2 on real "
             "x, so D stays flat around the data and cannot sharpen its edge by memorising a small training set. "
-            "Costs a second backward pass through D. Not for lapgan. 1 took the validation Frechet distance of the "
-            "cGAN and DCGAN down on digits and MNIST-5k (benchmarks/README.md, GANs, eleventh session). Default: "
-            "0 (off) for gan, 1 for dcgan and cgan")
+            "Costs a second backward pass through D. lapgan: each level's D at its real band. 1 took the "
+            "validation Frechet distance of the cGAN and DCGAN down on digits and MNIST-5k (benchmarks/README.md, "
+            "GANs, eleventh session). Default: 0 (off) for gan and lapgan, 1 for dcgan and cgan")
 R1_EVERY = ("R1 on every this many D updates only, weighted this many times (StyleGAN2's lazy regularisation): "
             "the same pull on D for a fraction of the cost. Default: 1 for gan, 4 for dcgan and cgan")
 
@@ -558,8 +558,7 @@ class LapGANSpec(ImageGanSpec):
 
     @model_validator(mode="after")
     def _no_diff_augment(self):
-        for field, value, off in (("diff_augment", self.diff_augment, "[]"), ("r1_gamma", self.r1_gamma, "0"),
-                                  ("mode_seeking", self.mode_seeking, "0")):
+        for field, value, off in (("diff_augment", self.diff_augment, "[]"), ("mode_seeking", self.mode_seeking, "0")):
             if value:
                 raise ValueError(f"{field} is not for lapgan: its discriminators see Laplacian bands and their "
                                  f"low-pass conditions, not images; leave it {off}")

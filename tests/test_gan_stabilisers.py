@@ -280,13 +280,29 @@ def test_with_r1_d_keeps_flat_around_the_real_batch():
     assert flat[100.0] < 0.5 * flat[0.0], flat
 
 
-def test_r1_runs_with_an_ac_gan_head_and_is_refused_for_lapgan():
+def test_r1_runs_with_an_ac_gan_head():
     task = make_task(CGANSpec(num_classes=3, nz=8, ngf=4, ndf=4, conditioning="acgan", r1_gamma=1.0))
     models = task.build_models()
     out = task.train_step(models, task.build_optimizers(models), batch_of())
     assert torch.isfinite(out["r1_penalty"]) and out["r1_penalty"] > 0
-    with pytest.raises(ValueError, match="r1_gamma is not for lapgan"):
-        LapGANSpec(levels=3, nz=8, hidden=[32], ngf=4, ndf=4, r1_gamma=1.0)
+
+
+def test_lapgan_r1_is_the_sum_of_each_levels_penalty_at_its_real_band():
+    torch.manual_seed(0)
+    task = make_task(LapGANSpec(levels=3, nz=8, hidden=[32], ngf=4, ndf=4, r1_gamma=1.0))
+    models = task.build_models()
+    D = models["discriminator"]
+    bands, lowpass = task._real_and_condition(batch_of(16))
+    bands = [b.detach().requires_grad_(True) for b in bands]
+    logits = D(bands, lowpass)  # (B, levels): level k's D reads band k only
+    whole = gans.r1_penalty(logits, bands)
+    each = [gans.r1_penalty(logits[:, k], bands[k]) for k in range(3)]
+    assert all(p > 0 for p in each) and torch.isclose(whole, sum(each))
+
+    optimizers = task.build_optimizers(models)
+    for _ in range(3):
+        out = task.train_step(models, optimizers, batch_of(16))
+    assert torch.isfinite(out["r1_penalty"]) and out["r1_penalty"] > 0
 
 
 def test_mode_seeking_pairs_two_noises_under_one_label_and_measures_their_spread():

@@ -54,11 +54,13 @@ def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor,
             + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
 
 
-def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+def r1_penalty(real_logits: torch.Tensor, real: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
     """E ||grad_x D(x)||^2 over the real batch x (Mescheder et al. 2018), differentiable in D's weights.
-    `real` must require grad and be what D's logits were computed from."""
-    (grad,) = torch.autograd.grad(real_logits.float().sum(), real, create_graph=True)
-    return grad.float().pow(2).flatten(1).sum(1).mean()
+    `real` must require grad and be what D's logits were computed from. LAPGAN: `real` is the list of bands
+    and the logits (B, levels) one per level's D, each of its own band: the sum of the levels' penalties."""
+    inputs = real if isinstance(real, list) else [real]
+    grads = torch.autograd.grad(real_logits.float().sum(), inputs, create_graph=True)
+    return sum(g.float().pow(2).flatten(1).sum(1) for g in grads).mean()
 
 
 def paired_labels(labels: torch.Tensor) -> torch.Tensor:

@@ -218,7 +218,7 @@ class GanTask(Task):
                 fake = G(z, fake_cond)
             lazy_r1 = bool(r1_gamma) and (_updates(optimizers["discriminator"]) % r1_every == 0
                                           or self._last_r1 is None)  # and on a (resumed) run's first step
-            seen = real.detach().requires_grad_(True) if lazy_r1 else real
+            seen = _requiring_grad(real) if lazy_r1 else real
             p = self._d_pass(D, seen, fake, cond, fake_cond)
             d_loss = gans.discriminator_loss(p.real_logits, p.fake_logits, m.loss)
             if p.aux_loss is not None:
@@ -423,6 +423,11 @@ def _updates(optimizer: torch.optim.Optimizer) -> int:
 
 def _detach(x):
     return [t.detach() for t in x] if isinstance(x, list) else x.detach()
+
+
+def _requiring_grad(x):
+    """The real batch as leaves that record D's input gradient (R1); LAPGAN's bands each."""
+    return [t.detach().requires_grad_(True) for t in x] if isinstance(x, list) else x.detach().requires_grad_(True)
 
 
 # --- generation helpers (for evaluation and for `deepgen sample` / `deepgen upscale`) --------------
