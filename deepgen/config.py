@@ -454,9 +454,9 @@ R1_GAMMA = ("R1 penalty (Mescheder et al. 2018; StyleGAN): D's loss adds r1_gamm
             "x, so D stays flat around the data and cannot sharpen its edge by memorising a small training set. "
             "Costs a second backward pass through D. lapgan: each level's D at its real band. 1 took the "
             "validation Frechet distance of the cGAN and DCGAN down on digits and MNIST-5k (benchmarks/README.md, "
-            "GANs, eleventh session). Default: 0 (off) for gan and lapgan, 1 for dcgan and cgan")
+            "GANs, eleventh session; lapgan: twelfth). Default: 0 (off) for gan, 1 for dcgan, cgan and lapgan")
 R1_EVERY = ("R1 on every this many D updates only, weighted this many times (StyleGAN2's lazy regularisation): "
-            "the same pull on D for a fraction of the cost. Default: 1 for gan, 4 for dcgan and cgan")
+            "the same pull on D for a fraction of the cost. Default: 1 for gan, 4 for dcgan, cgan and lapgan")
 
 
 class ImageGanSpec(AdversarialSpec):
@@ -498,7 +498,7 @@ class GanSpec(ImageGanSpec):
 
 
 class ConvGanSpec(ImageGanSpec):
-    """The measured defaults of the conv GANs (dcgan, cgan): R1 on every 4th D update."""
+    """The measured defaults of the conv GANs (dcgan, cgan, lapgan): R1 on every 4th D update."""
 
     r1_gamma: float = Field(default=1.0, ge=0, description=R1_GAMMA)
     r1_every: int = Field(default=4, ge=1, description=R1_EVERY)
@@ -545,7 +545,7 @@ class CGANSpec(ConvGanSpec):
         return self
 
 
-class LapGANSpec(ImageGanSpec):
+class LapGANSpec(ConvGanSpec):
     """Denton et al. 2015: a Laplacian pyramid of GANs; image sides divisible by 2^(levels-1)."""
 
     kind: Literal["lapgan"] = "lapgan"

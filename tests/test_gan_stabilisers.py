@@ -356,3 +356,13 @@ def test_lazy_r1_applies_on_every_kth_d_update_only_and_every_step_logs_the_last
     before = len(computed)
     resumed.train_step(models, optimizers, batch_of())
     assert len(computed) == before + 1  # a new task's first step measures R1, so it has a figure to log
+
+
+def test_the_conv_gans_default_to_lazy_r1_and_the_mlp_gan_to_none():
+    """The measured defaults (benchmarks/README.md, GANs, eleventh and twelfth sessions), which the shipped
+    pipelines take from the spec."""
+    for spec in (DCGANSpec(), CGANSpec(num_classes=10), LapGANSpec()):
+        assert (spec.r1_gamma, spec.r1_every) == (1.0, 4), spec.kind
+    from deepgen.config import GanSpec
+
+    assert GanSpec().r1_gamma == 0
