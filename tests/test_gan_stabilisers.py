@@ -4,6 +4,7 @@ import pytest
 import torch
 from test_gans import TINY, batch_of, make_task, write_splits
 
+from deepgen.config import GanSpec
 from deepgen.metrics import judge as judges
 from deepgen.models import gans
 from deepgen.tasks.gan import CGANSpec, DCGANSpec, GeneratorSampler, LapGANSpec
@@ -363,6 +364,4 @@ def test_the_conv_gans_default_to_lazy_r1_and_the_mlp_gan_to_none():
     pipelines take from the spec."""
     for spec in (DCGANSpec(), CGANSpec(num_classes=10), LapGANSpec()):
         assert (spec.r1_gamma, spec.r1_every) == (1.0, 4), spec.kind
-    from deepgen.config import GanSpec
-
     assert GanSpec().r1_gamma == 0
