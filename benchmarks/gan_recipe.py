@@ -7,7 +7,8 @@ update counts of the same run, so one run gives the quality-against-budget curve
 
 Same data, splits and judge as `gan_quality.py` (its `pipeline_spec` prepares the data set of --seed; the
 judge is the one cached with the prepared data). Batches: --rows rows per update, drawn as the loop draws
-them (a fresh permutation per epoch, the last batch of an epoch smaller). At each update count in --at:
+them (a fresh permutation per epoch, the last batch of an epoch smaller); a learning-rate schedule
+(train.lr_decay) is sized to the pipeline's train.epochs of them, whatever --at says. At each update count in --at:
 `GanTask.evaluate(split="val")` (Frechet distance of N = min(val rows, 1000) val images against N samples,
 its ratio to the train-vs-val floor, and for cgan the judge's accuracy on samples of each label), and the
 wall and CPU seconds of training so far (evaluation excluded; on a shared machine the CPU seconds, one
@@ -76,6 +77,7 @@ def main() -> None:
     x = torch.tensor(x)
     y = torch.tensor(y).long() if "label" in task.batch_columns else None
     stream = batches(x, y, args.rows, args.seed)
+    task.set_batches_per_epoch(-(-len(x) // args.rows))  # a schedule (train.lr_decay) ends at train.epochs
     train_s, cpu_s, done = 0.0, 0.0, 0
     for at in args.at:
         for m in models.values():

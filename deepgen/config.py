@@ -705,7 +705,8 @@ class TrainSpec(Spec):
     def _yaml_off(cls, value):
         return {False: "off", True: "default"}.get(value, value) if isinstance(value, bool) else value
     # The optimisation every family gets from the one loop (deepgen.train.optim). A GAN's two players keep
-    # their own learning rates (model.lr_g, model.lr_d) and take no schedule.
+    # their own peak rates (model.lr_g, model.lr_d) and follow the warmup and decay, by G's update count;
+    # they take no accumulation or clipping.
     warmup_fraction: float = Field(default=0.0, ge=0, lt=1, description="share of updates with a linear warmup")
     lr_decay: Literal["constant", "linear", "cosine"] = Field(
         default="constant", description="the learning rate after the warmup: constant, or decayed to 0 at the end")

@@ -365,3 +365,33 @@ def test_the_conv_gans_default_to_lazy_r1_and_the_mlp_gan_to_none():
     for spec in (DCGANSpec(), CGANSpec(num_classes=10), LapGANSpec()):
         assert (spec.r1_gamma, spec.r1_every) == (1.0, 4), spec.kind
     assert GanSpec().r1_gamma == 0
+
+
+@pytest.mark.parametrize("kind", ["dcgan", "srgan"])
+def test_a_gans_players_follow_the_train_schedule_from_their_own_peak_rates(kind):
+    """train.lr_decay on G's and D's own rates (model.lr_g, model.lr_d), by G's update count: linear decay
+    to 0 at the run's last update; a checkpointed optimizer carries its peak, so a resume continues."""
+    from types import SimpleNamespace
+
+    from deepgen.config import TrainSpec
+
+    model = TINY[kind]().model_copy(update={"lr_g": 4e-4, "lr_d": 1e-4})
+    task = make_task(model, shape=(1, 8, 8) if kind == "srgan" else (1, 16, 16))
+    task.spec = SimpleNamespace(name="t", model=model, train=TrainSpec(epochs=2, batch_size=4, lr_decay="linear"))
+    task.set_batches_per_epoch(5)  # 10 updates in the run
+    models = task.build_models()
+    optimizers = task.build_optimizers(models)
+    batch = batch_of(4, shape=(1, 8, 8) if kind == "srgan" else (1, 16, 16))
+    rates = []
+    for _ in range(6):
+        task.train_step(models, optimizers, batch)
+        rates.append((optimizers["generator"].param_groups[0]["lr"], optimizers["discriminator"].param_groups[0]["lr"]))
+    assert rates == [pytest.approx((4e-4 * (1 - k / 10), 1e-4 * (1 - k / 10))) for k in range(6)]
+    saved = {k: o.state_dict() for k, o in optimizers.items()}
+    models = task.build_models()
+    resumed = task.build_optimizers(models)
+    for k, o in resumed.items():
+        o.load_state_dict(saved[k])
+    task.train_step(models, resumed, batch)  # update 6 of 10, from the peak kept in the checkpoint
+    assert resumed["generator"].param_groups[0]["lr"] == pytest.approx(4e-4 * 0.4)
+    assert resumed["discriminator"].param_groups[0]["lr"] == pytest.approx(1e-4 * 0.4)

@@ -35,6 +35,7 @@ from deepgen.models import gans
 from deepgen.serving import Predictor
 from deepgen.tasks import Evaluation, Task, unwrap
 from deepgen.train import accel
+from deepgen.train.optim import Schedule
 
 GAN_SPECS = (GanSpec, DCGANSpec, CGANSpec, LapGANSpec, SRGANSpec)
 
@@ -158,6 +159,22 @@ class GanTask(Task):
         """Under DDP the divergence guard judges the mean loss over ranks, so every rank stops together."""
         self.guard.all_reduce, self.guard.world_size = all_reduce, world_size
 
+    schedule: Schedule | None = None
+
+    def set_batches_per_epoch(self, batches: int) -> None:
+        """train.warmup_fraction and train.lr_decay, sized to the run: one G update per batch."""
+        self.schedule = Schedule(self.spec.train.model_copy(update={"grad_accum_steps": 1}), batches)
+
+    def _follow_schedule(self, optimizers) -> None:
+        """Before a batch's updates: every optimizer's rate (model.lr_g, model.lr_d, ...) times the schedule's
+        factor at G's update count. Nothing to do at a constant rate (the default)."""
+        t = getattr(self.spec, "train", None)  # None: a task built from a model spec alone (tests, benchmarks)
+        if t is None or (t.lr_decay == "constant" and not t.warmup_fraction):
+            return
+        if self.schedule is None:  # stepped outside the loop: one update per epoch, as ScheduledTask counts
+            self.set_batches_per_epoch(1)
+        self.schedule.follow(optimizers.values(), _updates(optimizers["generator"]))
+
     make_config = staticmethod(gan_config)
 
     def build_models(self):
@@ -200,6 +217,7 @@ class GanTask(Task):
     def train_step(self, models, optimizers, batch):
         G, D = models["generator"], self._seen_through_augment(models["discriminator"])
         m = self.spec.model
+        self._follow_schedule(optimizers)
         real, cond = self._real_and_condition(batch)
 
         # (1) Update D: maximize log D(x) + log(1 - D(G(z))), as minimising BCE(D(x), 1) + BCE(D(G(z)), 0),

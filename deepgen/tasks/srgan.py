@@ -57,6 +57,7 @@ class SRGANTask(GanTask):
         learns to predict rotations of real HR images; then phi is frozen and G, D play the SRGAN game."""
         G, D, phi_ = models["generator"], models["discriminator"], models["feature_extractor"]
         phi, m = unwrap(phi_), self.spec.model
+        self._follow_schedule(optimizers)
         hr = self._images(batch)  # (B, C, H, W) in [-1, 1]
         lr = gans.degrade(hr, self.config.scale)  # (B, C, H/s, W/s)
         if self._sr_steps is None:  # one host sync per task, not per step

@@ -46,12 +46,24 @@ class Schedule:
         self.updates: int | None = None  # read from the optimizer once (a resumed run's), then counted here
 
     def lr_at(self, step: int) -> float:
-        lr = self.t.lr
+        return self.t.lr * self.factor(step)
+
+    def factor(self, step: int) -> float:
+        """The learning rate at update `step` over the peak: the warmup's ramp, then the decay's curve."""
         if step < self.warmup:
-            return lr * (step + 1) / self.warmup
+            return (step + 1) / self.warmup
         progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
         decay = {"linear": 1 - progress, "cosine": 0.5 * (1 + math.cos(math.pi * progress)), "constant": 1.0}
-        return lr * decay[self.t.lr_decay]
+        return decay[self.t.lr_decay]
+
+    def follow(self, optimizers, step: int) -> None:
+        """Each param group of `optimizers` at its own starting rate (kept as "initial_lr", as torch's
+        schedulers keep it, and checkpointed with the optimizer) times factor(step): for the tasks whose
+        models keep learning rates of their own (a GAN's G and D, model.lr_g and model.lr_d)."""
+        f = self.factor(step)
+        for optimizer in optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = group.setdefault("initial_lr", group["lr"]) * f
 
     @contextlib.contextmanager
     def micro_batch(self, model):
