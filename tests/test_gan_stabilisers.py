@@ -359,12 +359,16 @@ def test_lazy_r1_applies_on_every_kth_d_update_only_and_every_step_logs_the_last
     assert len(computed) == before + 1  # a new task's first step measures R1, so it has a figure to log
 
 
-def test_the_conv_gans_default_to_lazy_r1_and_the_mlp_gan_to_none():
-    """The measured defaults (benchmarks/README.md, GANs, eleventh and twelfth sessions), which the shipped
-    pipelines take from the spec."""
-    for spec in (DCGANSpec(), CGANSpec(num_classes=10), LapGANSpec()):
+def test_the_conv_gans_default_to_lazy_r1_dcgan_and_lapgan_to_5e4_and_the_mlp_gan_to_neither():
+    """The measured defaults (benchmarks/README.md, GANs, eleventh to thirteenth sessions), which the shipped
+    pipelines take from the spec: the optimizers G and D train with run at them."""
+    for spec, rate in ((DCGANSpec(), 5e-4), (LapGANSpec(), 5e-4), (CGANSpec(num_classes=10), 2e-4)):
         assert (spec.r1_gamma, spec.r1_every) == (1.0, 4), spec.kind
-    assert GanSpec().r1_gamma == 0
+        task = make_task(TINY[spec.kind]().model_copy(update={"lr_g": spec.lr_g, "lr_d": spec.lr_d}))
+        optimizers = task.build_optimizers(task.build_models())
+        rates = [optimizers[k].param_groups[0]["lr"] for k in ("generator", "discriminator")]
+        assert rates == [rate, rate], spec.kind
+    assert (GanSpec().r1_gamma, GanSpec().lr_g, GanSpec().lr_d) == (0, 2e-4, 2e-4)
 
 
 @pytest.mark.parametrize("kind", ["dcgan", "srgan"])
