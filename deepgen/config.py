@@ -503,14 +503,18 @@ CONV_LR = ("Adam learning rate, {who}. Default 5e-4 for dcgan and lapgan, 2e-4 (
            "(benchmarks/README.md, GANs, thirteenth session)")
 
 
+def _conv_lr(default: float, who: str):
+    return Field(default=default, gt=0, description=CONV_LR.format(who=who))
+
+
 class ConvGanSpec(ImageGanSpec):
     """The measured defaults of the conv GANs (dcgan, cgan, lapgan): R1 on every 4th D update, and G and D at
     5e-4 (the cGAN at 2e-4)."""
 
     r1_gamma: float = Field(default=1.0, ge=0, description=R1_GAMMA)
     r1_every: int = Field(default=4, ge=1, description=R1_EVERY)
-    lr_g: float = Field(default=5e-4, gt=0, description=CONV_LR.format(who="generator (train.lr is not used)"))
-    lr_d: float = Field(default=5e-4, gt=0, description=CONV_LR.format(who="discriminator"))
+    lr_g: float = _conv_lr(5e-4, "generator (train.lr is not used)")
+    lr_d: float = _conv_lr(5e-4, "discriminator")
 
 
 class DCGANSpec(ConvGanSpec):
@@ -526,8 +530,8 @@ class CGANSpec(ConvGanSpec):
     """Mirza & Osindero 2014: G and D both see a label embedding; needs integer labels 0..num_classes-1."""
 
     kind: Literal["cgan"] = "cgan"
-    lr_g: float = Field(default=2e-4, gt=0, description=CONV_LR.format(who="generator (train.lr is not used)"))
-    lr_d: float = Field(default=2e-4, gt=0, description=CONV_LR.format(who="discriminator"))
+    lr_g: float = _conv_lr(2e-4, "generator (train.lr is not used)")
+    lr_d: float = _conv_lr(2e-4, "discriminator")
     architecture: Literal["dcgan", "mlp"] = Field(default="dcgan", description="the conditioned networks")
     num_classes: int = Field(gt=1, description="labels are 0..num_classes-1")
     embed_dim: int = Field(default=16, gt=0, le=MAX_WIDTH, description="size of the label embedding")
