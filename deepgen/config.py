@@ -423,6 +423,9 @@ class BertClassifierSpec(BertSpec):
     layer_lr_decay: float = Field(default=1.0, gt=0, le=1, description=(
         "layer-wise learning-rate decay d: the pooler and classifier learn at train.lr, the top encoder layer "
         "at d times it, each layer below at d times the one above, the embeddings lowest; 1: one rate for all"))
+    freeze_embeddings: bool = Field(default=False, description=(
+        "keep the encoder's embeddings (token, position and segment tables, their LayerNorm) as pretraining "
+        "left them: words the training texts lack keep their place beside the words they have"))
     class_weight: Literal["auto", "balanced", "none"] = Field(
         default="auto", description="balanced: weight each class's loss by rows / (classes * its rows); "
         "auto: balanced when the largest training class has over 1.5 times the rows of the smallest")

@@ -151,6 +151,29 @@ def test_a_mean_pooled_classifier_is_exported_with_its_pooling(pretrained):
     assert not np.allclose(exported.probabilities(texts), as_cls.probabilities(texts), atol=1e-4)
 
 
+def test_frozen_embeddings_stay_as_pretraining_left_them_while_the_layers_above_learn(pretrained):
+    root, ckpt = pretrained["root"], pretrained["checkpoint"]
+    data = {"source": {"kind": "labelled_text", "path": str(root / "seen.csv")},
+            "text": {**TEXT, "tokenizer": str(ckpt / "tokenizer.json")}}
+    model = {"kind": "bert_classifier", **ENCODER, "pretrained": str(ckpt), "freeze_embeddings": True}
+    s = resolve_inputs(spec(root, "cls-frozen", data, model, epochs=3, lr=2e-3))
+    _, task, models, _ = fit(s, root)
+    before = torch.load(ckpt / STATE_FILE, weights_only=True)["models"]["model"]
+    after = models["model"].state_dict()
+    embeddings = [k for k in after if k.startswith("bert.embeddings.")]
+    assert {"bert.embeddings.word.weight", "bert.embeddings.segment.weight"} <= set(embeddings)
+    for k in embeddings:
+        torch.testing.assert_close(after[k], before[k], rtol=0, atol=0, msg=k)
+    layer = next(k for k in after if k.startswith("bert.encoder.layers.0.") and k.endswith("weight"))
+    assert not torch.equal(after[layer], before[layer])  # the encoder itself fine-tuned
+    assert task.evaluate(models, s.data_dir).metrics["accuracy"] > 0.9
+    # the frozen tables are not in the optimizer at all: no Adam state, no weight decay pulling them to 0
+    fresh = task.build_models()
+    optimizer = task.build_optimizers(fresh)["model"]
+    tables = {id(p) for p in fresh["model"].bert.embeddings.parameters()}
+    assert not tables & {id(p) for g in optimizer.param_groups for p in g["params"]}
+
+
 def test_the_classifier_takes_the_pretrained_encoders_sizes_and_tokenizer(pretrained, tmp_path):
     ckpt = pretrained["checkpoint"]
     pd.DataFrame({"text": ["a b", "c d"] * 10, "label": ["x", "y"] * 10}).to_csv(tmp_path / "l.csv", index=False)

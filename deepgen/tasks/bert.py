@@ -236,6 +236,8 @@ class BertClassifierTask(ScheduledTask):
             if result.missing_keys or result.unexpected_keys:  # else an encoder left at its random init
                 raise DataError(f"model.pretrained: {self.pretrained} does not hold this encoder (missing "
                                 f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]})")
+        if self.m.freeze_embeddings:  # the optimizer takes only what still requires a gradient
+            model.bert.embeddings.requires_grad_(False)
         return {"model": model}
 
     def build_optimizers(self, models):
