@@ -9,7 +9,8 @@ Per factor: a Parquet source folder of FACTOR * BASE rows (written file by file,
     score     deepgen.batch_scoring.score_with_ray_data over the source folder (every row), the model
               exported from the trained checkpoint (reconstruction score, no statistics to fit)
 and, per stage, wall time, rows/s, the peak resident memory of this process (the driver) and of the largest
-Ray worker process, and that worker's peak anonymous memory (what it holds of its own: a worker's resident
+Ray worker process while it runs a task or actor (pooled workers sitting idle are not counted; the title of the
+largest is printed), and that worker's peak anonymous memory (what it holds of its own: a worker's resident
 memory also counts libraries and the object store's memory-mapped blocks), sampled every 0.2 s from
 /proc/PID/smaps_rollup. With --limit-mib, the driver and every Ray worker process each run in a memory
 cgroup of that size (root only), so a stage that held a split whole would be killed: the OOM kills column
@@ -40,8 +41,12 @@ from deepgen.config import PipelineSpec  # noqa: E402
 FILE_ROWS = 50_000
 
 
+IDLE = "ray::IDLE"  # the title Ray gives a pooled worker process between tasks
+
+
 def ray_workers(me: int):
-    """PIDs of Ray's worker processes (tasks and actors; not raylet, GCS or this driver)."""
+    """(PID, title) of Ray's worker processes (tasks and actors; not raylet, GCS or this driver). The title
+    is what Ray names the process after: "ray::TASK", "ray::CLASS.METHOD" while it runs one, IDLE between."""
     for d in Path("/proc").iterdir():
         if not d.name.isdigit() or int(d.name) == me:
             continue
@@ -50,7 +55,7 @@ def ray_workers(me: int):
         except OSError:
             continue
         if cmd and (cmd[0].startswith(b"ray::") or any(b"default_worker.py" in c for c in cmd)):
-            yield int(d.name)
+            yield int(d.name), cmd[0].decode(errors="replace").strip()
 
 
 def memory_of(pid: int) -> tuple[int, int]:
@@ -150,25 +155,33 @@ class MemoryCages:
 
 class PeakMemory:
     """Peak memory while the block runs, sampled every PERIOD s: this process (the driver), and the largest
-    of the Ray worker processes, resident and anonymous (see `memory_of`). With CAGES, each new worker
-    process is put in its cage as soon as it is seen."""
+    of the Ray worker processes while they run a task or actor, resident and anonymous (see `memory_of`),
+    with the title of the process that held the anonymous peak. A pooled worker that sits idle (IDLE) is not
+    counted: it keeps what its allocator did not give back after an earlier stage's task, which that stage
+    counted, and it does no work in this one. With CAGES, each new worker process is put in its cage as
+    soon as it is seen, idle or not."""
 
     def __init__(self, cages: MemoryCages | None = None, period_s: float = 0.2):
         self.cages, self.period, self.me = cages, period_s, os.getpid()
         self.driver = self.worker = self.worker_anon = 0
+        self.worker_title = "-"
         self._stop = threading.Event()
 
     def _sample(self) -> None:
         while not self._stop.is_set():
             self.driver = max(self.driver, memory_of(self.me)[0])
-            for pid in ray_workers(self.me):
+            for pid, title in ray_workers(self.me):
                 try:
                     if self.cages:
                         self.cages.cage(pid)
                     rss, anon = memory_of(pid)
                 except (OSError, KeyError):  # the process ended between the listing and the read
                     continue
-                self.worker, self.worker_anon = max(self.worker, rss), max(self.worker_anon, anon)
+                if title == IDLE:
+                    continue
+                self.worker = max(self.worker, rss)
+                if anon > self.worker_anon:
+                    self.worker_anon, self.worker_title = anon, title
             self._stop.wait(self.period)
 
     def __enter__(self):
@@ -235,7 +248,7 @@ def run_factor(root: Path, rows: int, features: int, epochs: int, cages: MemoryC
             anon, shm = cages.charged(pid)
             print(f"{name}: the kernel killed worker {pid} at its cage's limit; the cage still holds "
                   f"{anon / 2**20:.0f} MiB anonymous and {shm / 2**20:.0f} MiB of object-store pages", flush=True)
-        out[name] = (time.time() - t, done, m.driver, m.worker, m.worker_anon, sum(killed.values()))
+        out[name] = (time.time() - t, done, m.driver, m.worker, m.worker_anon, sum(killed.values()), m.worker_title)
         return value
 
     manifest = stage("prepare", lambda: (prepare_dataset(spec.data, spec.data_dir, log=lambda s: None)[0], rows))
@@ -288,15 +301,16 @@ def main() -> None:
           f"{args.epochs} epoch(s), 1 training worker, 1 scoring actor, object store {args.object_store_mib} MiB, "
           + (f"each process limited to {args.limit_mib} MiB" if cages else "no memory limit"))
     print(f"{'':5} {'size':>5} {'rows':>9} {'source MiB':>10} {'stage':8} {'time s':>8} {'rows/s':>9} "
-          f"{'driver MiB':>10} {'worker MiB':>10} {'anon MiB':>8} {'OOM kills':>9}", flush=True)
+          f"{'driver MiB':>10} {'worker MiB':>10} {'anon MiB':>8} {'OOM kills':>9}  largest worker", flush=True)
     try:
         for f in (int(x) for x in args.factors.split(",")):
             with tempfile.TemporaryDirectory(prefix="deepgen-scale-") as tmp:
                 r = run_factor(Path(tmp), f * args.base_rows, args.features, args.epochs, cages)
             for s in ("prepare", "train", "score"):
-                secs, rows, drv, wrk, anon, killed = r[s]
+                secs, rows, drv, wrk, anon, killed, title = r[s]
                 print(f"TABLE {f:>4}x {r['rows']:9d} {r['source_bytes'] * mb:10.0f} {s:8} {secs:8.1f} "
-                      f"{rows / secs:9.0f} {drv * mb:10.0f} {wrk * mb:10.0f} {anon * mb:8.0f} {killed:9d}", flush=True)
+                      f"{rows / secs:9.0f} {drv * mb:10.0f} {wrk * mb:10.0f} {anon * mb:8.0f} {killed:9d}  {title}",
+                      flush=True)
     finally:
         ray.shutdown()
         if cages:
