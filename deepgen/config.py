@@ -430,6 +430,13 @@ class BertClassifierSpec(BertSpec):
         default="auto", description="balanced: weight each class's loss by rows / (classes * its rows); "
         "auto: balanced when the largest training class has over 1.5 times the rows of the smallest")
 
+    @model_validator(mode="after")
+    def _frozen_embeddings_need_pretraining(self):
+        if self.freeze_embeddings and self.pretrained is None:
+            raise ValueError("freeze_embeddings keeps pretrained embeddings, but model.pretrained is null: a random "
+                             "table would stay random; set model.pretrained or leave freeze_embeddings false")
+        return self
+
 
 # --- GANs ---
 

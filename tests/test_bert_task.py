@@ -20,7 +20,7 @@ from tokenizers import Tokenizer
 
 from deepgen.config import PipelineSpec
 from deepgen.data.prepare import prepare_dataset
-from deepgen.errors import DataError
+from deepgen.errors import DataError, SpecError
 from deepgen.orchestrate import resolve_inputs
 from deepgen.serving import load_exported
 from deepgen.tasks import build_task
@@ -172,6 +172,10 @@ def test_frozen_embeddings_stay_as_pretraining_left_them_while_the_layers_above_
     optimizer = task.build_optimizers(fresh)["model"]
     tables = {id(p) for p in fresh["model"].bert.embeddings.parameters()}
     assert not tables & {id(p) for g in optimizer.param_groups for p in g["params"]}
+    # from random initialisation there is nothing to keep: refused, not trained on a frozen random table
+    with pytest.raises(SpecError, match=r"^<spec>: model: freeze_embeddings keeps pretrained embeddings, but "
+                                        r"model.pretrained is null"):
+        spec(root, "cls-frozen-random", data, {**model, "pretrained": None}, epochs=1, lr=2e-3)
 
 
 def test_the_classifier_takes_the_pretrained_encoders_sizes_and_tokenizer(pretrained, tmp_path):
