@@ -174,10 +174,10 @@ class PeakMemory:
                 try:
                     if self.cages:
                         self.cages.cage(pid)
+                    if title == IDLE:
+                        continue
                     rss, anon = memory_of(pid)
                 except (OSError, KeyError):  # the process ended between the listing and the read
-                    continue
-                if title == IDLE:
                     continue
                 self.worker = max(self.worker, rss)
                 if anon > self.worker_anon:
